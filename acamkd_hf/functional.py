@@ -1,0 +1,235 @@
+"""The paper's equations as pure functions, in the style of ``torch.nn.functional``.
+
+Each function implements exactly one equation of ACAM-KD (Lan & Tian, ICCV 2025; see
+``docs/architecture.md`` and the method spec) or of a baseline, so that every equation can be checked on its own
+against a from-the-formula reference. The modules in :mod:`acamkd_hf.fusion`, :mod:`acamkd_hf.masking` and
+:mod:`acamkd_hf.losses` call these; nothing here holds parameters.
+
+Shapes: ``B`` batch, ``C`` channels, ``H x W`` the feature map, ``L`` a flattened mask length, ``M`` masks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "cross_attention_fusion",
+    "channel_selection",
+    "spatial_selection",
+    "channel_masked_loss",
+    "spatial_masked_loss",
+    "dice_diversity",
+    "feature_mse",
+    "channel_wise_distillation",
+    "mgd_random_mask",
+    "masked_generative_loss",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# STCA-FF: student-teacher cross-attention feature fusion
+# --------------------------------------------------------------------------------------------------------------
+def cross_attention_fusion(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    """Single-head cross-attention over feature-map tokens: ``F_fused = softmax(Q K^T / sqrt(d)) V``.
+
+    Args:
+        query: ``(B, N_q, d)`` query tokens (``W_q F_T`` flattened over ``H x W`` in the paper's default).
+        key: ``(B, N_k, d)`` key tokens (``W_k F_S'``).
+        value: ``(B, N_k, C)`` value tokens (``W_v F_S'``).
+
+    Returns:
+        ``(B, N_q, C)``: one fused token per query position. No residual, no norm.
+
+    Runs through :func:`torch.nn.functional.scaled_dot_product_attention` so memory grows as O(N * C), not O(N^2):
+    at stride 8 of a detection image N is ~16.8k tokens, and a materialised attention matrix would take over 1 GB
+    per image. PyTorch's fused (flash) kernels need equal query and value head sizes and a unit stride on the last
+    dimension, and silently fall back to the O(N^2) math kernel otherwise. The paper has ``d = C/2``, so the
+    values are attended in chunks of ``d`` channels (each chunk recomputes ``Q K^T``: the same arithmetic as
+    zero-padding Q and K to ``C``, with less memory); the last chunk is zero-padded when ``d`` does not divide
+    ``C``. The softmax temperature is ``1/sqrt(d)`` as in the paper.
+    """
+    if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
+        raise ValueError("query, key and value must be token tensors (B, N, channels)")
+    d, value_channels = query.shape[-1], value.shape[-1]
+    if key.shape[-1] != d:
+        raise ValueError(f"query and key must have the same channels, got {d} and {key.shape[-1]}")
+    q, k = query.unsqueeze(1), key.unsqueeze(1)  # one head: (B, 1, N, d)
+    chunks = []
+    # split (not slicing): its backward is one cat, where each slice's backward would allocate a full-size zero grad
+    for chunk in value.split(d, dim=-1):
+        width = chunk.shape[-1]
+        if width < d:
+            chunk = F.pad(chunk, (0, d - width))
+        attended = F.scaled_dot_product_attention(q, k, chunk.unsqueeze(1), dropout_p=0.0, scale=d**-0.5)
+        chunks.append(attended if width == d else attended[..., :width])
+    fused = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-1)
+    return fused.squeeze(1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ASCM: adaptive spatial-channel masking (selection units)
+# --------------------------------------------------------------------------------------------------------------
+def channel_selection(fused: Tensor, channel_units: Tensor) -> Tensor:
+    """Channel masks ``M^c = sigma(m_c v^T)`` with ``v = GAP(F_fused)``.
+
+    Args:
+        fused: ``(B, C, H, W)`` fused feature.
+        channel_units: ``(M, 1)`` learnable ``m_c``.
+
+    Returns:
+        ``(B, M, C)`` masks in (0, 1); entry ``[b, m, k] = sigma(m_c[m] * v_b[k])`` (the paper's literal outer
+        product; each mask is monotone in ``v_k``, so channel masks cannot partition the channels).
+    """
+    pooled = fused.mean(dim=(2, 3))  # v: (B, C)
+    return torch.sigmoid(channel_units.view(1, -1, 1) * pooled.unsqueeze(1))
+
+
+def spatial_selection(fused: Tensor, spatial_units: Tensor) -> Tensor:
+    """Spatial masks ``M^s = sigma(m_s z)`` with ``z = F_fused`` flattened to ``C x HW``.
+
+    Args:
+        fused: ``(B, C, H, W)`` fused feature.
+        spatial_units: ``(M, C)`` learnable ``m_s`` ("receptive tokens").
+
+    Returns:
+        ``(B, M, H, W)`` masks in (0, 1).
+    """
+    return torch.sigmoid(torch.einsum("mc,bchw->bmhw", spatial_units, fused))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Masked imitation losses
+# --------------------------------------------------------------------------------------------------------------
+def channel_masked_loss(teacher: Tensor, student: Tensor, channel_masks: Tensor, eps: float = 1e-6) -> Tensor:
+    """Channel loss ``L_c = 1/M sum_m ||M^c_m (.) D||^2 / (H W sum_k M^c_{m,k} + eps)``, ``D = F_T - F_S'``.
+
+    Args:
+        teacher: ``(B, C, H, W)`` teacher feature ``F_T``.
+        student: ``(B, C, H, W)`` aligned student feature ``F_S'``.
+        channel_masks: ``(B, M, C)``; each mask is broadcast over ``H, W`` and multiplies ``D`` before squaring.
+        eps: keeps the normaliser positive when a mask is all but zero.
+
+    Returns:
+        Scalar: mean over masks and batch. With every mask equal to 1 this is the plain mean-squared error.
+    """
+    _check_pair(teacher, student)
+    height, width = teacher.shape[-2:]
+    squared_error_per_channel = (teacher - student).pow(2).sum(dim=(2, 3))  # (B, C)
+    numerator = torch.einsum("bmc,bc->bm", channel_masks.pow(2), squared_error_per_channel)
+    denominator = height * width * channel_masks.sum(dim=2) + eps  # (B, M)
+    return (numerator / denominator).mean()
+
+
+def spatial_masked_loss(teacher: Tensor, student: Tensor, spatial_masks: Tensor, eps: float = 1e-6) -> Tensor:
+    """Spatial loss ``L_s = 1/M sum_m ||M^s_m (.) D||^2 / (C sum_p M^s_{m,p} + eps)``, ``D = F_T - F_S'``.
+
+    Args:
+        teacher: ``(B, C, H, W)`` teacher feature ``F_T``.
+        student: ``(B, C, H, W)`` aligned student feature ``F_S'``.
+        spatial_masks: ``(B, M, H, W)``; each mask is broadcast over ``C`` and multiplies ``D`` before squaring.
+        eps: keeps the normaliser positive when a mask is all but zero.
+
+    Returns:
+        Scalar: mean over masks and batch. With every mask equal to 1 this is the plain mean-squared error.
+    """
+    _check_pair(teacher, student)
+    channels = teacher.shape[1]
+    squared_error_per_pixel = (teacher - student).pow(2).sum(dim=1)  # (B, H, W)
+    numerator = torch.einsum("bmhw,bhw->bm", spatial_masks.pow(2), squared_error_per_pixel)
+    denominator = channels * spatial_masks.sum(dim=(2, 3)) + eps  # (B, M)
+    return (numerator / denominator).mean()
+
+
+def dice_diversity(masks: Tensor, eps: float = 1e-12) -> Tensor:
+    """Diversity loss: mean pairwise Dice ``2 <M_i, M_j> / (||M_i||^2 + ||M_j||^2 + eps)`` over ``i != j``.
+
+    Args:
+        masks: ``(B, M, L)`` masks, each flattened to length ``L`` (``HW`` for spatial masks, ``C`` for channel
+            masks).
+        eps: keeps the ratio finite for all-zero masks.
+
+    Returns:
+        Scalar in [0, 1]: averaged over the ``M (M - 1)`` ordered pairs and the batch; 0 when ``M == 1`` (no pair).
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks must be (B, M, L), got shape {tuple(masks.shape)}")
+    num_masks = masks.shape[1]
+    if num_masks < 2:
+        return masks.sum() * 0.0  # keeps the graph and device; there is no pair to compare
+    gram = masks @ masks.transpose(1, 2)  # (B, M, M): <M_i, M_j>
+    squared_norms = torch.diagonal(gram, dim1=1, dim2=2)  # (B, M)
+    dice = 2 * gram / (squared_norms.unsqueeze(2) + squared_norms.unsqueeze(1) + eps)
+    off_diagonal = ~torch.eye(num_masks, dtype=torch.bool, device=masks.device)
+    return dice[:, off_diagonal].mean()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------------------------------------------
+def feature_mse(teacher: Tensor, student: Tensor) -> Tensor:
+    """FitNet-style imitation (the paper's "no mask" row): ``mean((F_T - F_S')^2)`` over all elements.
+
+    Args:
+        teacher, student: ``(B, C, H, W)``.
+    """
+    _check_pair(teacher, student)
+    return F.mse_loss(student, teacher)
+
+
+def channel_wise_distillation(teacher: Tensor, student: Tensor, tau: float = 1.0) -> Tensor:
+    """CWD (Shu et al., 2021): per channel, a spatial softmax at temperature ``tau``; ``tau^2 KL(p_T || p_S)``.
+
+    Args:
+        teacher, student: ``(B, C, H, W)``.
+        tau: softmax temperature (mmrazor uses 1, common segmentation forks 4).
+
+    Returns:
+        Scalar: the KL summed over positions, averaged over channels and the batch, times ``tau^2``.
+    """
+    _check_pair(teacher, student)
+    batch, channels = teacher.shape[:2]
+    teacher_logp = F.log_softmax(teacher.flatten(2) / tau, dim=2)
+    student_logp = F.log_softmax(student.flatten(2) / tau, dim=2)
+    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum()
+    return kl * tau**2 / (batch * channels)
+
+
+def mgd_random_mask(
+    batch: int,
+    height: int,
+    width: int,
+    mask_ratio: float,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """MGD's random spatial mask (Yang et al., 2022): each position is dropped (0) with probability ``mask_ratio``.
+
+    Returns:
+        ``(B, 1, H, W)`` of zeros and ones, to multiply the aligned student feature before the generator.
+    """
+    uniform = torch.rand(batch, 1, height, width, device=device, generator=generator)
+    return (uniform >= mask_ratio).to(dtype)
+
+
+def masked_generative_loss(teacher: Tensor, generated: Tensor) -> Tensor:
+    """MGD's objective: ``sum((G(M (.) F_S') - F_T)^2) / B`` (squared error summed over C, H, W, mean over batch).
+
+    Args:
+        teacher: ``(B, C, H, W)`` teacher feature.
+        generated: ``(B, C, H, W)`` the generator's output from the masked, aligned student feature.
+    """
+    _check_pair(teacher, generated)
+    return (generated - teacher).pow(2).sum() / teacher.shape[0]
+
+
+def _check_pair(teacher: Tensor, student: Tensor) -> None:
+    if teacher.shape != student.shape:
+        raise ValueError(
+            f"teacher and (aligned) student features must have the same shape, got teacher "
+            f"{tuple(teacher.shape)} and student {tuple(student.shape)}; align the student first "
+            f"(acamkd_hf.alignment.StudentAligner)"
+        )

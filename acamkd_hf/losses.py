@@ -1,0 +1,239 @@
+"""Per-point distillation losses with one interface, and the container that sums them over points.
+
+Every per-point loss is an ``nn.Module`` built from ``(student_channels, teacher_channels, **settings)`` whose
+``forward(student, teacher)`` takes the raw student feature ``(B, C_s, H_s, W_s)`` and the teacher feature
+``(B, C_t, H_t, W_t)`` and returns a dict of scalars: ``"loss"`` is the weighted total of that point, every other key
+is one unweighted term (so the trainer can log each). Each owns its own adapter :class:`StudentAligner`.
+
+Losses are computed in float32 whatever the autocast dtype: masked sums over ``HW`` positions lose too much in
+bf16/fp16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from . import functional as KD
+from .alignment import StudentAligner
+from .fusion import StudentTeacherCrossAttention
+from .masking import AdaptiveSpatialChannelMasking
+
+
+class ACAMKDLoss(nn.Module):
+    """ACAM-KD at one distillation point: ``alpha (L_c + L_s) + lambda L_div``.
+
+    ``F_S' = f_align(F_S)``; ``F_fused = STCA-FF(F_T, F_S')``; masks from ASCM(``F_fused``); ``L_c``, ``L_s`` the
+    masked imitation losses of ``D = F_T - F_S'``; ``L_div`` the Dice diversity of the spatial plus the channel
+    masks.
+
+    Args:
+        student_channels, teacher_channels: ``C_s``, ``C_t``.
+        num_masks: ``M`` (paper: 6 for detection, number of classes for segmentation).
+        alpha: weight of the imitation terms (paper: 1).
+        lambda_div: weight of the diversity term (paper: 1).
+        eps: normaliser guard of ``L_c`` and ``L_s``.
+        fusion_mode: see :data:`acamkd_hf.fusion.FUSION_MODES` (Tables 9 and 10 ablations).
+        mask_kinds: see :data:`acamkd_hf.masking.MASK_KINDS` (Table 8 ablation).
+        detach_student_in_fusion: the gradient choice documented in the spec (default True).
+        alignment: see :data:`acamkd_hf.alignment.ALIGNMENT_KINDS`.
+
+    Forward returns ``{"loss", "channel", "spatial", "diversity"}`` (a disabled mask kind contributes 0). The
+    masks of the last call are kept, detached, in :attr:`last_masks` for visualisation.
+    """
+
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        *,
+        num_masks: int = 6,
+        alpha: float = 1.0,
+        lambda_div: float = 1.0,
+        eps: float = 1e-6,
+        fusion_mode: str = "teacher_query",
+        mask_kinds: str = "both",
+        detach_student_in_fusion: bool = True,
+        alignment: str = "conv1x1",
+    ) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.lambda_div = lambda_div
+        self.eps = eps
+        self.align = StudentAligner(student_channels, teacher_channels, alignment)
+        self.fusion = StudentTeacherCrossAttention(teacher_channels, fusion_mode, detach_student_in_fusion)
+        self.masking = AdaptiveSpatialChannelMasking(teacher_channels, num_masks, mask_kinds)
+        self.last_masks: dict[str, Tensor] = {}
+
+    def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+        teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
+        aligned = self.align(student, teacher.shape[-2:])
+        fused = self.fusion(teacher, aligned)
+        spatial_masks, channel_masks = self.masking(fused)
+        teacher32, aligned32 = teacher.float(), aligned.float()
+        zero = teacher32.new_zeros(())
+        channel = spatial = diversity = zero
+        if channel_masks is not None:
+            channel_masks = channel_masks.float()
+            channel = KD.channel_masked_loss(teacher32, aligned32, channel_masks, self.eps)
+            diversity = diversity + KD.dice_diversity(channel_masks)
+        if spatial_masks is not None:
+            spatial_masks = spatial_masks.float()
+            spatial = KD.spatial_masked_loss(teacher32, aligned32, spatial_masks, self.eps)
+            diversity = diversity + KD.dice_diversity(spatial_masks.flatten(2))
+        self.last_masks = {
+            name: masks.detach()
+            for name, masks in (("spatial", spatial_masks), ("channel", channel_masks))
+            if masks is not None
+        }
+        loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
+        return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity}
+
+
+class FeatureMSELoss(nn.Module):
+    """FitNet-style baseline (the paper's "no mask" row): ``weight * mean((F_T - f_align(F_S))^2)``.
+
+    Forward returns ``{"loss", "mse"}``.
+    """
+
+    def __init__(
+        self, student_channels: int, teacher_channels: int, *, weight: float = 1.0, alignment: str = "conv1x1"
+    ) -> None:
+        super().__init__()
+        self.weight = weight
+        self.align = StudentAligner(student_channels, teacher_channels, alignment)
+
+    def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+        teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
+        aligned = self.align(student, teacher.shape[-2:])
+        mse = KD.feature_mse(teacher.float(), aligned.float())
+        return {"loss": self.weight * mse, "mse": mse}
+
+
+class MGDLoss(nn.Module):
+    """MGD baseline (Yang et al., 2022): mask the aligned student at random, regenerate the teacher feature.
+
+    ``weight * sum((G(M (.) f_align(F_S)) - F_T)^2) / B`` with ``G`` = conv3x3 -> ReLU -> conv3x3 and ``M`` dropping
+    each position with probability ``mask_ratio``. Defaults are MGD's detection ones (alpha_mgd 2e-5, lambda_mgd
+    0.65). The random mask draws from torch's global RNG, which the Trainer checkpoints, so resume is exact.
+
+    Forward returns ``{"loss", "mgd"}``.
+    """
+
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        *,
+        weight: float = 2e-5,
+        mask_ratio: float = 0.65,
+        alignment: str = "conv1x1",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.weight = weight
+        self.mask_ratio = mask_ratio
+        self.align = StudentAligner(student_channels, teacher_channels, alignment)
+        self.generator = nn.Sequential(
+            nn.Conv2d(teacher_channels, teacher_channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(teacher_channels, teacher_channels, kernel_size=3, padding=1),
+        )
+
+    def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+        teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
+        aligned = self.align(student, teacher.shape[-2:])
+        batch, _, height, width = aligned.shape
+        mask = KD.mgd_random_mask(batch, height, width, self.mask_ratio, device=aligned.device, dtype=aligned.dtype)
+        generated = self.generator(aligned * mask)
+        mgd = KD.masked_generative_loss(teacher.float(), generated.float())
+        return {"loss": self.weight * mgd, "mgd": mgd}
+
+
+class CWDLoss(nn.Module):
+    """CWD baseline (Shu et al., 2021): ``weight * tau^2 KL(softmax_HW(F_T / tau) || softmax_HW(F_S' / tau))``.
+
+    Forward returns ``{"loss", "cwd"}``.
+    """
+
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        *,
+        weight: float = 1.0,
+        tau: float = 1.0,
+        alignment: str = "conv1x1",
+    ) -> None:
+        super().__init__()
+        self.weight = weight
+        self.tau = tau
+        self.align = StudentAligner(student_channels, teacher_channels, alignment)
+
+    def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+        teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
+        aligned = self.align(student, teacher.shape[-2:])
+        cwd = KD.channel_wise_distillation(teacher.float(), aligned.float(), self.tau)
+        return {"loss": self.weight * cwd, "cwd": cwd}
+
+
+#: The CLI's ``--method`` names (``none`` = the student trained alone, no module).
+DISTILLATION_LOSSES: dict[str, type[nn.Module]] = {
+    "acamkd": ACAMKDLoss,
+    "mse": FeatureMSELoss,
+    "mgd": MGDLoss,
+    "cwd": CWDLoss,
+}
+
+
+class MultiPointDistillationLoss(nn.Module):
+    """One per-point loss module per distillation point (e.g. per FPN level); the total is their sum.
+
+    Args:
+        point_losses: ``{point name: per-point loss module}``; names must be valid ``nn.ModuleDict`` keys (no ".").
+
+    Forward takes ``{point: student feature}`` and ``{point: teacher feature}`` and returns
+    ``{"loss": sum over points, "<point>/<term>": each unweighted term, "<point>/loss": each point's total}``.
+    """
+
+    def __init__(self, point_losses: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        if not point_losses:
+            raise ValueError("at least one distillation point is needed")
+        bad = [name for name in point_losses if "." in name or not name]
+        if bad:
+            raise ValueError(f"distillation point names may not be empty or contain '.': {bad}")
+        self.points = nn.ModuleDict(dict(point_losses))
+
+    def forward(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        missing = [
+            f"{name} ({side})"
+            for name in self.points
+            for side, features in (("student", student_features), ("teacher", teacher_features))
+            if name not in features
+        ]
+        if missing:
+            raise KeyError(f"features missing for distillation points: {', '.join(missing)}")
+        terms: dict[str, Tensor] = {}
+        total = None
+        for name, point_loss in self.points.items():
+            point_terms = point_loss(student_features[name], teacher_features[name])
+            total = point_terms["loss"] if total is None else total + point_terms["loss"]
+            terms.update({f"{name}/{term}": value for term, value in point_terms.items()})
+        return {"loss": total, **terms}
+
+    @property
+    def point_names(self) -> list[str]:
+        return list(self.points.keys())
+
+
+__all__ = [
+    "ACAMKDLoss",
+    "FeatureMSELoss",
+    "MGDLoss",
+    "CWDLoss",
+    "DISTILLATION_LOSSES",
+    "MultiPointDistillationLoss",
+]

@@ -1,0 +1,226 @@
+"""Module-level tests of STCA-FF, ASCM, the per-point losses and the multi-point container: shapes, ranges,
+references computed independently, and where gradients do and do not flow for every option."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from acamkd_hf.alignment import StudentAligner
+from acamkd_hf.fusion import StudentTeacherCrossAttention
+from acamkd_hf.losses import ACAMKDLoss, CWDLoss, FeatureMSELoss, MGDLoss, MultiPointDistillationLoss
+from acamkd_hf.masking import AdaptiveSpatialChannelMasking
+
+
+def _features(student_channels=6, teacher_channels=8, student_hw=(3, 5), teacher_hw=(6, 10), batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(batch, student_channels, *student_hw, generator=g, requires_grad=True)
+    teacher = torch.randn(batch, teacher_channels, *teacher_hw, generator=g, requires_grad=True)
+    return student, teacher
+
+
+def _naive_attention(query_map, key_map, value_map):
+    q = query_map.flatten(2).transpose(1, 2)
+    k = key_map.flatten(2).transpose(1, 2)
+    v = value_map.flatten(2).transpose(1, 2)
+    attn = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
+    out = attn @ v
+    return out.transpose(1, 2).reshape(value_map.shape[0], value_map.shape[1], *query_map.shape[-2:])
+
+
+# ---------------------------------------------------------------------------------------------------------- fusion
+def test_fusion_projection_sizes_follow_the_paper():
+    fusion = StudentTeacherCrossAttention(16)
+    assert (fusion.query.in_channels, fusion.query.out_channels) == (16, 8)
+    assert (fusion.key.in_channels, fusion.key.out_channels) == (16, 8)
+    assert (fusion.value.in_channels, fusion.value.out_channels) == (16, 16)
+
+
+@pytest.mark.parametrize(
+    "mode,query_from,key_value_from",
+    [("teacher_query", "teacher", "student"), ("student_query", "student", "teacher"), ("teacher_only", "teacher", "teacher")],
+)
+def test_fusion_equals_naive_attention_for_each_mode(mode, query_from, key_value_from):
+    torch.manual_seed(0)
+    fusion = StudentTeacherCrossAttention(8, mode=mode)
+    teacher = torch.randn(2, 8, 4, 6)
+    student = torch.randn(2, 8, 4, 6)
+    sources = {"teacher": teacher, "student": student}
+
+    def conv(layer, x):  # a 1x1 convolution written as an einsum
+        return torch.einsum("oc,bchw->bohw", layer.weight[:, :, 0, 0], x) + layer.bias.view(1, -1, 1, 1)
+
+    expected = _naive_attention(
+        conv(fusion.query, sources[query_from]),
+        conv(fusion.key, sources[key_value_from]),
+        conv(fusion.value, sources[key_value_from]),
+    )
+    torch.testing.assert_close(fusion(teacher, student), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_depends_on_the_student_except_in_teacher_only_mode():
+    torch.manual_seed(0)
+    teacher = torch.randn(1, 8, 4, 4)
+    student_a, student_b = torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 4)
+    for mode in ("teacher_query", "student_query"):
+        fusion = StudentTeacherCrossAttention(8, mode=mode)
+        assert not torch.allclose(fusion(teacher, student_a), fusion(teacher, student_b))
+    fusion = StudentTeacherCrossAttention(8, mode="teacher_only")
+    torch.testing.assert_close(fusion(teacher, student_a), fusion(teacher, student_b))
+
+
+def test_bad_fusion_mode_lists_the_choices():
+    with pytest.raises(ValueError, match="teacher_query, student_query, teacher_only"):
+        StudentTeacherCrossAttention(8, mode="cross")
+
+
+# ---------------------------------------------------------------------------------------------------------- masks
+@pytest.mark.parametrize("num_masks", [1, 6, 19])
+def test_masks_shapes_and_range(num_masks):
+    masking = AdaptiveSpatialChannelMasking(8, num_masks)
+    # The normal(0, 0.01) initialisation of the paper: small, not all equal.
+    for units in (masking.channel_units, masking.spatial_units):
+        assert units.abs().max().item() < 0.06 and units.unique().numel() == units.numel()
+    fused = torch.randn(2, 8, 3, 7) * 50  # large values push the sigmoid towards its ends
+    spatial, channel = masking(fused)
+    assert spatial.shape == (2, num_masks, 3, 7)
+    assert channel.shape == (2, num_masks, 8)
+    for masks in (spatial, channel):
+        assert masks.min().item() > 0.0 and masks.max().item() < 1.0
+
+
+@pytest.mark.parametrize("kinds,has_spatial,has_channel", [("both", True, True), ("spatial", True, False), ("channel", False, True)])
+def test_mask_kind_options(kinds, has_spatial, has_channel):
+    masking = AdaptiveSpatialChannelMasking(8, 3, kinds=kinds)
+    spatial, channel = masking(torch.randn(1, 8, 2, 2))
+    assert (spatial is not None, channel is not None) == (has_spatial, has_channel)
+    assert (masking.spatial_units is not None, masking.channel_units is not None) == (has_spatial, has_channel)
+
+
+# ---------------------------------------------------------------------------------------------------------- alignment
+def test_aligner_resizes_bilinearly_then_projects():
+    aligner = StudentAligner(3, 5)
+    student = torch.randn(2, 3, 4, 4)
+    resized = F.interpolate(student, size=(8, 6), mode="bilinear", align_corners=False)
+    expected = torch.einsum("oc,bchw->bohw", aligner.proj.weight[:, :, 0, 0], resized) + aligner.proj.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(aligner(student, (8, 6)), expected)
+
+
+def test_identity_alignment_needs_equal_channels():
+    assert StudentAligner(4, 4, "identity")(torch.ones(1, 4, 2, 2), (2, 2)).sum().item() == 16
+    with pytest.raises(ValueError, match="student has 3 and the teacher 4"):
+        StudentAligner(3, 4, "identity")
+
+
+# ---------------------------------------------------------------------------------------------------------- ACAM-KD
+def test_acamkd_terms_are_consistent_with_their_weights():
+    torch.manual_seed(0)
+    loss = ACAMKDLoss(6, 8, num_masks=4, alpha=0.3, lambda_div=2.0)
+    student, teacher = _features()
+    out = loss(student, teacher)
+    assert set(out) == {"loss", "channel", "spatial", "diversity"}
+    expected = 0.3 * (out["channel"] + out["spatial"]) + 2.0 * out["diversity"]
+    torch.testing.assert_close(out["loss"], expected)
+    # Freshly initialised masks are all ~0.5, so every pair of masks is near-identical: Dice ~1 for both kinds.
+    assert out["diversity"].item() == pytest.approx(2.0, abs=1e-3)
+
+
+def test_acamkd_gradients_reach_every_trainable_part_and_never_the_teacher():
+    torch.manual_seed(0)
+    loss = ACAMKDLoss(6, 8, num_masks=3)
+    student, teacher = _features()
+    loss(student, teacher)["loss"].backward()
+    assert teacher.grad is None  # the teacher is frozen: its feature is detached inside the loss
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    for name, parameter in loss.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_student_gets_gradient_only_through_the_imitation_when_detached():
+    torch.manual_seed(0)
+    for detach, student_gets_diversity_gradient in ((True, False), (False, True)):
+        loss = ACAMKDLoss(6, 8, num_masks=3, detach_student_in_fusion=detach)
+        student, teacher = _features()
+        loss(student, teacher)["diversity"].backward()
+        got = student.grad is not None and student.grad.abs().sum().item() > 0
+        assert got == student_gets_diversity_gradient
+        # Whatever the choice, the diversity term trains the fusion and the selection units.
+        assert loss.fusion.value.weight.grad.abs().sum() > 0
+        assert loss.masking.spatial_units.grad.abs().sum() > 0
+
+
+def test_teacher_only_masks_take_no_gradient_from_the_student_path():
+    torch.manual_seed(0)
+    loss = ACAMKDLoss(6, 8, num_masks=3, fusion_mode="teacher_only", detach_student_in_fusion=False)
+    student, teacher = _features()
+    loss(student, teacher)["diversity"].backward()
+    assert student.grad is None  # masks built from the teacher alone
+    assert loss.align.proj.weight.grad is None
+
+
+@pytest.mark.parametrize("kinds", ["spatial", "channel"])
+def test_single_mask_kind_zeroes_the_other_terms(kinds):
+    torch.manual_seed(0)
+    loss = ACAMKDLoss(6, 8, num_masks=3, mask_kinds=kinds)
+    out = loss(*_features())
+    off = "channel" if kinds == "spatial" else "spatial"
+    assert out[off].item() == 0.0 and out[kinds].item() > 0
+    assert out["diversity"].item() == pytest.approx(1.0, abs=1e-3)  # only one kind's Dice
+    assert set(loss.last_masks) == {kinds}
+
+
+def test_acamkd_losses_equal_the_functional_formulas_on_the_module_masks():
+    torch.manual_seed(0)
+    loss = ACAMKDLoss(8, 8, num_masks=2, alignment="identity")
+    student, teacher = _features(student_channels=8, student_hw=(6, 10))
+    out = loss(student, teacher)
+    spatial, channel = loss.last_masks["spatial"], loss.last_masks["channel"]
+    d2 = (teacher - student).detach() ** 2
+    l_c = ((channel**2)[..., None, None] * d2[:, None]).sum((2, 3, 4)) / (60 * channel.sum(2) + 1e-6)
+    l_s = ((spatial**2)[:, :, None] * d2[:, None]).sum((2, 3, 4)) / (8 * spatial.sum((2, 3)) + 1e-6)
+    torch.testing.assert_close(out["channel"], l_c.mean())
+    torch.testing.assert_close(out["spatial"], l_s.mean())
+
+
+# ---------------------------------------------------------------------------------------------------------- baselines
+def test_baselines_share_the_interface_and_match_their_formulas():
+    torch.manual_seed(0)
+    student, teacher = _features(student_channels=8, student_hw=(6, 10))
+    s, t = student.detach(), teacher.detach()
+
+    mse = FeatureMSELoss(8, 8, weight=2.0, alignment="identity")(student, teacher)
+    assert set(mse) == {"loss", "mse"}
+    assert mse["mse"].item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
+    assert mse["loss"].item() == pytest.approx(2 * mse["mse"].item(), rel=1e-6)
+
+    cwd = CWDLoss(8, 8, tau=4.0, alignment="identity")(student, teacher)
+    p_t = torch.softmax(t.flatten(2) / 4, -1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(s.flatten(2) / 4, -1))).sum(-1).mean()
+    assert cwd["cwd"].item() == pytest.approx(16 * kl.item(), rel=1e-5)
+
+    mgd_module = MGDLoss(8, 8, weight=1.0, mask_ratio=0.0, alignment="identity")
+    mgd = mgd_module(student, teacher)
+    generated = mgd_module.generator(s)
+    assert mgd["mgd"].item() == pytest.approx(((generated - t) ** 2).sum().item() / 2, rel=1e-5)
+
+    for module in (FeatureMSELoss(6, 8), MGDLoss(6, 8), CWDLoss(6, 8)):
+        student, teacher = _features()
+        module(student, teacher)["loss"].backward()
+        assert teacher.grad is None and student.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------- points
+def test_multi_point_sums_points_and_names_every_term():
+    torch.manual_seed(0)
+    levels = {"neck1": ACAMKDLoss(6, 8, num_masks=2), "neck2": FeatureMSELoss(4, 8)}
+    container = MultiPointDistillationLoss(levels)
+    s1, t1 = _features()
+    s2, t2 = _features(student_channels=4, teacher_hw=(3, 5), seed=1)
+    out = container({"neck1": s1, "neck2": s2}, {"neck1": t1, "neck2": t2})
+    assert set(out) == {"loss", "neck1/loss", "neck1/channel", "neck1/spatial", "neck1/diversity", "neck2/loss", "neck2/mse"}
+    torch.testing.assert_close(out["loss"], out["neck1/loss"] + out["neck2/loss"])
+    with pytest.raises(KeyError, match="neck2 \\(teacher\\)"):
+        container({"neck1": s1, "neck2": s2}, {"neck1": t1})
+    with pytest.raises(ValueError, match="contain '.'"):
+        MultiPointDistillationLoss({"backbone.stage1": FeatureMSELoss(4, 8)})

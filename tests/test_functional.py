@@ -1,0 +1,219 @@
+"""Golden-value tests of acamkd_hf.functional: every expected value is computed here from the paper's formula with
+plain Python loops over float64 tensors, never with the code under test."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from acamkd_hf import functional as KD
+
+SHAPES = [  # (B, C, H, W, M): includes M = 1 and non-square maps
+    (2, 3, 4, 5, 1),
+    (1, 4, 3, 3, 2),
+    (3, 5, 2, 6, 4),
+]
+
+
+def _inputs(batch, channels, height, width, num_masks, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(batch, channels, height, width, generator=g, dtype=torch.float64)
+    student = torch.randn(batch, channels, height, width, generator=g, dtype=torch.float64)
+    channel_masks = torch.rand(batch, num_masks, channels, generator=g, dtype=torch.float64)
+    spatial_masks = torch.rand(batch, num_masks, height, width, generator=g, dtype=torch.float64)
+    return teacher, student, channel_masks, spatial_masks
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_channel_masked_loss_matches_formula(shape):
+    B, C, H, W, M = shape
+    teacher, student, channel_masks, _ = _inputs(*shape)
+    eps = 1e-6
+    total = 0.0
+    for b in range(B):
+        per_sample = 0.0
+        for m in range(M):
+            numerator = sum(
+                (channel_masks[b, m, k].item() * (teacher[b, k, h, w] - student[b, k, h, w]).item()) ** 2
+                for k in range(C)
+                for h in range(H)
+                for w in range(W)
+            )
+            denominator = H * W * sum(channel_masks[b, m, k].item() for k in range(C)) + eps
+            per_sample += numerator / denominator
+        total += per_sample / M
+    expected = total / B
+    got = KD.channel_masked_loss(teacher, student, channel_masks, eps=eps)
+    assert got.shape == ()
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_spatial_masked_loss_matches_formula(shape):
+    B, C, H, W, M = shape
+    teacher, student, _, spatial_masks = _inputs(*shape, seed=1)
+    eps = 1e-6
+    total = 0.0
+    for b in range(B):
+        per_sample = 0.0
+        for m in range(M):
+            numerator = sum(
+                (spatial_masks[b, m, h, w].item() * (teacher[b, k, h, w] - student[b, k, h, w]).item()) ** 2
+                for k in range(C)
+                for h in range(H)
+                for w in range(W)
+            )
+            denominator = C * sum(spatial_masks[b, m, h, w].item() for h in range(H) for w in range(W)) + eps
+            per_sample += numerator / denominator
+        total += per_sample / M
+    expected = total / B
+    got = KD.spatial_masked_loss(teacher, student, spatial_masks, eps=eps)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_masked_losses_with_masks_of_ones_reduce_to_mse(shape):
+    B, C, H, W, M = shape
+    teacher, student, _, _ = _inputs(*shape, seed=2)
+    mse = ((teacher - student) ** 2).sum().item() / (B * C * H * W)
+    ones_c = torch.ones(B, M, C, dtype=torch.float64)
+    ones_s = torch.ones(B, M, H, W, dtype=torch.float64)
+    # eps -> 0 makes the normalisers exactly H*W*C: the plain mean-squared error.
+    assert KD.channel_masked_loss(teacher, student, ones_c, eps=0.0).item() == pytest.approx(mse, rel=1e-12)
+    assert KD.spatial_masked_loss(teacher, student, ones_s, eps=0.0).item() == pytest.approx(mse, rel=1e-12)
+    # With the default eps, the difference is only the normaliser's eps.
+    assert KD.channel_masked_loss(teacher, student, ones_c).item() == pytest.approx(mse, rel=1e-6)
+
+
+@pytest.mark.parametrize("batch,num_masks,length", [(1, 2, 5), (2, 3, 7), (3, 6, 1), (2, 4, 12)])
+def test_dice_diversity_matches_formula(batch, num_masks, length):
+    masks = torch.rand(batch, num_masks, length, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    eps = 1e-12
+    values = []
+    for b in range(batch):
+        for i, j in itertools.permutations(range(num_masks), 2):
+            inner = sum(masks[b, i, p].item() * masks[b, j, p].item() for p in range(length))
+            norm_i = sum(masks[b, i, p].item() ** 2 for p in range(length))
+            norm_j = sum(masks[b, j, p].item() ** 2 for p in range(length))
+            values.append(2 * inner / (norm_i + norm_j + eps))
+    expected = sum(values) / len(values)
+    assert KD.dice_diversity(masks, eps=eps).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_dice_diversity_extremes():
+    identical = torch.full((2, 3, 10), 0.7)
+    assert KD.dice_diversity(identical).item() == pytest.approx(1.0, abs=1e-6)
+    partition = torch.eye(4).unsqueeze(0)  # disjoint one-hot masks
+    assert KD.dice_diversity(partition).item() == pytest.approx(0.0, abs=1e-12)
+    single = torch.rand(2, 1, 5, requires_grad=True)
+    value = KD.dice_diversity(single)
+    assert value.item() == 0.0
+    value.backward()  # M = 1 keeps a graph (no pair, zero gradient) instead of failing
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 3, 3)])
+def test_channel_wise_distillation_matches_formula(shape, tau):
+    B, C, H, W = shape
+    g = torch.Generator().manual_seed(4)
+    teacher = torch.randn(*shape, generator=g, dtype=torch.float64)
+    student = torch.randn(*shape, generator=g, dtype=torch.float64)
+    total = 0.0
+    for b in range(B):
+        for c in range(C):
+            t = [teacher[b, c, h, w].item() / tau for h in range(H) for w in range(W)]
+            s = [student[b, c, h, w].item() / tau for h in range(H) for w in range(W)]
+            zt = sum(math.exp(x) for x in t)
+            zs = sum(math.exp(x) for x in s)
+            pt = [math.exp(x) / zt for x in t]
+            ps = [math.exp(x) / zs for x in s]
+            total += sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps))
+    expected = total * tau**2 / (B * C)
+    assert KD.channel_wise_distillation(teacher, student, tau).item() == pytest.approx(expected, rel=1e-10)
+    assert KD.channel_wise_distillation(teacher, teacher, tau).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_feature_mse_and_masked_generative_loss_match_formula():
+    g = torch.Generator().manual_seed(5)
+    teacher = torch.randn(3, 2, 4, 3, generator=g, dtype=torch.float64)
+    other = torch.randn(3, 2, 4, 3, generator=g, dtype=torch.float64)
+    squared = sum((teacher - other).flatten().tolist()[i] ** 2 for i in range(teacher.numel()))
+    assert KD.feature_mse(teacher, other).item() == pytest.approx(squared / teacher.numel(), rel=1e-12)
+    assert KD.masked_generative_loss(teacher, other).item() == pytest.approx(squared / 3, rel=1e-12)
+
+
+def test_mgd_random_mask_ratio_and_values():
+    mask = KD.mgd_random_mask(4, 50, 60, 0.65, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 1, 50, 60)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    dropped = 1 - mask.mean().item()
+    assert dropped == pytest.approx(0.65, abs=0.02)
+    assert KD.mgd_random_mask(2, 3, 3, 0.0).min().item() == 1.0
+
+
+@pytest.mark.parametrize("batch,channels,height,width,num_masks", SHAPES)
+def test_selection_units_match_formula(batch, channels, height, width, num_masks):
+    g = torch.Generator().manual_seed(6)
+    fused = torch.randn(batch, channels, height, width, generator=g, dtype=torch.float64)
+    m_c = torch.randn(num_masks, 1, generator=g, dtype=torch.float64)
+    m_s = torch.randn(num_masks, channels, generator=g, dtype=torch.float64)
+    channel = KD.channel_selection(fused, m_c)
+    spatial = KD.spatial_selection(fused, m_s)
+    assert channel.shape == (batch, num_masks, channels)
+    assert spatial.shape == (batch, num_masks, height, width)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    for b, m in itertools.product(range(batch), range(num_masks)):
+        for k in range(channels):
+            v_k = sum(fused[b, k, h, w].item() for h in range(height) for w in range(width)) / (height * width)
+            assert channel[b, m, k].item() == pytest.approx(sig(m_c[m, 0].item() * v_k), rel=1e-10)
+        for h, w in itertools.product(range(height), range(width)):
+            z = sum(m_s[m, k].item() * fused[b, k, h, w].item() for k in range(channels))
+            assert spatial[b, m, h, w].item() == pytest.approx(sig(z), rel=1e-10)
+
+
+@pytest.mark.parametrize("d,value_channels", [(4, 8), (8, 8), (6, 3), (4, 10)])
+def test_cross_attention_fusion_equals_naive_softmax_attention(d, value_channels):
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 15, d, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 8, d, generator=g, dtype=torch.float64)  # keys/values may come from another grid
+    v = torch.randn(2, 8, value_channels, generator=g, dtype=torch.float64)
+    expected = torch.zeros(2, 15, value_channels, dtype=torch.float64)
+    for b in range(2):
+        for i in range(15):
+            logits = [sum(q[b, i, c].item() * k[b, j, c].item() for c in range(d)) / math.sqrt(d) for j in range(8)]
+            top = max(logits)
+            weights = [math.exp(x - top) for x in logits]
+            total = sum(weights)
+            for j in range(8):
+                expected[b, i] += weights[j] / total * v[b, j]
+    got = KD.cross_attention_fusion(q, k, v)
+    assert got.shape == (2, 15, value_channels)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="align the student first"):
+        KD.channel_masked_loss(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 4, 4), torch.ones(1, 1, 2))
+
+
+@pytest.mark.parametrize("d,value_channels", [(8, 16), (16, 16), (8, 12)])
+def test_cross_attention_fusion_runs_on_the_fused_kernel(d, value_channels):
+    """The O(HW * C) memory of STCA-FF rests on SDPA's fused (flash) kernel; PyTorch silently falls back to the
+    O((HW)^2) math kernel for unequal head sizes or non-contiguous tokens. Restricting SDPA to the flash kernel
+    makes any such fallback an error here (benchmarks/fusion_memory.py measures the memory itself)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from acamkd_hf.fusion import StudentTeacherCrossAttention
+
+    query = torch.randn(2, 42, d, requires_grad=True)
+    key = torch.randn(2, 42, d, requires_grad=True)
+    value = torch.randn(2, 42, value_channels, requires_grad=True)
+    fusion = StudentTeacherCrossAttention(16)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        KD.cross_attention_fusion(query, key, value).sum().backward()
+        fusion(torch.randn(2, 16, 6, 7), torch.randn(2, 16, 6, 7, requires_grad=True)).sum().backward()
+        # The guard itself works: an unchunked call with head sizes d and C is refused when they differ.
+        if d != value_channels:
+            with pytest.raises(RuntimeError):
+                torch.nn.functional.scaled_dot_product_attention(query[:, None], key[:, None], value[:, None])
