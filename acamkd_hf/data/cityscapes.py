@@ -1,0 +1,344 @@
+"""Semantic-segmentation datasets: Cityscapes from its on-disk layout, or any `datasets` dataset.
+
+Everything ends up as a `SegmentationData`: a `DatasetDict` with splits "train" and "validation", each holding the
+columns `image` and `label` (both `datasets.Image`, decoded to PIL on access), the class names, and an optional
+per-pixel lookup table that turns the stored label map into class ids (Cityscapes stores labelIds; training uses
+the 19 trainIds). The table is applied in `SegmentationTransforms`, so the dataset stays a thin index of files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+__all__ = [
+    "CITYSCAPES_LABEL_IDS",
+    "CITYSCAPES_TRAIN_CLASSES",
+    "IGNORE_INDEX",
+    "LABEL_ID_TO_TRAIN_ID",
+    "SegmentationData",
+    "is_cityscapes_layout",
+    "load_cityscapes",
+    "load_segmentation_data",
+    "reduce_labels_lookup",
+]
+
+IGNORE_INDEX = 255
+
+# The 19 evaluation classes of Cityscapes, in trainId order (trainId i is CITYSCAPES_TRAIN_CLASSES[i]).
+CITYSCAPES_TRAIN_CLASSES: tuple[str, ...] = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+
+# labelId of each trainId, from the official table (cityscapesscripts/helpers/labels.py). Every labelId not listed
+# here (unlabeled 0, ego vehicle 1, ..., license plate -1) has trainId 255 (ignored in training and evaluation).
+CITYSCAPES_LABEL_IDS: tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+
+def _build_label_id_to_train_id() -> np.ndarray:
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for train_id, label_id in enumerate(CITYSCAPES_LABEL_IDS):
+        table[label_id] = train_id
+    table.flags.writeable = False  # the one home of this mapping: nobody patches it in place
+    return table
+
+
+# uint8 (256,): `LABEL_ID_TO_TRAIN_ID[label_id_map]` turns a stored `*_gtFine_labelIds.png` into trainIds.
+LABEL_ID_TO_TRAIN_ID: np.ndarray = _build_label_id_to_train_id()
+
+_SPLITS = {"train": "train", "val": "validation"}  # folder name on disk -> split name exposed
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+_LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+_IMAGE_COLUMNS = ("image", "pixel_values", "img")
+_LABEL_COLUMNS = ("label", "annotation", "semantic_map", "segmentation", "seg_map", "mask", "labels")
+_VALIDATION_SPLITS = ("validation", "val", "valid")
+
+
+@dataclass
+class SegmentationData:
+    """A segmentation dataset ready for `SegmentationTransforms`.
+
+    dataset: splits "train" and "validation" (a split may be missing only when the source has none); columns
+        `image` (`datasets.Image`, RGB) and `label` (`datasets.Image`, the raw single-channel map as stored).
+    id2label: class id -> name for the ids *after* `label_lookup`.
+    label_lookup: uint8 (256,) table applied per pixel to the raw map (`label_lookup[raw]`); None when the raw map
+        already holds class ids (and `ignore_index` for unlabeled pixels).
+    ignore_index: label value excluded from the loss and from mIoU.
+    """
+
+    dataset: datasets.DatasetDict
+    id2label: dict[int, str]
+    label_lookup: np.ndarray | None
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label.items()}
+
+
+def _pair_features() -> datasets.Features:
+    return datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+
+
+def is_cityscapes_layout(path: str | Path) -> bool:
+    """True when `path` is a folder with `leftImg8bit/` and `gtFine/` subfolders (the official layout)."""
+    path = Path(path)
+    return (path / "leftImg8bit").is_dir() and (path / "gtFine").is_dir()
+
+
+def load_cityscapes(root: str | Path) -> SegmentationData:
+    """Index a Cityscapes folder in the official layout.
+
+    root/leftImg8bit/{train,val}/{city}/{city}_{seq}_{frame}_leftImg8bit.png
+    root/gtFine/{train,val}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png
+
+    "val" is exposed as "validation"; "test" is skipped (its public labels are all void). A split folder that is
+    absent is left out; one that exists but holds no image is an error, as is an image without its label file.
+    Labels are kept as stored (labelIds); `label_lookup` is `LABEL_ID_TO_TRAIN_ID` and `id2label` the 19 trainId
+    classes, unless an optional `root/id2label.json` restricts the classes to trainIds 0..K-1 (then the lookup
+    sends the other trainIds to ignore).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Cityscapes folder not found: {root}")
+    image_root = root / "leftImg8bit"
+    if not image_root.is_dir():
+        raise FileNotFoundError(
+            f"{root} does not look like a Cityscapes folder: missing {image_root} "
+            f"(expected leftImg8bit/{{train,val}}/{{city}}/*{_IMAGE_SUFFIX})"
+        )
+
+    splits: dict[str, datasets.Dataset] = {}
+    for folder, split in _SPLITS.items():
+        split_dir = image_root / folder
+        if not split_dir.is_dir():
+            continue
+        pattern = f"*/*{_IMAGE_SUFFIX}"
+        images = sorted(split_dir.glob(pattern))
+        if not images:
+            raise FileNotFoundError(f"no Cityscapes images found: searched {split_dir / pattern}")
+        labels = []
+        for image in images:
+            stem = image.name[: -len(_IMAGE_SUFFIX)]
+            label = root / "gtFine" / folder / image.parent.name / f"{stem}{_LABEL_SUFFIX}"
+            if not label.is_file():
+                raise FileNotFoundError(f"no label file for image {image}: expected {label}")
+            labels.append(str(label))
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": [str(p) for p in images], "label": labels}, features=_pair_features()
+        )
+    if not splits:
+        raise FileNotFoundError(
+            f"no Cityscapes images found: searched {image_root}/{{train,val}}/*/*{_IMAGE_SUFFIX} "
+            "(neither split folder exists)"
+        )
+
+    id2label = dict(enumerate(CITYSCAPES_TRAIN_CLASSES))
+    label_lookup = LABEL_ID_TO_TRAIN_ID
+    class_file = root / "id2label.json"
+    if class_file.is_file():
+        # Optional, not part of the official layout: a subset of the trainIds (the synthetic generator writes one)
+        # so that models get a head of the right size. trainIds beyond the subset become ignore pixels.
+        id2label = _read_id2label_json(class_file)
+        num = len(id2label)
+        if sorted(id2label) != list(range(num)) or num > len(CITYSCAPES_TRAIN_CLASSES):
+            raise ValueError(f"{class_file}: keys must be the trainIds 0..K-1 with K <= 19, got {sorted(id2label)}")
+        if num < len(CITYSCAPES_TRAIN_CLASSES):
+            label_lookup = LABEL_ID_TO_TRAIN_ID.copy()
+            label_lookup[label_lookup >= num] = IGNORE_INDEX
+            label_lookup.flags.writeable = False
+    return SegmentationData(
+        dataset=datasets.DatasetDict(splits),
+        id2label=id2label,
+        label_lookup=label_lookup,
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def reduce_labels_lookup(ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """uint8 (256,) table for maps whose 0 means "background / other" (ADE20K style): 0 -> ignore, k -> k - 1.
+
+    Same convention as `do_reduce_labels=True` in the HF image processors.
+    """
+    table = np.arange(256, dtype=np.int64) - 1
+    table[0] = ignore_index
+    table[255] = ignore_index
+    return table.astype(np.uint8)
+
+
+def _pick_column(names: list[str], candidates: tuple[str, ...], what: str, override: str | None) -> str:
+    if override is not None:
+        if override not in names:
+            raise ValueError(f"{what} column {override!r} not in the dataset columns {names}")
+        return override
+    for name in candidates:
+        if name in names:
+            return name
+    raise ValueError(
+        f"could not find the {what} column among {names} (looked for {list(candidates)}); "
+        f"pass {what}_column=... explicitly"
+    )
+
+
+def _read_id2label_file(name_or_path: str, revision: str | None, token: Any) -> dict[int, str] | None:
+    """id2label.json next to the data: the convention of the HF semantic-segmentation examples and datasets."""
+    local = Path(name_or_path)
+    if local.is_dir():
+        candidate = local / "id2label.json"
+        return _read_id2label_json(candidate) if candidate.is_file() else None
+    # A Hub dataset repo: fetch only that small file. Offline, missing or gated -> None, so that the caller's
+    # error can ask for id2label explicitly.
+    try:
+        from huggingface_hub import hf_hub_download
+
+        downloaded = hf_hub_download(name_or_path, "id2label.json", repo_type="dataset", revision=revision, token=token)
+    except Exception:  # noqa: BLE001 - any failure just means "no metadata file"
+        return None
+    return _read_id2label_json(downloaded)
+
+
+def _read_id2label_json(path: str | Path) -> dict[int, str]:
+    return {int(k): str(v) for k, v in json.loads(Path(path).read_text()).items()}
+
+
+def load_segmentation_data(
+    name_or_path: str | os.PathLike,
+    *,
+    id2label: dict[int, str] | str | os.PathLike | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    train_split: str = "train",
+    validation_split: str | None = None,
+    validation_fraction: float | None = None,
+    split_seed: int = 0,
+    label_lookup: np.ndarray | None = None,
+    reduce_labels: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+    **load_dataset_kwargs: Any,
+) -> SegmentationData:
+    """Load a segmentation dataset by Cityscapes folder, local dataset folder or Hub id.
+
+    - A folder in the Cityscapes layout goes through `load_cityscapes` (all other arguments but `id2label` are
+      ignored; `id2label` may rename the 19 classes).
+    - Anything else goes through `datasets.load_dataset(name_or_path, **load_dataset_kwargs)`. The image and
+      segmentation-map columns are detected among common names (image/pixel_values/img;
+      label/annotation/semantic_map/segmentation/seg_map/mask/labels) unless given, then renamed to
+      `image`/`label`; other columns are dropped. The validation split is the first of validation/val/valid unless
+      `validation_split` names one; a dataset with a train split only (e.g. segments/sidewalk-semantic) needs
+      `validation_fraction`, which holds out that fraction of train (seeded by `split_seed`).
+    - Class names: `id2label` if given (a dict, or the path of a json file {"0": "name", ...}), else an
+      `id2label.json` next to the data (local folder or Hub dataset repo, the convention of the HF segmentation
+      examples); otherwise a ValueError asks for `id2label`. (Dataset features do not name the classes of a pixel
+      map; a ClassLabel column such as ADE20K's `scene_category` names something else, so it is not used.)
+    - `label_lookup` (uint8 (256,)) is passed through to the transforms; `reduce_labels=True` instead sets it to
+      0 -> ignore, k -> k - 1 (ADE20K-style maps where 0 is "other"). Give at most one of the two.
+    """
+    name_or_path = os.fspath(name_or_path)
+    if isinstance(id2label, (str, os.PathLike)):
+        id2label = _read_id2label_json(id2label)
+    if is_cityscapes_layout(name_or_path):
+        data = load_cityscapes(name_or_path)
+        if id2label is not None:
+            id2label = {int(k): str(v) for k, v in id2label.items()}
+            if sorted(id2label) != sorted(data.id2label):
+                raise ValueError(
+                    f"id2label for a Cityscapes folder can only rename its classes {sorted(data.id2label)}, "
+                    f"got keys {sorted(id2label)}"
+                )
+            data.id2label = dict(sorted(id2label.items()))
+        return data
+
+    if reduce_labels and label_lookup is not None:
+        raise ValueError("give either label_lookup or reduce_labels=True, not both")
+    loaded = datasets.load_dataset(name_or_path, **load_dataset_kwargs)
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(
+            f"{name_or_path} loaded as a {type(loaded).__name__}; a DatasetDict with a train and a validation split "
+            "is needed (do not pass split=... or streaming=True)"
+        )
+
+    available = list(loaded.keys())
+    if train_split not in loaded:
+        raise ValueError(f"no {train_split!r} split in {name_or_path}; available splits: {available}")
+    if validation_fraction is not None:
+        if validation_split is not None:
+            raise ValueError("give either validation_split or validation_fraction, not both")
+        held_out = loaded[train_split].train_test_split(test_size=validation_fraction, seed=split_seed)
+        loaded = datasets.DatasetDict({train_split: held_out["train"], "validation": held_out["test"]})
+        validation_split = "validation"
+    elif validation_split is None:
+        validation_split = next((s for s in _VALIDATION_SPLITS if s in loaded), None)
+        if validation_split is None:
+            raise ValueError(
+                f"no validation split in {name_or_path} (looked for {list(_VALIDATION_SPLITS)}); available "
+                f"splits: {available}; pass validation_split=... or validation_fraction=..."
+            )
+    elif validation_split not in loaded:
+        raise ValueError(f"no {validation_split!r} split in {name_or_path}; available splits: {available}")
+
+    columns = loaded[train_split].column_names
+    image_col = _pick_column(columns, _IMAGE_COLUMNS, "image", image_column)
+    label_col = _pick_column([c for c in columns if c != image_col], _LABEL_COLUMNS, "label", label_column)
+
+    if id2label is None:
+        id2label = _read_id2label_file(
+            name_or_path, load_dataset_kwargs.get("revision"), load_dataset_kwargs.get("token")
+        )
+    if id2label is None:
+        raise ValueError(
+            f"no class names found for {name_or_path} (no id2label.json next to the data); "
+            "pass id2label={0: 'name', ...} or the path of such a json file"
+        )
+    id2label = {int(k): str(v) for k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
+    if sorted(id2label) != list(range(len(id2label))):
+        raise ValueError(f"id2label keys must be the class ids 0..K-1, got {sorted(id2label)}")
+    if reduce_labels:
+        label_lookup = reduce_labels_lookup(ignore_index)
+
+    splits = {}
+    for source, target in ((train_split, "train"), (validation_split, "validation")):
+        ds = loaded[source].select_columns([image_col, label_col])
+        if image_col != "image":
+            ds = ds.rename_column(image_col, "image")
+        if label_col != "label":
+            ds = ds.rename_column(label_col, "label")
+        # Paths or bytes stored as plain columns become decodable images; an existing Image feature is kept.
+        for col in ("image", "label"):
+            if not isinstance(ds.features[col], datasets.Image):
+                ds = ds.cast_column(col, datasets.Image())
+        splits[target] = ds
+    return SegmentationData(
+        dataset=datasets.DatasetDict(splits),
+        id2label=id2label,
+        label_lookup=label_lookup,
+        ignore_index=ignore_index,
+    )
