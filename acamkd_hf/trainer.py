@@ -1,0 +1,327 @@
+"""``DistillationArguments`` (a ``TrainingArguments`` subclass) and ``DistillationTrainer`` (a ``Trainer`` subclass).
+
+The trainer receives the student as ``model`` and the teacher as ``teacher_model`` (TRL's pattern). It wraps the
+student and the per-point distillation modules into one :class:`~acamkd_hf.distiller.Distiller` (what the
+optimizer, DDP and checkpoints see), keeps the teacher outside, frozen and in eval mode, and:
+
+* logs every loss term (task, distillation total, each point's terms) next to the Trainer's ``loss``;
+* saves **only the student** (config, safetensors, image processor) to every output folder, so
+  ``from_pretrained(dir)`` and ``pipeline(..., model=dir)`` load it; checkpoints also hold the distillation modules
+  in a side file (``distillation_modules.safetensors``) so ``resume_from_checkpoint`` restores them exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from .alignment import ALIGNMENT_KINDS
+from .distiller import METHODS, Distiller, build_distillation_loss
+from .fusion import FUSION_MODES
+from .masking import MASK_KINDS
+from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes
+
+logger = logging.get_logger(__name__)
+
+DISTILLATION_MODULES_NAME = "distillation_modules.safetensors"
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    """Distillation settings on top of every ``TrainingArguments`` flag. Defaults follow the paper."""
+
+    teacher: str | None = field(
+        default=None,
+        metadata={"help": "Teacher: a preset name, Hub id or local folder (recorded with the run)."},
+    )
+    method: str = field(
+        default="acamkd",
+        metadata={"help": "Distillation method; 'none' trains the student alone under the same recipe.", "choices": list(METHODS)},
+    )
+    distillation_points: list[str] = field(
+        default_factory=lambda: ["logits"],
+        metadata={"help": "Where to distil (the paper: logits for segmentation). A wrong name lists the available ones."},
+    )
+    alpha: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (1; MGD 2e-5)."},
+    )
+    lambda_div: float = field(default=1.0, metadata={"help": "Weight of the Dice diversity term L_div (paper: 1)."})
+    num_masks: int | None = field(
+        default=None,
+        metadata={"help": "Masks M per point. Default: the number of classes for segmentation (paper), 6 for detection."},
+    )
+    mask_kinds: str = field(
+        default="both", metadata={"help": "Paper Table 8 ablation.", "choices": list(MASK_KINDS)}
+    )
+    fusion_mode: str = field(
+        default="teacher_query",
+        metadata={"help": "STCA-FF query source (Table 9: student_query; Table 10: teacher_only).", "choices": list(FUSION_MODES)},
+    )
+    detach_student_in_fusion: bool = field(
+        default=True,
+        metadata={"help": "Detach the aligned student where it enters the fusion (documented default; False = literal)."},
+    )
+    alignment: str = field(
+        default="conv1x1", metadata={"help": "Student adapter f_align.", "choices": list(ALIGNMENT_KINDS)}
+    )
+    distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
+    cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
+    mgd_mask_ratio: float = field(default=0.65, metadata={"help": "MGD: fraction of positions masked."})
+
+    # Trainer defaults that distillation needs: the raw image columns feed an on-the-fly transform (do not drop
+    # them), labels are named explicitly (the Distiller is not a PreTrainedModel), and every trainable parameter
+    # is used in every step.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: transforms read the raw columns."})
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP find_unused_parameters."})
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("method", self.method, METHODS),
+            ("mask_kinds", self.mask_kinds, MASK_KINDS),
+            ("fusion_mode", self.fusion_mode, FUSION_MODES),
+            ("alignment", self.alignment, ALIGNMENT_KINDS),
+        ):
+            if value not in choices:
+                raise ValueError(f"--{name} {value!r} is not one of: {', '.join(choices)}")
+        if self.num_masks is not None and self.num_masks < 1:
+            raise ValueError(f"--num_masks must be >= 1, got {self.num_masks}")
+        super().__post_init__()
+
+    def distillation_settings(self) -> dict[str, Any]:
+        """The settings that describe the distillation (for the run's config, the model card and the loss)."""
+        return {
+            "teacher": self.teacher,
+            "method": self.method,
+            "distillation_points": list(self.distillation_points),
+            "alpha": self.alpha,
+            "lambda_div": self.lambda_div,
+            "num_masks": self.num_masks,
+            "mask_kinds": self.mask_kinds,
+            "fusion_mode": self.fusion_mode,
+            "detach_student_in_fusion": self.detach_student_in_fusion,
+            "alignment": self.alignment,
+            "distillation_eps": self.distillation_eps,
+            "cwd_tau": self.cwd_tau,
+            "mgd_mask_ratio": self.mgd_mask_ratio,
+        }
+
+
+class DistillationTrainer(Trainer):
+    """A ``Trainer`` that distils ``teacher_model`` into ``model`` (the student) with ``args.method``.
+
+    Args:
+        model: the student, a ``PreTrainedModel`` whose forward takes ``pixel_values`` and ``labels``.
+        teacher_model: the teacher (frozen here); ``None`` only with ``args.method == "none"``.
+        args: :class:`DistillationArguments`.
+        probe_image_size: ``(H, W)`` of the dry forward that sizes the adapters; default: the size of the first
+            training example's ``pixel_values``.
+        **kwargs: everything ``Trainer`` takes (datasets, collator, ``compute_metrics``, ``processing_class`` ...).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        teacher_model: nn.Module | None = None,
+        args: DistillationArguments | None = None,
+        *,
+        probe_image_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None or not isinstance(args, DistillationArguments):
+            raise TypeError("DistillationTrainer needs args=DistillationArguments(...)")
+        if isinstance(model, Distiller):
+            raise TypeError("pass the student itself as model=; the trainer builds the Distiller")
+        distilling = args.method != "none"
+        if distilling and teacher_model is None:
+            raise ValueError(f"method {args.method!r} needs a teacher_model (use method 'none' to train the student alone)")
+        if teacher_model is not None:
+            _check_label_sets(teacher_model, model, teacher_name=args.teacher)
+
+        set_seed(args.seed)  # the distillation modules' initialisation is part of the run's seed
+        distillation_loss = None
+        if distilling:
+            freeze_teacher(teacher_model)
+            image_size = probe_image_size or _first_image_size(kwargs.get("train_dataset"))
+            points = list(args.distillation_points)
+            student_shapes = probe_feature_shapes(model, points, image_size)
+            teacher_shapes = probe_feature_shapes(teacher_model, points, image_size)
+            logger.info(f"distillation points (C, H, W) student {student_shapes} <- teacher {teacher_shapes}")
+            num_masks = args.num_masks or _default_num_masks(model)
+            distillation_loss = build_distillation_loss(
+                args.method,
+                points,
+                student_shapes,
+                teacher_shapes,
+                alpha=args.alpha,
+                lambda_div=args.lambda_div,
+                num_masks=num_masks,
+                eps=args.distillation_eps,
+                fusion_mode=args.fusion_mode,
+                mask_kinds=args.mask_kinds,
+                detach_student_in_fusion=args.detach_student_in_fusion,
+                alignment=args.alignment,
+                cwd_tau=args.cwd_tau,
+                mgd_mask_ratio=args.mgd_mask_ratio,
+            )
+        super().__init__(model=Distiller(model, distillation_loss), args=args, **kwargs)
+
+        self.teacher = teacher_model if distilling else None
+        self.teacher_taps = FeatureTaps(teacher_model, distillation_loss.point_names) if distilling else None
+        if self.teacher is not None:
+            self.teacher.to(self.accelerator.device)
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_steps = 0
+
+    # ------------------------------------------------------------------------------------------------- access
+    @property
+    def student(self) -> PreTrainedModel:
+        """The student being trained (unwrapped from DDP and the Distiller)."""
+        return self.accelerator.unwrap_model(self.model).student
+
+    @property
+    def distillation_modules(self) -> nn.Module | None:
+        """The per-point distillation modules (adapters, fusion, selection units), or None for method 'none'."""
+        return self.accelerator.unwrap_model(self.model).distillation_loss
+
+    # ------------------------------------------------------------------------------------------------- step
+    def teacher_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's features at the distillation points: eval mode (re-set every step), no grad."""
+        self.teacher.eval()
+        with torch.no_grad():
+            return self.teacher_taps.collect(self.teacher(pixel_values=pixel_values))
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """Task loss + distillation loss in training; task loss only in evaluation.
+
+        Both are per-batch means, so the Trainer divides by the accumulation steps (gradient accumulation 1 x 8
+        and 8 x 1 give the same update); ``num_items_in_batch`` is accepted and not needed.
+        """
+        teacher_features = None
+        if model.training and self.teacher is not None:
+            teacher_features = self.teacher_features(inputs["pixel_values"])
+        outputs = model(**inputs, teacher_features=teacher_features)
+        if outputs.distillation_terms is not None:
+            self._accumulate_terms(outputs.distillation_terms)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    # ------------------------------------------------------------------------------------------------- logging
+    def _accumulate_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            value = value.detach().float()
+            self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
+        self._term_steps += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean of every loss term since the last training log: ``task_loss``, ``distillation_loss`` and
+        ``distill/<point>/<term>`` (unweighted), averaged over processes."""
+        if self._term_steps and "loss" in logs:
+            names = list(self._term_sums)
+            means = torch.stack([self._term_sums[name] for name in names]) / self._term_steps
+            means = self.accelerator.reduce(means, reduction="mean")
+            for name, value in zip(names, means.tolist()):
+                key = {"task": "task_loss", "distillation": "distillation_loss"}.get(name, f"distill/{name}")
+                logs[key] = round(value, 6)
+            self._term_sums, self._term_steps = {}, 0
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------------- saving
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Writes the student as a plain HF model folder; inside checkpoints also the distillation modules."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        distiller = self.accelerator.unwrap_model(self.model)
+        if state_dict is None:
+            state_dict = distiller.state_dict()
+        student_state = _strip_prefix(state_dict, "student.")
+        os.makedirs(output_dir, exist_ok=True)
+        distiller.student.save_pretrained(output_dir, state_dict=student_state)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        modules_state = _strip_prefix(state_dict, "distillation_loss.")
+        if modules_state and os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR):
+            safetensors.torch.save_file(
+                {name: tensor.detach().contiguous().cpu() for name, tensor in modules_state.items()},
+                os.path.join(output_dir, DISTILLATION_MODULES_NAME),
+                metadata={"format": "pt"},
+            )
+        with open(os.path.join(output_dir, "training_args.json"), "w") as handle:
+            handle.write(self.args.to_json_string())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Restores the student (through its own ``from_pretrained``) and the distillation modules."""
+        distiller = self.accelerator.unwrap_model(model if model is not None else self.model)
+        student = distiller.student
+        restored = type(student).from_pretrained(resume_from_checkpoint)
+        student.load_state_dict(restored.state_dict())
+        if distiller.distillation_loss is not None:
+            path = os.path.join(resume_from_checkpoint, DISTILLATION_MODULES_NAME)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"{path} is missing: this checkpoint has no distillation modules (was it written by method "
+                    f"'none' or by another tool?). Resume it with the method it was trained with, or start afresh."
+                )
+            distiller.distillation_loss.load_state_dict(safetensors.torch.load_file(path))
+
+    def _load_best_model(self) -> None:
+        logger.info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {name[len(prefix) :]: tensor for name, tensor in state_dict.items() if name.startswith(prefix)}
+
+
+def _first_image_size(dataset: Any) -> tuple[int, int]:
+    if dataset is None or len(dataset) == 0:
+        raise ValueError("cannot size the distillation adapters: no train_dataset example; pass probe_image_size=(H, W)")
+    with torch.random.fork_rng():  # reading an augmented example must not move the run's RNG
+        example = dataset[0]
+    pixel_values = example["pixel_values"]
+    return tuple(int(s) for s in pixel_values.shape[-2:])
+
+
+def _default_num_masks(model: nn.Module) -> int:
+    """The paper's M: the number of classes for segmentation, 6 for detection."""
+    config = getattr(model, "config", None)
+    if config is not None and "ForObjectDetection" in type(model).__name__:
+        return 6
+    return int(getattr(config, "num_labels", 6))
+
+
+def _check_label_sets(teacher: nn.Module, student: nn.Module, teacher_name: str | None) -> None:
+    from .models.presets import describe_label_mismatch
+
+    teacher_labels = getattr(getattr(teacher, "config", None), "id2label", None)
+    student_labels = getattr(getattr(student, "config", None), "id2label", None)
+    if teacher_labels is None or student_labels is None:
+        return
+    problem = describe_label_mismatch(teacher_labels, student_labels)
+    if problem:
+        teacher_id = teacher_name or getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
+        student_id = getattr(student.config, "_name_or_path", "") or type(student).__name__
+        raise ValueError(
+            f"teacher ({teacher_id}) and student ({student_id}) have different label sets: {problem}. "
+            f"Distillation needs one label set: build the student with the teacher's id2label."
+        )
+
+
+__all__ = ["DistillationArguments", "DistillationTrainer", "DISTILLATION_MODULES_NAME"]

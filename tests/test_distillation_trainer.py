@@ -1,0 +1,270 @@
+"""DistillationTrainer invariances and guarantees on tiny models and a tiny synthetic Cityscapes-layout set:
+what reaches the student, what must not change, accumulation and resume invariance, saving only the student, and
+the start-up errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSemanticSegmentation
+
+from acamkd_hf import DistillationArguments, DistillationTrainer
+from acamkd_hf.data import (
+    SegmentationTransforms,
+    collate_segmentation,
+    load_cityscapes,
+    make_synthetic_cityscapes,
+)
+from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
+from acamkd_hf.trainer import DISTILLATION_MODULES_NAME
+
+IMAGE_SIZE = (32, 64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models on 2 shared cores run faster and steadier on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = make_synthetic_cityscapes(
+        tmp_path_factory.mktemp("synthetic"), num_train=16, num_val=4, image_size=IMAGE_SIZE, num_classes=4, seed=0
+    )
+    return load_cityscapes(root)
+
+
+def _datasets(data, *, augment: bool, no_ignore: bool = False):
+    lookup = data.label_lookup
+    if no_ignore:
+        # Every pixel labelled: per-image cross-entropy means then weigh every image equally, which is what makes
+        # a batch of 8 and 8 accumulated batches of 1 the same objective.
+        lookup = np.where(lookup == 255, 0, lookup).astype(np.uint8)
+    processor = default_image_processor(IMAGE_SIZE)
+    train_tf = SegmentationTransforms(
+        processor,
+        train=True,
+        crop_size=IMAGE_SIZE,
+        scale_range=(0.75, 1.5) if augment else (1.0, 1.0),
+        hflip=augment,
+        label_lookup=lookup,
+    )
+    eval_tf = SegmentationTransforms(processor, train=False, label_lookup=lookup)
+    return data.dataset["train"].with_transform(train_tf), data.dataset["validation"].with_transform(eval_tf), processor
+
+
+def _segformer_without_batch_statistics(id2label):
+    """Tiny SegFormer with every sample processed independently: no dropout, and the decode head's one BatchNorm
+    (SegFormer is otherwise LayerNorm-only) replaced by an identity, since batch statistics of 8 images differ from
+    those of 1."""
+    model = SEGMENTATION_PRESETS["tiny-segformer"](
+        id2label, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0, drop_path_rate=0.0
+    )
+    model.decode_head.batch_norm = torch.nn.Identity()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return model
+
+
+def _args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        dataloader_pin_memory=False,
+    )
+    values.update(overrides)
+    return DistillationArguments(**values)
+
+
+def _state(module):
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def _make(data, tmp_path, *, student=None, teacher=None, augment=True, no_ignore=False, **overrides):
+    torch.manual_seed(0)
+    teacher = teacher or SEGMENTATION_PRESETS["tiny-deeplabv3-resnet"](data.id2label)
+    student = student or SEGMENTATION_PRESETS["tiny-deeplabv3-mobilenetv2"](data.id2label)
+    train, evaluation, processor = _datasets(data, augment=augment, no_ignore=no_ignore)
+    args = _args(tmp_path, **overrides)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher if args.method != "none" else None,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=collate_segmentation,
+        processing_class=processor,
+    )
+    return trainer, teacher
+
+
+# ----------------------------------------------------------------------------------------------- what changes
+def test_teacher_is_bit_identical_and_everything_trained_changes(data, tmp_path):
+    trainer, teacher = _make(data, tmp_path, distillation_points=["logits", "stage4"])
+    teacher.train()  # even if someone flips it, the trainer keeps the teacher in eval (BatchNorm stats frozen)
+    teacher_before = _state(teacher)
+    student_before = _state(trainer.student)
+    modules_before = _state(trainer.distillation_modules)
+    trainer.train()
+
+    for name, tensor in _state(teacher).items():
+        assert torch.equal(tensor, teacher_before[name]), f"teacher changed: {name}"
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+    student_after = _state(trainer.student)
+    changed = [n for n, t in student_after.items() if t.is_floating_point() and not torch.equal(t, student_before[n])]
+    assert len(changed) > 0.8 * sum(t.is_floating_point() for t in student_after.values())
+
+    for name, parameter in trainer.distillation_modules.named_parameters():
+        assert not torch.equal(parameter.detach(), modules_before[name]), f"distillation module did not train: {name}"
+
+
+def test_every_loss_term_is_logged_per_point(data, tmp_path):
+    trainer, _ = _make(data, tmp_path, distillation_points=["logits", "stage3"])
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 3
+    expected = {"task_loss", "distillation_loss"} | {
+        f"distill/{point}/{term}" for point in ("logits", "stage3") for term in ("loss", "channel", "spatial", "diversity")
+    }
+    assert expected <= set(logged[0])
+    entry = logged[-1]
+    # The terms add up: total = task + distillation; distillation = sum over points of each point's total.
+    assert entry["distillation_loss"] == pytest.approx(entry["distill/logits/loss"] + entry["distill/stage3/loss"], rel=1e-4)
+    assert entry["distill/logits/loss"] == pytest.approx(
+        entry["distill/logits/channel"] + entry["distill/logits/spatial"] + entry["distill/logits/diversity"], rel=1e-4
+    )
+
+
+def test_method_none_trains_the_student_alone(data, tmp_path):
+    trainer, _ = _make(data, tmp_path, method="none")
+    assert trainer.teacher is None and trainer.distillation_modules is None
+    trainer.train()
+    assert "distillation_loss" not in trainer.state.log_history[0]
+
+
+# ----------------------------------------------------------------------------------------------- invariances
+def test_gradient_accumulation_1x8_equals_8x1(data, tmp_path):
+    """Per-device batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same weights after 2 updates.
+
+    SegFormer student without BatchNorm (batch statistics would differ) or dropout, no augmentation, no
+    ignore pixels (so every image weighs the same in the task loss), SGD. Tolerance 1e-5: only the summation
+    order differs."""
+    results = []
+    for batch, accumulation in ((8, 1), (1, 8)):
+        torch.manual_seed(0)
+        student = _segformer_without_batch_statistics(data.id2label)
+        trainer, _ = _make(
+            data,
+            tmp_path / f"{batch}x{accumulation}",
+            student=student,
+            augment=False,
+            no_ignore=True,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_steps=2,
+            optim="sgd",
+            learning_rate=0.05,
+            lr_scheduler_type="constant",
+            distillation_points=["logits", "stage2"],
+        )
+        trainer.train()
+        results.append((_state(trainer.student), _state(trainer.distillation_modules), trainer.state.log_history[0]))
+    (student_a, modules_a, log_a), (student_b, modules_b, log_b) = results
+    assert any(not torch.equal(student_a[n], t) for n, t in _state(_segformer_without_batch_statistics(data.id2label)).items() if n in student_a)
+    for name in student_a:
+        torch.testing.assert_close(student_a[name], student_b[name], atol=1e-5, rtol=1e-4, msg=name)
+    for name in modules_a:
+        torch.testing.assert_close(modules_a[name], modules_b[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert log_a["loss"] == pytest.approx(log_b["loss"], rel=1e-4)
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+    """8 steps in one go (saving at step 4) == resuming that step-4 checkpoint for the last 4 steps: student,
+    distillation modules, optimizer, scheduler and RNG (random augmentations) all restored."""
+    common = dict(max_steps=8, save_strategy="steps", save_steps=4, distillation_points=["logits", "stage4"],
+                  lr_scheduler_type="linear", warmup_steps=2)
+    straight, _ = _make(data, tmp_path, **common)
+    straight.train()
+    checkpoint = tmp_path / "out" / "checkpoint-4"
+    assert (checkpoint / DISTILLATION_MODULES_NAME).is_file()
+
+    resumed, _ = _make(data, tmp_path, **{**common, "output_dir": str(tmp_path / "resumed")})
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for module in ("student", "distillation_modules"):
+        expected, got = _state(getattr(straight, module)), _state(getattr(resumed, module))
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-6, msg=f"{module}.{name}")
+    assert resumed.state.log_history[-1]["train_loss"] is not None
+    # A wrong resume would also change the logged losses of steps 5..8.
+    straight_losses = [e["loss"] for e in straight.state.log_history if "loss" in e][4:]
+    resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e and e["step"] > 4]
+    assert resumed_losses == pytest.approx(straight_losses, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- saving
+def test_saved_folder_is_the_student_only(data, tmp_path):
+    trainer, _ = _make(data, tmp_path, save_strategy="steps", save_steps=3)
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    assert not (out / DISTILLATION_MODULES_NAME).exists()  # the artifact is the student, nothing else
+    assert (out / "checkpoint-3" / DISTILLATION_MODULES_NAME).is_file()  # checkpoints can resume distillation
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == trainer.student.config.model_type
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(out)
+    for name, tensor in trainer.student.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in trainer.student.parameters())
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def test_wrong_distillation_point_lists_the_available_ones(data, tmp_path):
+    with pytest.raises(ValueError, match=r"'stage9'.*available: logits, stage1, stage2, stage3, stage4"):
+        _make(data, tmp_path, distillation_points=["stage9"])
+
+
+def test_different_label_sets_fail_naming_both(data, tmp_path):
+    other = dict(data.id2label)
+    other[0] = "not-" + other[0]
+    teacher = SEGMENTATION_PRESETS["tiny-deeplabv3-resnet"](other)
+    with pytest.raises(ValueError, match=r"teacher \(.*\) and student \(.*\) have different label sets"):
+        _make(data, tmp_path, teacher=teacher)
+
+
+def test_distillation_without_a_teacher_is_refused(data, tmp_path):
+    train, _, _ = _datasets(data, augment=False)
+    student = SEGMENTATION_PRESETS["tiny-deeplabv3-mobilenetv2"](data.id2label)
+    with pytest.raises(ValueError, match="needs a teacher_model"):
+        DistillationTrainer(model=student, args=_args(tmp_path), train_dataset=train)
+
+
+def test_unknown_method_and_switches_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--method 'kd' is not one of: acamkd, mse, mgd, cwd, none"):
+        _args(tmp_path, method="kd")
+    with pytest.raises(ValueError, match="--fusion_mode"):
+        _args(tmp_path, fusion_mode="student")
+
+
+@pytest.mark.parametrize("method", ["mse", "mgd", "cwd"])
+def test_baselines_train_through_the_same_trainer(data, tmp_path, method):
+    trainer, _ = _make(data, tmp_path, method=method, max_steps=2)
+    before = _state(trainer.distillation_modules)
+    trainer.train()
+    assert f"distill/logits/{method}" in trainer.state.log_history[0]
+    assert any(not torch.equal(t, before[n]) for n, t in _state(trainer.distillation_modules).items())
+
