@@ -1,0 +1,390 @@
+#!/usr/bin/env python
+"""Distil a semantic-segmentation teacher into a student with ACAM-KD (or a baseline), through ``transformers.Trainer``.
+
+    python scripts/distill.py                                   # the embedded default: runs anywhere, < 5 min on CPU
+    accelerate launch scripts/distill.py --config configs/cityscapes_deeplabv3_r101_to_mbv2.yaml
+    python scripts/distill.py --teacher path/or/hub-id --student deeplabv3-mobilenetv2 \\
+        --dataset /data/cityscapes --method acamkd --output_dir outputs/mbv2-acamkd
+
+With no arguments it makes a small synthetic dataset in the Cityscapes layout, trains a small teacher on it
+(method ``none``: plain training, this same script), distils a smaller student with ACAM-KD, evaluates both (and the
+untrained student), and prints a table. ``--config FILE`` (YAML or JSON) gives a recipe, and flags override its
+values; without ``--config`` and ``--dataset``, the embedded synthetic recipe is the base that flags override.
+Every ``transformers.TrainingArguments`` flag works (``--help`` lists them all).
+
+The output folder is a ready Hugging Face model folder (config, safetensors, image processor) that
+``AutoModelForSemanticSegmentation.from_pretrained`` and ``pipeline("image-segmentation")`` load, plus
+``run_config.json`` (every setting of the run) and ``metrics.json`` (what it measured).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+import yaml
+from transformers import AutoImageProcessor, HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+
+import acamkd_hf
+from acamkd_hf import DistillationArguments, DistillationTrainer
+from acamkd_hf.data import (
+    SegmentationTransforms,
+    collate_segmentation,
+    load_segmentation_data,
+    make_synthetic_cityscapes,
+)
+from acamkd_hf.metrics import StreamingSegmentationMetrics
+from acamkd_hf.models import (
+    SEGMENTATION_PRESETS,
+    default_image_processor,
+    describe_label_mismatch,
+    load_segmentation_model,
+)
+
+logger = logging.getLogger("acamkd_hf.distill")
+
+
+@dataclass
+class ModelArguments:
+    student: str = field(
+        default="tiny-deeplabv3-mobilenetv2",
+        metadata={"help": f"Student: a preset ({', '.join(SEGMENTATION_PRESETS)}), a Hub id or a local folder."},
+    )
+    teacher_architecture: str = field(
+        default="tiny-deeplabv3-resnet",
+        metadata={"help": "When no --teacher is given: the preset trained here first as the teacher (method none)."},
+    )
+    teacher_num_train_epochs: float | None = field(
+        default=None, metadata={"help": "Epochs for that teacher (default: --num_train_epochs)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom code from Hub models (off unless you turn it on)."}
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the loaded models."})
+    compare_student_alone: bool = field(
+        default=False,
+        metadata={"help": "Also train the student without distillation under the same recipe, for the table."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Cityscapes folder (leftImg8bit/ + gtFine/), a local dataset folder or a Hub dataset id with "
+            "image + segmentation-map columns. Default: a synthetic set in the Cityscapes layout, made here."
+        },
+    )
+    synthetic_dir: str | None = field(
+        default=None, metadata={"help": "Where the synthetic set is written (default: ~/.cache/acamkd_hf/...)."}
+    )
+    synthetic_num_train: int = field(default=240, metadata={"help": "Synthetic training images."})
+    synthetic_num_val: int = field(default=60, metadata={"help": "Synthetic validation images."})
+    synthetic_image_size: list[int] = field(default_factory=lambda: [64, 128], metadata={"help": "H W."})
+    synthetic_num_classes: int = field(default=8, metadata={"help": "Classes of the synthetic set (<= 19)."})
+    id2label: str | None = field(default=None, metadata={"help": "JSON file {id: name} for datasets without one."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column of a Hub/local dataset."})
+    label_column: str | None = field(default=None, metadata={"help": "Segmentation-map column of a Hub/local dataset."})
+    crop_size: list[int] | None = field(
+        default=None, metadata={"help": "Training crop H W (paper: 512 1024). Default: the first training image's size."}
+    )
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0], metadata={"help": "Random scale range."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
+
+
+#: The embedded default (no arguments): small enough for 2 CPU cores in under 5 minutes, large enough that the
+#: teacher clearly beats an untrained student.
+DEFAULT_RECIPE: dict[str, Any] = {
+    "output_dir": "outputs/acamkd-synthetic",
+    "method": "acamkd",
+    "num_train_epochs": 12,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 16,
+    "learning_rate": 3e-3,
+    "weight_decay": 1e-4,
+    "lr_scheduler_type": "polynomial",
+    "lr_scheduler_kwargs": {"power": 0.9, "lr_end": 0.0},
+    "warmup_steps": 10,
+    "logging_steps": 10,
+    "eval_strategy": "no",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "seed": 0,
+    "report_to": "none",
+    "disable_tqdm": False,
+}
+
+
+# ----------------------------------------------------------------------------------------------------- arguments
+def recipe_to_flags(recipe: dict[str, Any]) -> list[str]:
+    """A recipe dict as command-line flags (so flags given after it override it)."""
+    flags: list[str] = []
+    for key, value in recipe.items():
+        if value is None:
+            continue
+        flags.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            flags.extend(str(item) for item in value)
+        elif isinstance(value, dict):
+            flags.append(json.dumps(value))
+        else:
+            flags.append(str(value))
+    return flags
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+    text = Path(path).read_text()
+    recipe = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of argument names to values")
+    return recipe
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, DistillationArguments]:
+    """Flags override a base recipe: ``--config FILE`` when given; else, without ``--dataset``, the embedded
+    synthetic default (``DEFAULT_RECIPE``); else nothing (the Trainer's own defaults)."""
+    argv = list(argv)
+    if "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise SystemExit("--config needs a YAML or JSON file")
+        base = read_recipe(argv[at + 1])
+        del argv[at : at + 2]
+    elif "--dataset" not in argv and not any(arg.startswith("--dataset=") for arg in argv):
+        base = DEFAULT_RECIPE
+    else:
+        base = {}
+    parser = HfArgumentParser((ModelArguments, DataArguments, DistillationArguments), description=__doc__)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_to_flags(base) + argv)
+    changes: dict[str, Any] = {"batch_eval_metrics": True}  # mIoU streams through a confusion matrix, batch by batch
+    if not torch.cuda.is_available():
+        changes["dataloader_pin_memory"] = False  # nothing to pin to
+    return model_args, data_args, replace(training_args, **changes)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def prepare_data(data_args: DataArguments, seed: int):
+    """The dataset as `SegmentationData` (synthetic in the Cityscapes layout when no --dataset is given)."""
+    if data_args.dataset is None:
+        height, width = data_args.synthetic_image_size
+        root = data_args.synthetic_dir or os.path.join(
+            os.path.expanduser("~/.cache/acamkd_hf"),
+            f"synthetic_cityscapes_{data_args.synthetic_num_train}_{data_args.synthetic_num_val}_{height}x{width}"
+            f"_{data_args.synthetic_num_classes}c_seed{seed}",
+        )
+        if not os.path.isdir(os.path.join(root, "gtFine")):
+            logger.info(f"writing a synthetic Cityscapes-layout dataset to {root}")
+            make_synthetic_cityscapes(
+                root,
+                num_train=data_args.synthetic_num_train,
+                num_val=data_args.synthetic_num_val,
+                image_size=(height, width),
+                num_classes=data_args.synthetic_num_classes,
+                seed=seed,
+            )
+        data_args.dataset = root
+    data = load_segmentation_data(
+        data_args.dataset,
+        id2label=data_args.id2label,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+    )
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if limit is not None:
+            data.dataset[split] = data.dataset[split].select(range(min(limit, len(data.dataset[split]))))
+    return data
+
+
+def first_image_size(dataset) -> tuple[int, int]:
+    width, height = dataset[0]["image"].size
+    return int(height), int(width)
+
+
+# ----------------------------------------------------------------------------------------------------- models
+def load_model(name_or_path: str, id2label: dict[int, str], model_args: ModelArguments, role: str):
+    model = load_segmentation_model(
+        name_or_path,
+        id2label if name_or_path in SEGMENTATION_PRESETS else None,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+    )
+    problem = describe_label_mismatch(model.config.id2label, id2label, name_a=role, name_b="dataset")
+    if problem:
+        raise ValueError(
+            f"the {role} {name_or_path!r} and the dataset have different label sets: {problem}. "
+            f"Use a {role} trained on this label set, or a preset (built with the dataset's labels)."
+        )
+    return model
+
+
+def image_processor_for(name_or_path: str, image_size: tuple[int, int], model_args: ModelArguments):
+    """The student's own image processor when it has one (Hub/folder), else the default (ImageNet mean/std)."""
+    if name_or_path not in SEGMENTATION_PRESETS:
+        try:
+            return AutoImageProcessor.from_pretrained(
+                name_or_path, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+            )
+        except (OSError, ValueError):
+            logger.info(f"{name_or_path} has no image processor; using the default one")
+    return default_image_processor(image_size)
+
+
+# ----------------------------------------------------------------------------------------------------- training
+def make_trainer(student, teacher, args: DistillationArguments, data, image_processor, data_args: DataArguments):
+    crop_size = tuple(data_args.crop_size) if data_args.crop_size else first_image_size(data.dataset["train"])
+    train = data.dataset["train"].with_transform(
+        SegmentationTransforms(
+            image_processor,
+            train=True,
+            crop_size=crop_size,
+            scale_range=tuple(data_args.scale_range),
+            label_lookup=data.label_lookup,
+            ignore_index=data.ignore_index,
+        )
+    )
+    evaluation = data.dataset["validation"].with_transform(
+        SegmentationTransforms(image_processor, train=False, label_lookup=data.label_lookup, ignore_index=data.ignore_index)
+    )
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=collate_segmentation,
+        processing_class=image_processor,
+        compute_metrics=StreamingSegmentationMetrics(data.id2label, ignore_index=data.ignore_index),
+    )
+
+
+def train_and_evaluate(trainer: DistillationTrainer, args: DistillationArguments) -> dict[str, float]:
+    last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    resume = args.resume_from_checkpoint or last
+    if resume:
+        logger.info(f"resuming from {resume}")
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()  # the student only: a plain HF model folder
+    trainer.save_metrics("train", train_result.metrics)
+    metrics = trainer.evaluate()
+    trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    return metrics
+
+
+def evaluate_only(model, args: DistillationArguments, data, image_processor, data_args: DataArguments) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as scratch:  # an evaluation writes nothing worth keeping
+        eval_args = replace_args(args, method="none", output_dir=scratch)
+        return make_trainer(model, None, eval_args, data, image_processor, data_args).evaluate()
+
+
+def replace_args(args: DistillationArguments, **changes) -> DistillationArguments:
+    """A copy of the arguments with some fields changed (re-validated by ``__post_init__``)."""
+    return replace(args, **changes)
+
+
+def params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    logger.info(f"acamkd_hf {acamkd_hf.__version__}, method {args.method}, output {args.output_dir}")
+
+    data = prepare_data(data_args, args.seed)
+    image_size = first_image_size(data.dataset["validation"])
+    image_processor = image_processor_for(model_args.student, image_size, model_args)
+    results: dict[str, Any] = {}
+
+    teacher = None
+    teacher_name = args.teacher
+    if args.method != "none":
+        if teacher_name is None:
+            teacher_name = model_args.teacher_architecture
+            teacher_dir = f"{args.output_dir.rstrip('/')}_teacher"
+            logger.info(f"no --teacher given: training {teacher_name} first (method none) into {teacher_dir}")
+            teacher_args = replace_args(
+                args,
+                method="none",
+                teacher=None,
+                output_dir=teacher_dir,
+                num_train_epochs=model_args.teacher_num_train_epochs or args.num_train_epochs,
+                resume_from_checkpoint=None,
+            )
+            teacher = load_model(teacher_name, data.id2label, model_args, "teacher")
+            teacher_trainer = make_trainer(teacher, None, teacher_args, data, image_processor, data_args)
+            results["teacher"] = {"model": teacher_name, "trained_here": teacher_dir, "params": params(teacher),
+                                  **train_and_evaluate(teacher_trainer, teacher_args)}
+            teacher = teacher_trainer.student
+            args = replace_args(args, teacher=teacher_dir)
+        else:
+            teacher = load_model(teacher_name, data.id2label, model_args, "teacher")
+            results["teacher"] = {"model": teacher_name, "params": params(teacher),
+                                  **evaluate_only(teacher, args, data, image_processor, data_args)}
+
+    student = load_model(model_args.student, data.id2label, model_args, "student")
+    results["student_untrained"] = {"model": model_args.student, "params": params(student),
+                                    **evaluate_only(student, args, data, image_processor, data_args)}
+
+    if model_args.compare_student_alone and args.method != "none":
+        alone_dir = f"{args.output_dir.rstrip('/')}_student_alone"
+        alone_args = replace_args(args, method="none", output_dir=alone_dir, resume_from_checkpoint=None)
+        alone = load_model(model_args.student, data.id2label, model_args, "student")
+        results["student_alone"] = {"model": model_args.student, "output_dir": alone_dir, "params": params(alone),
+                                    **train_and_evaluate(make_trainer(alone, None, alone_args, data, image_processor, data_args), alone_args)}
+
+    trainer = make_trainer(student, teacher, args, data, image_processor, data_args)
+    results["student"] = {"model": model_args.student, "method": args.method, "params": params(student),
+                          **train_and_evaluate(trainer, args)}
+
+    if trainer.is_world_process_zero():
+        write_run_files(args, model_args, data_args, data, results)
+        print_table(results, args.method)
+    return results
+
+
+def write_run_files(args, model_args, data_args, data, results) -> None:
+    run_config = {
+        "acamkd_hf_version": acamkd_hf.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "model": asdict(model_args),
+        "data": {**asdict(data_args), "num_labels": data.num_labels, "id2label": data.id2label},
+        "distillation": args.distillation_settings(),
+        "training": json.loads(args.to_json_string()),
+    }
+    Path(args.output_dir, "run_config.json").write_text(json.dumps(run_config, indent=2, default=str))
+    Path(args.output_dir, "metrics.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def print_table(results: dict[str, Any], method: str) -> None:
+    rows = [
+        ("teacher", "teacher"),
+        ("student, untrained", "student_untrained"),
+        ("student alone (no KD)", "student_alone"),
+        (f"student, {method}", "student"),
+    ]
+    print("\n| model | architecture | params | mIoU | pixel acc. |")
+    print("|---|---|---|---|---|")
+    for label, key in rows:
+        if key in results:
+            row = results[key]
+            print(f"| {label} | {row['model']} | {row['params']:,} | {row.get('eval_mean_iou', float('nan')):.4f} | "
+                  f"{row.get('eval_overall_accuracy', float('nan')):.4f} |")
+    print()
+
+
+if __name__ == "__main__":
+    main()
