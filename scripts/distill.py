@@ -56,11 +56,11 @@ logger = logging.getLogger("acamkd_hf.distill")
 @dataclass
 class ModelArguments:
     student: str = field(
-        default="tiny-deeplabv3-mobilenetv2",
+        default="tiny-segformer",
         metadata={"help": f"Student: a preset ({', '.join(SEGMENTATION_PRESETS)}), a Hub id or a local folder."},
     )
     teacher_architecture: str = field(
-        default="tiny-deeplabv3-resnet",
+        default="small-segformer",
         metadata={"help": "When no --teacher is given: the preset trained here first as the teacher (method none)."},
     )
     teacher_num_train_epochs: float | None = field(
@@ -108,7 +108,8 @@ class DataArguments:
 DEFAULT_RECIPE: dict[str, Any] = {
     "output_dir": "outputs/acamkd-synthetic",
     "method": "acamkd",
-    "num_train_epochs": 12,
+    "compare_student_alone": True,
+    "num_train_epochs": 20,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 16,
     "learning_rate": 3e-3,

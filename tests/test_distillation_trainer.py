@@ -24,15 +24,6 @@ from acamkd_hf.trainer import DISTILLATION_MODULES_NAME
 IMAGE_SIZE = (32, 64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models on 2 shared cores run faster and steadier on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = make_synthetic_cityscapes(
@@ -268,3 +259,23 @@ def test_baselines_train_through_the_same_trainer(data, tmp_path, method):
     assert f"distill/logits/{method}" in trainer.state.log_history[0]
     assert any(not torch.equal(t, before[n]) for n, t in _state(trainer.distillation_modules).items())
 
+
+
+@pytest.mark.parametrize(
+    "teacher_name,student_name",
+    [
+        ("tiny-deeplabv3-resnet", "tiny-segformer"),  # CNN teacher -> transformer student
+        ("tiny-segformer", "tiny-deeplabv3-mobilenetv2"),  # transformer -> CNN
+        ("tiny-upernet", "tiny-mobilenetv2-deeplabv3"),  # full-resolution logits -> stride-8 logits
+        ("tiny-mobilenetv2-deeplabv3", "tiny-upernet"),  # stride-8 teacher -> full-resolution student
+    ],
+)
+def test_any_family_pairs_with_any_other(data, tmp_path, teacher_name, student_name):
+    teacher = SEGMENTATION_PRESETS[teacher_name](data.id2label)
+    student = SEGMENTATION_PRESETS[student_name](data.id2label)
+    trainer, _ = _make(data, tmp_path, teacher=teacher, student=student, max_steps=1,
+                       distillation_points=["logits", "stage3"])
+    before = _state(trainer.student)
+    trainer.train()
+    assert {"distill/logits/spatial", "distill/stage3/channel"} <= set(trainer.state.log_history[0])
+    assert any(not torch.equal(t, before[n]) for n, t in _state(trainer.student).items() if t.is_floating_point())

@@ -28,26 +28,20 @@ from acamkd_hf.models import (
 )
 
 ID2LABEL = {0: "road", 1: "car", 2: "sky", 3: "person", 4: "tree"}
-TINY = [name for name in SEGMENTATION_PRESETS if name.startswith("tiny-")]
+# CPU-scale random-init presets: the tiny ones (tests) and the small teacher of the CPU default run.
+TINY = [name for name in SEGMENTATION_PRESETS if name.startswith(("tiny-", "small-"))]
 # Output stride of the logits per tiny preset, from the architectures (DeepLabV3/MobileNetV2 at OS 8, SegFormer's
 # decoder at 1/4, UperNet upsamples to the input).
 LOGIT_STRIDE = {
     "tiny-deeplabv3-resnet": 8,
     "tiny-deeplabv3-mobilenetv2": 8,
     "tiny-segformer": 4,
+    "small-segformer": 4,
     "tiny-mobilenetv2-deeplabv3": 8,
     "tiny-upernet": 1,
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # These models are tiny: a second OpenMP thread only adds synchronisation, which costs whole scheduler time
-    # slices when the 2 cores are shared (forward+backward of the tiny MobileNetV2 went from 0.1 s to 0.8-7 s).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _n_params(model):

@@ -81,10 +81,14 @@ def deeplabv3_mobilenetv2(id2label: Mapping[int, str], **overrides) -> DeepLabV3
     return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="mobilenetv2_100"), overrides)
 
 
+def _segformer(id2label: Mapping[int, str], defaults: dict, overrides: dict) -> SegformerForSemanticSegmentation:
+    return SegformerForSemanticSegmentation(SegformerConfig(**{**defaults, **overrides}, **_label_maps(id2label)))
+
+
 def segformer_b0(id2label: Mapping[int, str], **overrides) -> SegformerForSemanticSegmentation:
     """SegFormer-B0 (transformers' `SegformerConfig` defaults), random init. For ImageNet-pretrained MiT-B0 weights
     load a Hub checkpoint through `load_segmentation_model` instead."""
-    return SegformerForSemanticSegmentation(SegformerConfig(**overrides, **_label_maps(id2label)))
+    return _segformer(id2label, {}, overrides)
 
 
 def tiny_deeplabv3_resnet(id2label: Mapping[int, str], **overrides) -> DeepLabV3ForSemanticSegmentation:
@@ -121,13 +125,15 @@ def tiny_deeplabv3_mobilenetv2(id2label: Mapping[int, str], **overrides) -> Deep
 
 def tiny_segformer(id2label: Mapping[int, str], **overrides) -> SegformerForSemanticSegmentation:
     """Tiny SegFormer (MiT layout, one block per stage, 16..128 channels, 32-wide decoder). Random init."""
-    defaults = dict(
-        hidden_sizes=[16, 32, 64, 128],
-        depths=[1, 1, 1, 1],
-        num_attention_heads=[1, 2, 4, 8],
-        decoder_hidden_size=32,
-    )
-    return SegformerForSemanticSegmentation(SegformerConfig(**{**defaults, **overrides}, **_label_maps(id2label)))
+    defaults = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 4, 8], decoder_hidden_size=32)
+    return _segformer(id2label, defaults, overrides)
+
+
+def small_segformer(id2label: Mapping[int, str], **overrides) -> SegformerForSemanticSegmentation:
+    """Small SegFormer (~2.1 M params; 32..256 channels, 1/2/2/1 blocks, 64-wide decoder): the teacher of the
+    CPU default run, where it learns the synthetic task within a minute. Random init."""
+    defaults = dict(hidden_sizes=[32, 64, 128, 256], depths=[1, 2, 2, 1], num_attention_heads=[1, 2, 4, 8], decoder_hidden_size=64)
+    return _segformer(id2label, defaults, overrides)
 
 
 def tiny_mobilenetv2_deeplabv3(id2label: Mapping[int, str], **overrides) -> MobileNetV2ForSemanticSegmentation:
@@ -166,6 +172,7 @@ SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = {
     "tiny-deeplabv3-resnet": tiny_deeplabv3_resnet,
     "tiny-deeplabv3-mobilenetv2": tiny_deeplabv3_mobilenetv2,
     "tiny-segformer": tiny_segformer,
+    "small-segformer": small_segformer,
     "tiny-mobilenetv2-deeplabv3": tiny_mobilenetv2_deeplabv3,
     "tiny-upernet": tiny_upernet,
 }

@@ -1,0 +1,145 @@
+"""End to end through the user's command: `accelerate launch scripts/distill.py ...` on a tiny synthetic set.
+
+The saved folder must be a plain HF model that `from_pretrained` and `pipeline("image-segmentation")` load offline,
+and it must be the *trained* student: evaluated here independently (numpy confusion matrix), it reproduces the
+mIoU the run reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+
+import acamkd_hf.models  # noqa: F401  (registers the DeepLabV3 classes with the Auto API)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "distill.py"
+
+
+def _run(args: list[str], launcher: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "ACCELERATE_CONFIG_FILE": str(tmp_path / "no-accelerate-config.yaml")}
+    done = subprocess.run([*launcher, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=600)
+    assert done.returncode == 0, f"distill.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done
+
+
+def _independent_miou(model, processor, root: Path, num_classes: int) -> float:
+    """mIoU of `model` on the validation split, computed here from the files on disk (labelIds -> trainIds by the
+    official table, restricted to the set's classes), without the package's data or metric code."""
+    official = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
+                27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    lookup = np.full(256, 255, dtype=np.int64)
+    for label_id, train_id in official.items():
+        if train_id < num_classes:
+            lookup[label_id] = train_id
+    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_std).view(3, 1, 1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    model.eval()
+    for image_path in sorted((root / "leftImg8bit" / "val").rglob("*_leftImg8bit.png")):
+        label_path = Path(str(image_path).replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_labelIds.png"))
+        image = torch.from_numpy(np.array(Image.open(image_path).convert("RGB"))).permute(2, 0, 1).float() / 255
+        label = lookup[np.array(Image.open(label_path))]
+        with torch.no_grad():
+            logits = model(pixel_values=((image - mean) / std)[None]).logits
+        prediction = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False).argmax(1)[0].numpy()
+        valid = label != 255
+        np.add.at(confusion, (label[valid], prediction[valid]), 1)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    present = union > 0
+    return float((intersection[present] / union[present]).mean())
+
+
+@pytest.mark.slow
+def test_accelerate_launch_distill_end_to_end(tmp_path):
+    out = tmp_path / "student"
+    data = tmp_path / "data"
+    _run(
+        ["--output_dir", str(out), "--synthetic_dir", str(data), "--synthetic_num_train", "16",
+         "--synthetic_num_val", "6", "--num_train_epochs", "2", "--per_device_train_batch_size", "4",
+         "--logging_steps", "2", "--disable_tqdm", "true", "--use_cpu", "true"],
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no"],
+        tmp_path,
+    )
+    # The output folder is the student and the run's record, nothing else.
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "run_config.json", "metrics.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "distillation_modules.safetensors").exists()
+    run_config = json.loads((out / "run_config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert run_config["distillation"]["method"] == "acamkd"
+    assert run_config["distillation"]["teacher"] == str(out) + "_teacher"  # trained here first, method none
+    assert (Path(str(out) + "_teacher") / "model.safetensors").is_file()
+    assert {"teacher", "student_untrained", "student"} <= set(metrics)
+
+    # Loads as a plain HF model and reproduces the reported mIoU when evaluated independently.
+    model = AutoModelForSemanticSegmentation.from_pretrained(out)
+    processor = AutoImageProcessor.from_pretrained(out)
+    num_classes = len(run_config["data"]["id2label"])
+    miou = _independent_miou(model, processor, data, num_classes)
+    assert miou == pytest.approx(metrics["student"]["eval_mean_iou"], abs=1e-6)
+
+    # The final folder holds the weights training ended with (those of its last checkpoint), not a fresh init ...
+    assert metrics["student"]["eval_mean_iou"] != metrics["student_untrained"]["eval_mean_iou"]
+    trained_state = model.state_dict()
+    checkpoint = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    from_checkpoint = AutoModelForSemanticSegmentation.from_pretrained(checkpoint).state_dict()
+    assert all(torch.equal(from_checkpoint[name], tensor) for name, tensor in trained_state.items())
+
+    # ... and runs in a pipeline, offline, on an image of another size.
+    segmenter = pipeline("image-segmentation", model=str(out))
+    image = Image.open(next((data / "leftImg8bit" / "val").rglob("*.png"))).resize((100, 50))
+    masks = segmenter(image)
+    assert masks and {m["label"] for m in masks} <= set(run_config["data"]["id2label"].values())
+    assert masks[0]["mask"].size == (100, 50)
+
+
+def _script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distill_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_recipe_parses_with_flag_overrides():
+    """The shipped Cityscapes recipe is valid for the parser, holds the paper's settings, and flags override it."""
+    distill = _script_module()
+    recipe = REPO / "configs" / "cityscapes_deeplabv3_r101_to_mbv2.yaml"
+    model_args, data_args, args = distill.parse_arguments(
+        ["--config", str(recipe), "--teacher", "my/teacher", "--dataset", "/data/cityscapes", "--max_steps", "10"]
+    )
+    assert (args.teacher, data_args.dataset, model_args.student) == ("my/teacher", "/data/cityscapes", "deeplabv3-mobilenetv2")
+    assert args.max_steps == 10  # the flag wins over the recipe's 40000
+    assert (args.method, args.num_masks, args.alpha, args.lambda_div) == ("acamkd", 19, 1.0, 1.0)
+    assert args.distillation_points == ["logits"]
+    assert (args.learning_rate, args.weight_decay, str(args.optim.value)) == (0.02, 0.0005, "sgd")
+    assert args.lr_scheduler_kwargs == {"power": 0.9, "lr_end": 0.0}
+    assert data_args.crop_size == [512, 1024]
+    assert args.batch_eval_metrics  # the streaming mIoU needs it, whatever the recipe says
+
+
+def test_no_arguments_means_the_embedded_default_and_flags_override_it():
+    distill = _script_module()
+    _, data_args, args = distill.parse_arguments([])
+    assert args.num_train_epochs == distill.DEFAULT_RECIPE["num_train_epochs"] and data_args.dataset is None
+    _, _, args = distill.parse_arguments(["--num_train_epochs", "1"])
+    assert args.num_train_epochs == 1 and args.learning_rate == distill.DEFAULT_RECIPE["learning_rate"]
+    _, _, args = distill.parse_arguments(["--dataset", "/data/x"])  # own data: the Trainer's own defaults
+    assert args.learning_rate == 5e-5
