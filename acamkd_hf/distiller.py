@@ -23,6 +23,8 @@ from .taps import FeatureTaps
 
 #: ``--method`` values: the per-point losses plus ``none`` (the student trained alone, same script and recipe).
 METHODS = (*DISTILLATION_LOSSES, "none")
+#: Each method's published imitation weight, used when ``alpha`` is not given (MGD: alpha_mgd for detection).
+DEFAULT_ALPHA = {"acamkd": 1.0, "mse": 1.0, "cwd": 1.0, "mgd": 2e-5}
 
 
 @dataclass
@@ -84,14 +86,18 @@ def build_point_loss(
     cwd_tau: float = 1.0,
     mgd_mask_ratio: float = 0.65,
 ) -> nn.Module:
-    """One per-point loss for ``--method``. ``alpha`` is the imitation weight of every method; ``None`` takes each
-    method's published default (ACAM-KD, MSE, CWD: 1; MGD: 2e-5)."""
+    """One per-point loss for ``--method``. ``alpha`` is the imitation weight of every method; ``None`` takes the
+    method's published default (:data:`DEFAULT_ALPHA`)."""
+    if method not in DISTILLATION_LOSSES:
+        raise ValueError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
+    weight = DEFAULT_ALPHA[method] if alpha is None else alpha
+    loss_class = DISTILLATION_LOSSES[method]
     if method == "acamkd":
-        return DISTILLATION_LOSSES[method](
+        return loss_class(
             student_channels,
             teacher_channels,
             num_masks=num_masks,
-            alpha=1.0 if alpha is None else alpha,
+            alpha=weight,
             lambda_div=lambda_div,
             eps=eps,
             fusion_mode=fusion_mode,
@@ -99,21 +105,11 @@ def build_point_loss(
             detach_student_in_fusion=detach_student_in_fusion,
             alignment=alignment,
         )
-    if method == "mse":
-        return DISTILLATION_LOSSES[method](student_channels, teacher_channels, weight=1.0 if alpha is None else alpha, alignment=alignment)
     if method == "cwd":
-        return DISTILLATION_LOSSES[method](
-            student_channels, teacher_channels, weight=1.0 if alpha is None else alpha, tau=cwd_tau, alignment=alignment
-        )
+        return loss_class(student_channels, teacher_channels, weight=weight, tau=cwd_tau, alignment=alignment)
     if method == "mgd":
-        return DISTILLATION_LOSSES[method](
-            student_channels,
-            teacher_channels,
-            weight=2e-5 if alpha is None else alpha,
-            mask_ratio=mgd_mask_ratio,
-            alignment=alignment,
-        )
-    raise ValueError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
+        return loss_class(student_channels, teacher_channels, weight=weight, mask_ratio=mgd_mask_ratio, alignment=alignment)
+    return loss_class(student_channels, teacher_channels, weight=weight, alignment=alignment)
 
 
 def build_distillation_loss(
@@ -142,5 +138,5 @@ def build_distillation_loss(
     )
 
 
-__all__ = ["Distiller", "DistillerOutput", "METHODS", "build_point_loss", "build_distillation_loss"]
+__all__ = ["Distiller", "DistillerOutput", "METHODS", "DEFAULT_ALPHA", "build_point_loss", "build_distillation_loss"]
 

@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .alignment import ALIGNMENT_KINDS
-from .distiller import METHODS, Distiller, build_distillation_loss
+from .distiller import DEFAULT_ALPHA, METHODS, Distiller, build_distillation_loss
 from .fusion import FUSION_MODES
 from .masking import MASK_KINDS
 from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes
@@ -150,6 +150,8 @@ class DistillationTrainer(Trainer):
 
         set_seed(args.seed)  # the distillation modules' initialisation is part of the run's seed
         distillation_loss = None
+        #: the settings as used: defaults resolved (the method's alpha, the task's number of masks)
+        self.distillation_settings = args.distillation_settings()
         if distilling:
             freeze_teacher(teacher_model)
             image_size = probe_image_size or _first_image_size(kwargs.get("train_dataset"))
@@ -158,6 +160,9 @@ class DistillationTrainer(Trainer):
             teacher_shapes = probe_feature_shapes(teacher_model, points, image_size)
             logger.info(f"distillation points (C, H, W) student {student_shapes} <- teacher {teacher_shapes}")
             num_masks = args.num_masks or _default_num_masks(model)
+            self.distillation_settings.update(
+                num_masks=num_masks, alpha=DEFAULT_ALPHA[args.method] if args.alpha is None else args.alpha
+            )
             distillation_loss = build_distillation_loss(
                 args.method,
                 points,

@@ -42,6 +42,7 @@ from acamkd_hf.data import (
     load_segmentation_data,
     make_synthetic_cityscapes,
 )
+from acamkd_hf.hub import push_student, write_model_card
 from acamkd_hf.metrics import StreamingSegmentationMetrics
 from acamkd_hf.models import (
     SEGMENTATION_PRESETS,
@@ -260,7 +261,9 @@ def make_trainer(student, teacher, args: DistillationArguments, data, image_proc
     return DistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=args,
+        # The Trainer's own push would upload checkpoints and the internal teacher / baseline runs; the student is
+        # pushed once at the end instead, with its card (acamkd_hf.hub.push_student).
+        args=replace_args(args, push_to_hub=False),
         train_dataset=train,
         eval_dataset=evaluation,
         data_collator=collate_segmentation,
@@ -280,7 +283,7 @@ def train_and_evaluate(trainer: DistillationTrainer, args: DistillationArguments
     metrics = trainer.evaluate()
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
-    return metrics
+    return {**metrics, "global_step": trainer.state.global_step, "train_runtime": train_result.metrics["train_runtime"]}
 
 
 def evaluate_only(model, args: DistillationArguments, data, image_processor, data_args: DataArguments) -> dict[str, float]:
@@ -294,8 +297,8 @@ def replace_args(args: DistillationArguments, **changes) -> DistillationArgument
     return replace(args, **changes)
 
 
-def params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+def describe(model, name: str) -> dict[str, Any]:
+    return {"model": name, "model_type": model.config.model_type, "params": sum(p.numel() for p in model.parameters())}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     transformers.utils.logging.set_verbosity_warning()
     logger.info(f"acamkd_hf {acamkd_hf.__version__}, method {args.method}, output {args.output_dir}")
 
+    synthetic = data_args.dataset is None
     data = prepare_data(data_args, args.seed)
     image_size = first_image_size(data.dataset["validation"])
     image_processor = image_processor_for(model_args.student, image_size, model_args)
@@ -326,44 +330,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             teacher = load_model(teacher_name, data.id2label, model_args, "teacher")
             teacher_trainer = make_trainer(teacher, None, teacher_args, data, image_processor, data_args)
-            results["teacher"] = {"model": teacher_name, "trained_here": teacher_dir, "params": params(teacher),
+            results["teacher"] = {**describe(teacher, teacher_name), "trained_here": teacher_dir,
                                   **train_and_evaluate(teacher_trainer, teacher_args)}
             teacher = teacher_trainer.student
             args = replace_args(args, teacher=teacher_dir)
         else:
             teacher = load_model(teacher_name, data.id2label, model_args, "teacher")
-            results["teacher"] = {"model": teacher_name, "params": params(teacher),
+            results["teacher"] = {**describe(teacher, teacher_name),
                                   **evaluate_only(teacher, args, data, image_processor, data_args)}
 
     student = load_model(model_args.student, data.id2label, model_args, "student")
-    results["student_untrained"] = {"model": model_args.student, "params": params(student),
+    results["student_untrained"] = {**describe(student, model_args.student),
                                     **evaluate_only(student, args, data, image_processor, data_args)}
 
     if model_args.compare_student_alone and args.method != "none":
         alone_dir = f"{args.output_dir.rstrip('/')}_student_alone"
         alone_args = replace_args(args, method="none", output_dir=alone_dir, resume_from_checkpoint=None)
         alone = load_model(model_args.student, data.id2label, model_args, "student")
-        results["student_alone"] = {"model": model_args.student, "output_dir": alone_dir, "params": params(alone),
+        results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir,
                                     **train_and_evaluate(make_trainer(alone, None, alone_args, data, image_processor, data_args), alone_args)}
 
     trainer = make_trainer(student, teacher, args, data, image_processor, data_args)
-    results["student"] = {"model": model_args.student, "method": args.method, "params": params(student),
+    results["student"] = {**describe(student, model_args.student), "method": args.method,
                           **train_and_evaluate(trainer, args)}
 
     if trainer.is_world_process_zero():
-        write_run_files(args, model_args, data_args, data, results)
+        write_run_files(args, trainer.distillation_settings, model_args, data_args, data, results, synthetic)
+        card = write_model_card(args.output_dir, repo_id=args.hub_model_id)
         print_table(results, args.method)
+        logger.info(f"student, run record and model card ({card.name}) in {args.output_dir}")
+        if args.push_to_hub:
+            repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+            url = push_student(args.output_dir, repo_id, private=args.hub_private_repo, token=args.hub_token,
+                               revision=args.hub_revision)
+            logger.info(f"pushed to {url}")
     return results
 
 
-def write_run_files(args, model_args, data_args, data, results) -> None:
+def hardware(args: DistillationArguments) -> dict[str, Any]:
+    if torch.cuda.is_available() and not args.use_cpu:
+        device = f"{args.world_size} x {torch.cuda.get_device_name(0)}"
+    else:
+        device = f"CPU ({os.cpu_count()} cores), {args.world_size} process(es)"
+    return {"device": device, "num_processes": args.world_size}
+
+
+def write_run_files(args, distillation_settings, model_args, data_args, data, results, synthetic: bool) -> None:
     run_config = {
         "acamkd_hf_version": acamkd_hf.__version__,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
+        "hardware": hardware(args),
         "model": asdict(model_args),
-        "data": {**asdict(data_args), "num_labels": data.num_labels, "id2label": data.id2label},
-        "distillation": args.distillation_settings(),
+        "data": {**asdict(data_args), "synthetic": synthetic, "num_labels": data.num_labels, "id2label": data.id2label},
+        "distillation": distillation_settings,  # as used: defaults resolved
         "training": json.loads(args.to_json_string()),
     }
     Path(args.output_dir, "run_config.json").write_text(json.dumps(run_config, indent=2, default=str))

@@ -108,19 +108,9 @@ def test_accelerate_launch_distill_end_to_end(tmp_path):
     assert masks[0]["mask"].size == (100, 50)
 
 
-def _script_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("distill_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_paper_recipe_parses_with_flag_overrides():
+def test_paper_recipe_parses_with_flag_overrides(distill_script):
     """The shipped Cityscapes recipe is valid for the parser, holds the paper's settings, and flags override it."""
-    distill = _script_module()
+    distill = distill_script
     recipe = REPO / "configs" / "cityscapes_deeplabv3_r101_to_mbv2.yaml"
     model_args, data_args, args = distill.parse_arguments(
         ["--config", str(recipe), "--teacher", "my/teacher", "--dataset", "/data/cityscapes", "--max_steps", "10"]
@@ -135,8 +125,8 @@ def test_paper_recipe_parses_with_flag_overrides():
     assert args.batch_eval_metrics  # the streaming mIoU needs it, whatever the recipe says
 
 
-def test_no_arguments_means_the_embedded_default_and_flags_override_it():
-    distill = _script_module()
+def test_no_arguments_means_the_embedded_default_and_flags_override_it(distill_script):
+    distill = distill_script
     _, data_args, args = distill.parse_arguments([])
     assert args.num_train_epochs == distill.DEFAULT_RECIPE["num_train_epochs"] and data_args.dataset is None
     _, _, args = distill.parse_arguments(["--num_train_epochs", "1"])
