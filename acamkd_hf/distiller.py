@@ -29,11 +29,14 @@ DEFAULT_ALPHA = {"acamkd": 1.0, "mse": 1.0, "cwd": 1.0, "mgd": 2e-5}
 
 @dataclass
 class DistillerOutput(ModelOutput):
-    """``loss`` = task loss + distillation loss; ``logits`` the student's; ``distillation_terms`` every term by name
-    (``task``, ``distillation``, ``<point>/<term>``; unweighted per term), present only in distillation steps."""
+    """``loss`` = task loss + distillation loss; ``logits`` (and, for detectors, ``pred_boxes``) the student's: what
+    the evaluation metrics read; ``distillation_terms`` every term by name (``task``, ``distillation``,
+    ``<point>/<term>``; unweighted per term), present only in distillation steps. Fields left ``None`` drop out of
+    the tuple the Trainer hands to ``compute_metrics``."""
 
     loss: Tensor | None = None
     logits: Tensor | None = None
+    pred_boxes: Tensor | None = None
     distillation_terms: dict[str, Tensor] | None = None
 
 
@@ -55,19 +58,25 @@ class Distiller(nn.Module):
     def forward(
         self,
         pixel_values: Tensor,
-        labels: Tensor | None = None,
+        labels: Tensor | list[dict[str, Tensor]] | None = None,
+        pixel_mask: Tensor | None = None,
         teacher_features: Mapping[str, Tensor] | None = None,
     ) -> DistillerOutput:
-        """``pixel_values`` ``(B, 3, H, W)``; ``labels`` as the student expects them; ``teacher_features``
-        ``{point: (B, C_t, H_t, W_t)}`` in training steps, ``None`` for evaluation (task loss only)."""
-        outputs = self.student(pixel_values=pixel_values, labels=labels)
+        """``pixel_values`` ``(B, 3, H, W)``; ``labels`` as the student expects them (a ``(B, H, W)`` map for
+        segmentation, a list of per-image dicts for detection); ``pixel_mask`` ``(B, H, W)`` for detectors that take
+        one; ``teacher_features`` ``{point: (B, C_t, H_t, W_t)}`` in training steps, ``None`` for evaluation."""
+        inputs = {"pixel_values": pixel_values, "labels": labels}
+        if pixel_mask is not None:
+            inputs["pixel_mask"] = pixel_mask
+        outputs = self.student(**inputs)
         student_features = self.student_taps.collect(outputs) if self.student_taps is not None else {}
+        predictions = {"logits": outputs.logits, "pred_boxes": getattr(outputs, "pred_boxes", None)}
         if teacher_features is None or self.distillation_loss is None:
-            return DistillerOutput(loss=outputs.loss, logits=outputs.logits)
+            return DistillerOutput(loss=outputs.loss, **predictions)
         distillation = self.distillation_loss(student_features, teacher_features)
         terms = {"task": outputs.loss.detach(), "distillation": distillation["loss"].detach()}
         terms.update({name: value.detach() for name, value in distillation.items() if name != "loss"})
-        return DistillerOutput(loss=outputs.loss + distillation["loss"], logits=outputs.logits, distillation_terms=terms)
+        return DistillerOutput(loss=outputs.loss + distillation["loss"], distillation_terms=terms, **predictions)
 
 
 def build_point_loss(

@@ -200,11 +200,12 @@ class DistillationTrainer(Trainer):
         return self.accelerator.unwrap_model(self.model).distillation_loss
 
     # ------------------------------------------------------------------------------------------------- step
-    def teacher_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    def teacher_features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The teacher's features at the distillation points: eval mode (re-set every step), no grad."""
         self.teacher.eval()
+        inputs = {"pixel_values": pixel_values} if pixel_mask is None else {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
         with torch.no_grad():
-            return self.teacher_taps.collect(self.teacher(pixel_values=pixel_values))
+            return self.teacher_taps.collect(self.teacher(**inputs))
 
     def compute_loss(
         self,
@@ -220,7 +221,7 @@ class DistillationTrainer(Trainer):
         """
         teacher_features = None
         if model.training and self.teacher is not None:
-            teacher_features = self.teacher_features(inputs["pixel_values"])
+            teacher_features = self.teacher_features(inputs["pixel_values"], inputs.get("pixel_mask"))
         outputs = model(**inputs, teacher_features=teacher_features)
         if outputs.distillation_terms is not None:
             self._accumulate_terms(outputs.distillation_terms)

@@ -31,38 +31,30 @@ from typing import Any
 import torch
 import transformers
 import yaml
-from transformers import AutoImageProcessor, HfArgumentParser
+from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 import acamkd_hf
 from acamkd_hf import DistillationArguments, DistillationTrainer
-from acamkd_hf.data import (
-    SegmentationTransforms,
-    collate_segmentation,
-    load_segmentation_data,
-    make_synthetic_cityscapes,
-)
 from acamkd_hf.hub import push_student, write_model_card
-from acamkd_hf.metrics import StreamingSegmentationMetrics
-from acamkd_hf.models import (
-    SEGMENTATION_PRESETS,
-    default_image_processor,
-    describe_label_mismatch,
-    load_segmentation_model,
-)
+from acamkd_hf.models import describe_label_mismatch
+from acamkd_hf.tasks import TASKS
 
 logger = logging.getLogger("acamkd_hf.distill")
 
 
 @dataclass
 class ModelArguments:
-    student: str = field(
-        default="tiny-segformer",
-        metadata={"help": f"Student: a preset ({', '.join(SEGMENTATION_PRESETS)}), a Hub id or a local folder."},
+    task: str = field(default="segmentation", metadata={"help": "What is distilled.", "choices": list(TASKS)})
+    student: str | None = field(
+        default=None,
+        metadata={"help": "Student: a preset (see acamkd_hf.models), a Hub id or a local folder. Default: the task's "
+                          "small CPU student (segmentation: tiny-segformer)."},
     )
-    teacher_architecture: str = field(
-        default="small-segformer",
-        metadata={"help": "When no --teacher is given: the preset trained here first as the teacher (method none)."},
+    teacher_architecture: str | None = field(
+        default=None,
+        metadata={"help": "When no --teacher is given: the preset trained here first as the teacher (method none). "
+                          "Default: the task's (segmentation: small-segformer)."},
     )
     teacher_num_train_epochs: float | None = field(
         default=None, metadata={"help": "Epochs for that teacher (default: --num_train_epochs)."}
@@ -91,8 +83,12 @@ class DataArguments:
     )
     synthetic_num_train: int = field(default=240, metadata={"help": "Synthetic training images."})
     synthetic_num_val: int = field(default=60, metadata={"help": "Synthetic validation images."})
-    synthetic_image_size: list[int] = field(default_factory=lambda: [64, 128], metadata={"help": "H W."})
-    synthetic_num_classes: int = field(default=8, metadata={"help": "Classes of the synthetic set (<= 19)."})
+    synthetic_image_size: list[int] | None = field(
+        default=None, metadata={"help": "H W of the synthetic images (default: the task's; segmentation 64 128)."}
+    )
+    synthetic_num_classes: int | None = field(
+        default=None, metadata={"help": "Classes of the synthetic set (default: the task's; segmentation 8, <= 19)."}
+    )
     id2label: str | None = field(default=None, metadata={"help": "JSON file {id: name} for datasets without one."})
     image_column: str | None = field(default=None, metadata={"help": "Image column of a Hub/local dataset."})
     label_column: str | None = field(default=None, metadata={"help": "Segmentation-map column of a Hub/local dataset."})
@@ -104,20 +100,11 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
 
 
-#: The embedded default (no arguments): small enough for 2 CPU cores in under 5 minutes, large enough that the
-#: teacher clearly beats an untrained student.
+#: The embedded default (no arguments): the task's training settings (``Task.default_recipe``) plus these. Small
+#: enough for 2 CPU cores in under 5 minutes, large enough that the teacher clearly beats an untrained student.
 DEFAULT_RECIPE: dict[str, Any] = {
-    "output_dir": "outputs/acamkd-synthetic",
     "method": "acamkd",
     "compare_student_alone": True,
-    "num_train_epochs": 20,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 16,
-    "learning_rate": 3e-3,
-    "weight_decay": 1e-4,
-    "lr_scheduler_type": "polynomial",
-    "lr_scheduler_kwargs": {"power": 0.9, "lr_end": 0.0},
-    "warmup_steps": 10,
     "logging_steps": 10,
     "eval_strategy": "no",
     "save_strategy": "epoch",
@@ -153,9 +140,19 @@ def read_recipe(path: str) -> dict[str, Any]:
     return recipe
 
 
+def _task_name(argv: list[str]) -> str:
+    for at, arg in enumerate(argv):
+        if arg == "--task" and at + 1 < len(argv):
+            return argv[at + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return "segmentation"
+
+
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, DistillationArguments]:
     """Flags override a base recipe: ``--config FILE`` when given; else, without ``--dataset``, the embedded
-    synthetic default (``DEFAULT_RECIPE``); else nothing (the Trainer's own defaults)."""
+    synthetic default of the task (``DEFAULT_RECIPE`` + ``Task.default_recipe``); else nothing (the Trainer's own
+    defaults)."""
     argv = list(argv)
     if "--config" in argv:
         at = argv.index("--config")
@@ -164,64 +161,28 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Dis
         base = read_recipe(argv[at + 1])
         del argv[at : at + 2]
     elif "--dataset" not in argv and not any(arg.startswith("--dataset=") for arg in argv):
-        base = DEFAULT_RECIPE
+        task = TASKS.get(_task_name(argv))
+        base = {**DEFAULT_RECIPE, **(task.default_recipe if task else {})}
     else:
         base = {}
     parser = HfArgumentParser((ModelArguments, DataArguments, DistillationArguments), description=__doc__)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_to_flags(base) + argv)
-    changes: dict[str, Any] = {"batch_eval_metrics": True}  # mIoU streams through a confusion matrix, batch by batch
+    task = TASKS[model_args.task]()
+    model_args.student = model_args.student or task.default_student
+    model_args.teacher_architecture = model_args.teacher_architecture or task.default_teacher
+    changes: dict[str, Any] = dict(task.required_training_args)
     if not torch.cuda.is_available():
         changes["dataloader_pin_memory"] = False  # nothing to pin to
     return model_args, data_args, replace(training_args, **changes)
 
 
-# ----------------------------------------------------------------------------------------------------- data
-def prepare_data(data_args: DataArguments, seed: int):
-    """The dataset as `SegmentationData` (synthetic in the Cityscapes layout when no --dataset is given)."""
-    if data_args.dataset is None:
-        height, width = data_args.synthetic_image_size
-        root = data_args.synthetic_dir or os.path.join(
-            os.path.expanduser("~/.cache/acamkd_hf"),
-            f"synthetic_cityscapes_{data_args.synthetic_num_train}_{data_args.synthetic_num_val}_{height}x{width}"
-            f"_{data_args.synthetic_num_classes}c_seed{seed}",
-        )
-        if not os.path.isdir(os.path.join(root, "gtFine")):
-            logger.info(f"writing a synthetic Cityscapes-layout dataset to {root}")
-            make_synthetic_cityscapes(
-                root,
-                num_train=data_args.synthetic_num_train,
-                num_val=data_args.synthetic_num_val,
-                image_size=(height, width),
-                num_classes=data_args.synthetic_num_classes,
-                seed=seed,
-            )
-        data_args.dataset = root
-    data = load_segmentation_data(
-        data_args.dataset,
-        id2label=data_args.id2label,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-    )
-    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
-        if limit is not None:
-            data.dataset[split] = data.dataset[split].select(range(min(limit, len(data.dataset[split]))))
-    return data
-
-
-def first_image_size(dataset) -> tuple[int, int]:
-    width, height = dataset[0]["image"].size
-    return int(height), int(width)
-
-
 # ----------------------------------------------------------------------------------------------------- models
-def load_model(name_or_path: str, id2label: dict[int, str], model_args: ModelArguments, role: str):
-    model = load_segmentation_model(
-        name_or_path,
-        id2label if name_or_path in SEGMENTATION_PRESETS else None,
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
+def load_model(task, name_or_path: str, data, model_args: ModelArguments, role: str):
+    """A preset (built with the dataset's labels), Hub id or folder; its label set must be the dataset's."""
+    model = task.load_model(
+        name_or_path, data.id2label, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
     )
-    problem = describe_label_mismatch(model.config.id2label, id2label, name_a=role, name_b="dataset")
+    problem = describe_label_mismatch(model.config.id2label, data.id2label, name_a=role, name_b="dataset")
     if problem:
         raise ValueError(
             f"the {role} {name_or_path!r} and the dataset have different label sets: {problem}. "
@@ -230,34 +191,9 @@ def load_model(name_or_path: str, id2label: dict[int, str], model_args: ModelArg
     return model
 
 
-def image_processor_for(name_or_path: str, image_size: tuple[int, int], model_args: ModelArguments):
-    """The student's own image processor when it has one (Hub/folder), else the default (ImageNet mean/std)."""
-    if name_or_path not in SEGMENTATION_PRESETS:
-        try:
-            return AutoImageProcessor.from_pretrained(
-                name_or_path, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
-            )
-        except (OSError, ValueError):
-            logger.info(f"{name_or_path} has no image processor; using the default one")
-    return default_image_processor(image_size)
-
-
 # ----------------------------------------------------------------------------------------------------- training
-def make_trainer(student, teacher, args: DistillationArguments, data, image_processor, data_args: DataArguments):
-    crop_size = tuple(data_args.crop_size) if data_args.crop_size else first_image_size(data.dataset["train"])
-    train = data.dataset["train"].with_transform(
-        SegmentationTransforms(
-            image_processor,
-            train=True,
-            crop_size=crop_size,
-            scale_range=tuple(data_args.scale_range),
-            label_lookup=data.label_lookup,
-            ignore_index=data.ignore_index,
-        )
-    )
-    evaluation = data.dataset["validation"].with_transform(
-        SegmentationTransforms(image_processor, train=False, label_lookup=data.label_lookup, ignore_index=data.ignore_index)
-    )
+def make_trainer(task, student, teacher, args: DistillationArguments, data, image_processor, data_args: DataArguments):
+    train, evaluation = task.datasets(data, image_processor, data_args)
     return DistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -266,9 +202,9 @@ def make_trainer(student, teacher, args: DistillationArguments, data, image_proc
         args=replace_args(args, push_to_hub=False),
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=collate_segmentation,
+        data_collator=task.collate,
         processing_class=image_processor,
-        compute_metrics=StreamingSegmentationMetrics(data.id2label, ignore_index=data.ignore_index),
+        compute_metrics=task.compute_metrics(data, image_processor),
     )
 
 
@@ -286,10 +222,10 @@ def train_and_evaluate(trainer: DistillationTrainer, args: DistillationArguments
     return {**metrics, "global_step": trainer.state.global_step, "train_runtime": train_result.metrics["train_runtime"]}
 
 
-def evaluate_only(model, args: DistillationArguments, data, image_processor, data_args: DataArguments) -> dict[str, float]:
+def evaluate_only(task, model, args: DistillationArguments, data, image_processor, data_args: DataArguments) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:  # an evaluation writes nothing worth keeping
         eval_args = replace_args(args, method="none", output_dir=scratch)
-        return make_trainer(model, None, eval_args, data, image_processor, data_args).evaluate()
+        return make_trainer(task, model, None, eval_args, data, image_processor, data_args).evaluate()
 
 
 def replace_args(args: DistillationArguments, **changes) -> DistillationArguments:
@@ -305,59 +241,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
-    logger.info(f"acamkd_hf {acamkd_hf.__version__}, method {args.method}, output {args.output_dir}")
+    task = TASKS[model_args.task]()
+    logger.info(f"acamkd_hf {acamkd_hf.__version__}, {task.name}, method {args.method}, output {args.output_dir}")
 
     synthetic = data_args.dataset is None
-    data = prepare_data(data_args, args.seed)
-    image_size = first_image_size(data.dataset["validation"])
-    image_processor = image_processor_for(model_args.student, image_size, model_args)
-    results: dict[str, Any] = {}
+    data = task.prepare_data(data_args, args.seed)
+    image_processor = task.image_processor(
+        model_args.student, data, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
+    )
 
+    def train(model, run_args):
+        return train_and_evaluate(make_trainer(task, model, None, run_args, data, image_processor, data_args), run_args)
+
+    results: dict[str, Any] = {}
     teacher = None
-    teacher_name = args.teacher
     if args.method != "none":
-        if teacher_name is None:
+        if args.teacher is None:
             teacher_name = model_args.teacher_architecture
             teacher_dir = f"{args.output_dir.rstrip('/')}_teacher"
             logger.info(f"no --teacher given: training {teacher_name} first (method none) into {teacher_dir}")
             teacher_args = replace_args(
                 args,
                 method="none",
-                teacher=None,
                 output_dir=teacher_dir,
                 num_train_epochs=model_args.teacher_num_train_epochs or args.num_train_epochs,
                 resume_from_checkpoint=None,
             )
-            teacher = load_model(teacher_name, data.id2label, model_args, "teacher")
-            teacher_trainer = make_trainer(teacher, None, teacher_args, data, image_processor, data_args)
-            results["teacher"] = {**describe(teacher, teacher_name), "trained_here": teacher_dir,
-                                  **train_and_evaluate(teacher_trainer, teacher_args)}
-            teacher = teacher_trainer.student
+            teacher = load_model(task, teacher_name, data, model_args, "teacher")
+            results["teacher"] = {**describe(teacher, teacher_name), "trained_here": teacher_dir, **train(teacher, teacher_args)}
             args = replace_args(args, teacher=teacher_dir)
         else:
-            teacher = load_model(teacher_name, data.id2label, model_args, "teacher")
-            results["teacher"] = {**describe(teacher, teacher_name),
-                                  **evaluate_only(teacher, args, data, image_processor, data_args)}
+            teacher = load_model(task, args.teacher, data, model_args, "teacher")
+            results["teacher"] = {**describe(teacher, args.teacher),
+                                  **evaluate_only(task, teacher, args, data, image_processor, data_args)}
 
-    student = load_model(model_args.student, data.id2label, model_args, "student")
+    student = load_model(task, model_args.student, data, model_args, "student")
     results["student_untrained"] = {**describe(student, model_args.student),
-                                    **evaluate_only(student, args, data, image_processor, data_args)}
+                                    **evaluate_only(task, student, args, data, image_processor, data_args)}
 
     if model_args.compare_student_alone and args.method != "none":
         alone_dir = f"{args.output_dir.rstrip('/')}_student_alone"
+        alone = load_model(task, model_args.student, data, model_args, "student")
         alone_args = replace_args(args, method="none", output_dir=alone_dir, resume_from_checkpoint=None)
-        alone = load_model(model_args.student, data.id2label, model_args, "student")
-        results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir,
-                                    **train_and_evaluate(make_trainer(alone, None, alone_args, data, image_processor, data_args), alone_args)}
+        results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir, **train(alone, alone_args)}
 
-    trainer = make_trainer(student, teacher, args, data, image_processor, data_args)
-    results["student"] = {**describe(student, model_args.student), "method": args.method,
-                          **train_and_evaluate(trainer, args)}
+    trainer = make_trainer(task, student, teacher, args, data, image_processor, data_args)
+    results["student"] = {**describe(student, model_args.student), "method": args.method, **train_and_evaluate(trainer, args)}
 
     if trainer.is_world_process_zero():
         write_run_files(args, trainer.distillation_settings, model_args, data_args, data, results, synthetic)
         card = write_model_card(args.output_dir, repo_id=args.hub_model_id)
-        print_table(results, args.method)
+        print_table(task, results, args.method)
         logger.info(f"student, run record and model card ({card.name}) in {args.output_dir}")
         if args.push_to_hub:
             repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
@@ -390,20 +324,21 @@ def write_run_files(args, distillation_settings, model_args, data_args, data, re
     Path(args.output_dir, "metrics.json").write_text(json.dumps(results, indent=2, default=str))
 
 
-def print_table(results: dict[str, Any], method: str) -> None:
+def print_table(task, results: dict[str, Any], method: str) -> None:
     rows = [
         ("teacher", "teacher"),
         ("student, untrained", "student_untrained"),
         ("student alone (no KD)", "student_alone"),
         (f"student, {method}", "student"),
     ]
-    print("\n| model | architecture | params | mIoU | pixel acc. |")
-    print("|---|---|---|---|---|")
+    titles = [title for _, title in task.metrics[:2]]
+    print(f"\n| model | architecture | params | {' | '.join(titles)} |")
+    print("|---|---|---|" + "---|" * len(titles))
     for label, key in rows:
         if key in results:
             row = results[key]
-            print(f"| {label} | {row['model']} | {row['params']:,} | {row.get('eval_mean_iou', float('nan')):.4f} | "
-                  f"{row.get('eval_overall_accuracy', float('nan')):.4f} |")
+            values = " | ".join(f"{row.get(f'eval_{name}', float('nan')):.4f}" for name, _ in task.metrics[:2])
+            print(f"| {label} | {row['model']} | {row['params']:,} | {values} |")
     print()
 
 

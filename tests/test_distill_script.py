@@ -126,10 +126,14 @@ def test_paper_recipe_parses_with_flag_overrides(distill_script):
 
 
 def test_no_arguments_means_the_embedded_default_and_flags_override_it(distill_script):
+    from acamkd_hf.tasks import SegmentationTask
+
     distill = distill_script
-    _, data_args, args = distill.parse_arguments([])
-    assert args.num_train_epochs == distill.DEFAULT_RECIPE["num_train_epochs"] and data_args.dataset is None
+    model_args, data_args, args = distill.parse_arguments([])
+    assert args.num_train_epochs == SegmentationTask.default_recipe["num_train_epochs"] and data_args.dataset is None
+    assert (model_args.task, model_args.student, model_args.teacher_architecture) == ("segmentation", "tiny-segformer", "small-segformer")
+    assert args.method == "acamkd" and model_args.compare_student_alone
     _, _, args = distill.parse_arguments(["--num_train_epochs", "1"])
-    assert args.num_train_epochs == 1 and args.learning_rate == distill.DEFAULT_RECIPE["learning_rate"]
+    assert args.num_train_epochs == 1 and args.learning_rate == SegmentationTask.default_recipe["learning_rate"]
     _, _, args = distill.parse_arguments(["--dataset", "/data/x"])  # own data: the Trainer's own defaults
     assert args.learning_rate == 5e-5

@@ -1,0 +1,143 @@
+"""What differs between tasks in an end-to-end run: data, models, image processor, transforms, collator, metric.
+
+``scripts/distill.py`` is task-agnostic; it asks a task object for each of these. A task is a plain class with the
+same methods; :data:`TASKS` is the ``--task`` name -> class dict the CLI needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from transformers import AutoImageProcessor
+
+from .data import (
+    SegmentationTransforms,
+    collate_segmentation,
+    load_segmentation_data,
+    make_synthetic_cityscapes,
+)
+from .metrics import StreamingSegmentationMetrics
+from .models import SEGMENTATION_PRESETS, default_image_processor, load_segmentation_model
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "acamkd_hf")
+
+
+def first_image_size(dataset) -> tuple[int, int]:
+    """``(H, W)`` of the first example's image (a PIL image column)."""
+    width, height = dataset[0]["image"].size
+    return int(height), int(width)
+
+
+def truncate(dataset_dict, max_train: int | None, max_eval: int | None) -> None:
+    """Keeps the first ``max_train`` / ``max_eval`` examples of the splits (debugging, quick runs)."""
+    for split, limit in (("train", max_train), ("validation", max_eval)):
+        if limit is not None:
+            dataset_dict[split] = dataset_dict[split].select(range(min(limit, len(dataset_dict[split]))))
+
+
+class SegmentationTask:
+    """Semantic segmentation: Cityscapes-layout folders or image + map datasets, mIoU."""
+
+    name = "segmentation"
+    pipeline_tag = "image-segmentation"
+    #: (metric key without the eval_ prefix, title) for the final table and the model card; the first is the headline
+    metrics = (("mean_iou", "mIoU"), ("overall_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"))
+    presets = SEGMENTATION_PRESETS
+    default_teacher = "small-segformer"
+    default_student = "tiny-segformer"
+    synthetic_image_size = (64, 128)
+    synthetic_num_classes = 8
+    #: the embedded default run's training settings (flags override them)
+    default_recipe: dict[str, Any] = {
+        "output_dir": "outputs/acamkd-synthetic",
+        "num_train_epochs": 20,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 3e-3,
+        "weight_decay": 1e-4,
+        "lr_scheduler_type": "polynomial",
+        "lr_scheduler_kwargs": {"power": 0.9, "lr_end": 0.0},
+        "warmup_steps": 10,
+    }
+    #: Trainer settings the task needs whatever the recipe says
+    required_training_args = {"batch_eval_metrics": True}  # mIoU streams through a confusion matrix
+
+    def prepare_data(self, data_args, seed: int):
+        """``SegmentationData``; a synthetic Cityscapes-layout set is written first when no dataset is given."""
+        if data_args.dataset is None:
+            height, width = data_args.synthetic_image_size or self.synthetic_image_size
+            classes = data_args.synthetic_num_classes or self.synthetic_num_classes
+            root = data_args.synthetic_dir or os.path.join(
+                CACHE_DIR,
+                f"synthetic_cityscapes_{data_args.synthetic_num_train}_{data_args.synthetic_num_val}_{height}x{width}"
+                f"_{classes}c_seed{seed}",
+            )
+            if not os.path.isdir(os.path.join(root, "gtFine")):
+                logger.info(f"writing a synthetic Cityscapes-layout dataset to {root}")
+                make_synthetic_cityscapes(
+                    root,
+                    num_train=data_args.synthetic_num_train,
+                    num_val=data_args.synthetic_num_val,
+                    image_size=(height, width),
+                    num_classes=classes,
+                    seed=seed,
+                )
+            data_args.dataset = root
+        data = load_segmentation_data(
+            data_args.dataset,
+            id2label=data_args.id2label,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+        )
+        truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
+        return data
+
+    def load_model(self, name_or_path: str, id2label: dict[int, str], *, trust_remote_code: bool, revision: str | None):
+        return load_segmentation_model(
+            name_or_path,
+            id2label if name_or_path in self.presets else None,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+        )
+
+    def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None):
+        """The student's own image processor (Hub/folder) when it has one, else the default for the data's size."""
+        if student not in self.presets:
+            try:
+                return AutoImageProcessor.from_pretrained(student, revision=revision, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError):
+                logger.info(f"{student} has no image processor; using the default one")
+        return default_image_processor(first_image_size(data.dataset["validation"]))
+
+    def datasets(self, data, image_processor, data_args):
+        """(train, validation) with on-the-fly transforms: random scale/crop/flip for training; eval untouched."""
+        crop_size = tuple(data_args.crop_size) if data_args.crop_size else first_image_size(data.dataset["train"])
+        train = data.dataset["train"].with_transform(
+            SegmentationTransforms(
+                image_processor,
+                train=True,
+                crop_size=crop_size,
+                scale_range=tuple(data_args.scale_range),
+                label_lookup=data.label_lookup,
+                ignore_index=data.ignore_index,
+            )
+        )
+        evaluation = data.dataset["validation"].with_transform(
+            SegmentationTransforms(image_processor, train=False, label_lookup=data.label_lookup, ignore_index=data.ignore_index)
+        )
+        return train, evaluation
+
+    collate = staticmethod(collate_segmentation)
+
+    def compute_metrics(self, data, image_processor):
+        return StreamingSegmentationMetrics(data.id2label, ignore_index=data.ignore_index)
+
+
+#: ``--task`` names.
+TASKS: dict[str, type] = {"segmentation": SegmentationTask}
+
+__all__ = ["SegmentationTask", "TASKS", "first_image_size"]
