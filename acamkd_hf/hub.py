@@ -19,6 +19,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
+from .tasks import TASKS
 from .trainer import DISTILLATION_MODULES_NAME
 
 CARD_TEMPLATE = "distilled_student.md"
@@ -43,7 +44,6 @@ RECORD_FILES = (
 #: The student's own files: config, weights (single or sharded), image processor, custom modeling code.
 MODEL_FILE_SUFFIXES = (".safetensors", ".safetensors.index.json", ".py")
 MODEL_FILES = ("config.json", "preprocessor_config.json")
-SEGMENTATION_METRICS = (("mean_iou", "mIoU"), ("overall_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"))
 
 
 class HubPushError(RuntimeError):
@@ -77,6 +77,7 @@ def _fmt(value: Any) -> str:
 def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
     """The student's card from the run's ``run_config.json`` and ``metrics.json`` (offline; nothing is sent)."""
     run_config, metrics = read_run(output_dir)
+    task = TASKS[run_config["model"].get("task", "segmentation")]
     distillation = run_config["distillation"]
     data = run_config["data"]
     training = run_config["training"]
@@ -86,31 +87,31 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
     repo_id = repo_id or Path(output_dir).resolve().name
 
     dataset_id = data.get("dataset") or "synthetic"
-    dataset_name = "a synthetic Cityscapes-layout set" if data.get("synthetic") else Path(dataset_id).name if os.path.exists(dataset_id) else dataset_id
+    dataset_name = "a synthetic dataset" if data.get("synthetic") else Path(dataset_id).name if os.path.exists(dataset_id) else dataset_id
     eval_results = [
         EvalResult(
-            task_type="image-segmentation",
-            task_name="Semantic Segmentation",
-            dataset_type=dataset_id if _is_hub_id(dataset_id) else "synthetic-cityscapes-layout" if data.get("synthetic") else Path(dataset_id).name,
+            task_type=task.pipeline_tag,
+            task_name=task.title,
+            dataset_type=dataset_id if _is_hub_id(dataset_id) else f"synthetic-{task.name}" if data.get("synthetic") else Path(dataset_id).name,
             dataset_name=dataset_name,
             dataset_split="validation",
             metric_type=key,
             metric_name=title,
             metric_value=float(student[f"eval_{key}"]),
         )
-        for key, title in SEGMENTATION_METRICS
+        for key, title in task.metrics
         if f"eval_{key}" in student
     ]
     teacher_id = distillation.get("teacher")
     student_id = run_config["model"]["student"]
     config = json.loads((Path(output_dir) / "config.json").read_text()) if (Path(output_dir) / "config.json").is_file() else {}
-    tags = ["knowledge-distillation", "image-segmentation", "acamkd-hf"]
+    tags = ["knowledge-distillation", task.pipeline_tag, "acamkd-hf"]
     tags += ["acam-kd"] if method == "acamkd" else [method]
     tags += [t for t in (config.get("model_type"), teacher_record.get("model_type")) if t and t not in tags]
     card_data = ModelCardData(
         model_name=repo_id,
         library_name="transformers",
-        pipeline_tag="image-segmentation",
+        pipeline_tag=task.pipeline_tag,
         tags=tags,
         base_model=student_id if _is_hub_id(student_id) else None,
         datasets=[dataset_id] if _is_hub_id(dataset_id) else None,
@@ -122,7 +123,7 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
     rows = []
     for label, key in (("teacher", "teacher"), ("student alone (no distillation)", "student_alone"), (f"**this model** ({METHOD_TITLES[method]})", "student")):
         if key in metrics:
-            rows.append({"label": label, **{name: _fmt(metrics[key].get(f"eval_{name}")) for name, _ in SEGMENTATION_METRICS}})
+            rows.append({"label": label, "values": [_fmt(metrics[key].get(f"eval_{name}")) for name, _ in task.metrics]})
     processes = run_config.get("hardware", {}).get("num_processes", 1)
     effective_batch = training["per_device_train_batch_size"] * processes * training["gradient_accumulation_steps"]
     training_rows = [
@@ -150,6 +151,10 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
         repo_id=repo_id,
         method=method,
         method_title=METHOD_TITLES[method],
+        task_title=task.title,
+        pipeline_tag=task.pipeline_tag,
+        auto_class=task.auto_class,
+        metric_titles=[title for _, title in task.metrics],
         student={"architecture": student["model"], "params": student["params"]},
         teacher=teacher,
         dataset={"name": dataset_name, "split": "validation", "num_labels": len(data.get("id2label", {})), "synthetic": bool(data.get("synthetic"))},

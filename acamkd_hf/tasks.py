@@ -44,6 +44,8 @@ class SegmentationTask:
 
     name = "segmentation"
     pipeline_tag = "image-segmentation"
+    title = "semantic-segmentation"
+    auto_class = "AutoModelForSemanticSegmentation"
     #: (metric key without the eval_ prefix, title) for the final table and the model card; the first is the headline
     metrics = (("mean_iou", "mIoU"), ("overall_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"))
     presets = SEGMENTATION_PRESETS
