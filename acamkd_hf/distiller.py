@@ -92,6 +92,7 @@ def build_point_loss(
     mask_kinds: str = "both",
     detach_student_in_fusion: bool = True,
     alignment: str = "conv1x1",
+    detach_masks_in_imitation: bool = False,
     cwd_tau: float = 1.0,
     mgd_mask_ratio: float = 0.65,
 ) -> nn.Module:
@@ -113,6 +114,7 @@ def build_point_loss(
             mask_kinds=mask_kinds,
             detach_student_in_fusion=detach_student_in_fusion,
             alignment=alignment,
+            detach_masks_in_imitation=detach_masks_in_imitation,
         )
     if method == "cwd":
         return loss_class(student_channels, teacher_channels, weight=weight, tau=cwd_tau, alignment=alignment)

@@ -38,9 +38,15 @@ class ACAMKDLoss(nn.Module):
         mask_kinds: see :data:`acamkd_hf.masking.MASK_KINDS` (Table 8 ablation).
         detach_student_in_fusion: the gradient choice documented in the spec (default True).
         alignment: see :data:`acamkd_hf.alignment.ALIGNMENT_KINDS`.
+        detach_masks_in_imitation: stop the imitation terms' gradient into the masks (the selection units and the
+            fusion then learn from the Dice term only). Default False: the spec trains them from the total loss. With
+            that literal reading ``L_c``, ``L_s`` scale linearly with the masks, so they can fall by shrinking every
+            mask towards 0 (seen in the CPU default run); ``spatial_mask_mean`` / ``channel_mask_mean`` make that
+            visible in the logs.
 
-    Forward returns ``{"loss", "channel", "spatial", "diversity"}`` (a disabled mask kind contributes 0). The
-    masks of the last call are kept, detached, in :attr:`last_masks` for visualisation.
+    Forward returns ``{"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean"}`` (a
+    disabled mask kind contributes 0; the two means are diagnostics, not part of the loss). The masks of the last
+    call are kept, detached, in :attr:`last_masks` for visualisation.
     """
 
     def __init__(
@@ -56,11 +62,13 @@ class ACAMKDLoss(nn.Module):
         mask_kinds: str = "both",
         detach_student_in_fusion: bool = True,
         alignment: str = "conv1x1",
+        detach_masks_in_imitation: bool = False,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.lambda_div = lambda_div
         self.eps = eps
+        self.detach_masks_in_imitation = detach_masks_in_imitation
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
         self.fusion = StudentTeacherCrossAttention(teacher_channels, fusion_mode, detach_student_in_fusion)
         self.masking = AdaptiveSpatialChannelMasking(teacher_channels, num_masks, mask_kinds)
@@ -74,13 +82,15 @@ class ACAMKDLoss(nn.Module):
         teacher32, aligned32 = teacher.float(), aligned.float()
         zero = teacher32.new_zeros(())
         channel = spatial = diversity = zero
+        # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
+        imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
         if channel_masks is not None:
             channel_masks = channel_masks.float()
-            channel = KD.channel_masked_loss(teacher32, aligned32, channel_masks, self.eps)
+            channel = KD.channel_masked_loss(teacher32, aligned32, imitation(channel_masks), self.eps)
             diversity = diversity + KD.dice_diversity(channel_masks)
         if spatial_masks is not None:
             spatial_masks = spatial_masks.float()
-            spatial = KD.spatial_masked_loss(teacher32, aligned32, spatial_masks, self.eps)
+            spatial = KD.spatial_masked_loss(teacher32, aligned32, imitation(spatial_masks), self.eps)
             diversity = diversity + KD.dice_diversity(spatial_masks.flatten(2))
         self.last_masks = {
             name: masks.detach()
@@ -88,7 +98,11 @@ class ACAMKDLoss(nn.Module):
             if masks is not None
         }
         loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
-        return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity}
+        means = {
+            f"{name}_mask_mean": self.last_masks[name].mean() if name in self.last_masks else zero
+            for name in ("spatial", "channel")
+        }
+        return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity, **means}
 
 
 class FeatureMSELoss(nn.Module):

@@ -74,9 +74,19 @@ class DistillationArguments(TrainingArguments):
     alignment: str = field(
         default="conv1x1", metadata={"help": "Student adapter f_align.", "choices": list(ALIGNMENT_KINDS)}
     )
+    detach_masks_in_imitation: bool = field(
+        default=False,
+        metadata={"help": "Keep the imitation terms' gradient out of the masks (they then learn from the Dice term "
+                          "only). Default False = the spec; see distill/<point>/*_mask_mean in the logs."},
+    )
     distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
     cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
     mgd_mask_ratio: float = field(default=0.65, metadata={"help": "MGD: fraction of positions masked."})
+    inherit_from_teacher: bool = field(
+        default=False,
+        metadata={"help": "Start the student's non-backbone weights (neck, heads) from the teacher where names and "
+                          "shapes match (FGD's trick; the paper uses it for detection). What was inherited is logged."},
+    )
 
     # Trainer defaults that distillation needs: the raw image columns feed an on-the-fly transform (do not drop
     # them), labels are named explicitly (the Distiller is not a PreTrainedModel), and every trainable parameter
@@ -86,6 +96,8 @@ class DistillationArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP find_unused_parameters."})
 
     def __post_init__(self) -> None:
+        if isinstance(self.distillation_points, str):  # one point given as a plain string from Python
+            self.distillation_points = [self.distillation_points]
         for name, value, choices in (
             ("method", self.method, METHODS),
             ("mask_kinds", self.mask_kinds, MASK_KINDS),
@@ -111,9 +123,11 @@ class DistillationArguments(TrainingArguments):
             "fusion_mode": self.fusion_mode,
             "detach_student_in_fusion": self.detach_student_in_fusion,
             "alignment": self.alignment,
+            "detach_masks_in_imitation": self.detach_masks_in_imitation,
             "distillation_eps": self.distillation_eps,
             "cwd_tau": self.cwd_tau,
             "mgd_mask_ratio": self.mgd_mask_ratio,
+            "inherit_from_teacher": self.inherit_from_teacher,
         }
 
 
@@ -148,6 +162,12 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             _check_label_sets(teacher_model, model, teacher_name=args.teacher)
 
+        if args.inherit_from_teacher:
+            if teacher_model is None:
+                raise ValueError("--inherit_from_teacher needs a teacher_model")
+            from .inheritance import inherit_from_teacher
+
+            logger.warning(f"inheritance from the teacher: {inherit_from_teacher(model, teacher_model).summary()}")
         set_seed(args.seed)  # the distillation modules' initialisation is part of the run's seed
         distillation_loss = None
         #: the settings as used: defaults resolved (the method's alpha, the task's number of masks)
@@ -176,6 +196,7 @@ class DistillationTrainer(Trainer):
                 mask_kinds=args.mask_kinds,
                 detach_student_in_fusion=args.detach_student_in_fusion,
                 alignment=args.alignment,
+                detach_masks_in_imitation=args.detach_masks_in_imitation,
                 cwd_tau=args.cwd_tau,
                 mgd_mask_ratio=args.mgd_mask_ratio,
             )

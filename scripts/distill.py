@@ -31,13 +31,14 @@ from typing import Any
 import torch
 import transformers
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import acamkd_hf
 from acamkd_hf import DistillationArguments, DistillationTrainer
 from acamkd_hf.hub import push_student, write_model_card
 from acamkd_hf.models import describe_label_mismatch
+from acamkd_hf.taps import FeatureTaps
 from acamkd_hf.tasks import TASKS
 
 logger = logging.getLogger("acamkd_hf.distill")
@@ -177,8 +178,12 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Dis
 
 
 # ----------------------------------------------------------------------------------------------------- models
-def load_model(task, name_or_path: str, data, model_args: ModelArguments, role: str):
-    """A preset (built with the dataset's labels), Hub id or folder; its label set must be the dataset's."""
+def load_model(task, name_or_path: str, data, model_args: ModelArguments, role: str, seed: int):
+    """A preset (built with the dataset's labels), Hub id or folder; its label set must be the dataset's.
+
+    The seed is set first, so a preset's random initialisation is the same wherever it is built: the distilled
+    student, the student trained alone and the "untrained" row all start from the same weights."""
+    set_seed(seed)
     model = task.load_model(
         name_or_path, data.id2label, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
     )
@@ -208,11 +213,37 @@ def make_trainer(task, student, teacher, args: DistillationArguments, data, imag
     )
 
 
-def train_and_evaluate(trainer: DistillationTrainer, args: DistillationArguments) -> dict[str, float]:
+#: Training settings a checkpoint must share with the current run to be resumed automatically.
+RESUME_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "seed", "optim",
+               "gradient_accumulation_steps", "lr_scheduler_type", "weight_decay")
+
+
+def checkpoint_to_resume(args: DistillationArguments) -> str | None:
+    """``--resume_from_checkpoint`` if given; else the last checkpoint in ``output_dir`` when it was written with the
+    same settings (a crashed or interrupted run continues); else an error: a folder holding another run's
+    checkpoints is never silently reused."""
+    if args.resume_from_checkpoint:
+        return args.resume_from_checkpoint
     last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-    resume = args.resume_from_checkpoint or last
-    if resume:
-        logger.info(f"resuming from {resume}")
+    if last is None:
+        return None
+    saved_path = Path(last, "training_args.json")
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+    current = json.loads(args.to_json_string())
+    keys = (*RESUME_KEYS, *args.distillation_settings())
+    different = {key: (saved.get(key, "<missing>"), current.get(key)) for key in keys if saved.get(key, "<missing>") != current.get(key)}
+    if different:
+        listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())
+        raise ValueError(
+            f"{args.output_dir} already holds a run ({Path(last).name}) with other settings ({listed}). Use another "
+            f"--output_dir, delete that folder, or pass --resume_from_checkpoint {last} to continue it anyway."
+        )
+    logger.info(f"resuming the interrupted run from {last}")
+    return last
+
+
+def train_and_evaluate(trainer: DistillationTrainer, args: DistillationArguments) -> dict[str, float]:
+    resume = checkpoint_to_resume(args)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the student only: a plain HF model folder
     trainer.save_metrics("train", train_result.metrics)
@@ -253,11 +284,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def train(model, run_args):
         return train_and_evaluate(make_trainer(task, model, None, run_args, data, image_processor, data_args), run_args)
 
-    results: dict[str, Any] = {}
+    # Everything that can be wrong with the models is checked before anything trains: paths, label sets, points.
+    student = load_model(task, model_args.student, data, model_args, "student", args.seed)
     teacher = None
+    teacher_name = args.teacher or model_args.teacher_architecture
+    if args.method != "none":
+        teacher = load_model(task, teacher_name, data, model_args, "teacher", args.seed)
+        for model in (teacher, student):
+            FeatureTaps(model, args.distillation_points).remove()  # a wrong name lists the available ones
+
+    results: dict[str, Any] = {}
     if args.method != "none":
         if args.teacher is None:
-            teacher_name = model_args.teacher_architecture
             teacher_dir = f"{args.output_dir.rstrip('/')}_teacher"
             logger.info(f"no --teacher given: training {teacher_name} first (method none) into {teacher_dir}")
             teacher_args = replace_args(
@@ -267,21 +305,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 num_train_epochs=model_args.teacher_num_train_epochs or args.num_train_epochs,
                 resume_from_checkpoint=None,
             )
-            teacher = load_model(task, teacher_name, data, model_args, "teacher")
             results["teacher"] = {**describe(teacher, teacher_name), "trained_here": teacher_dir, **train(teacher, teacher_args)}
             args = replace_args(args, teacher=teacher_dir)
         else:
-            teacher = load_model(task, args.teacher, data, model_args, "teacher")
-            results["teacher"] = {**describe(teacher, args.teacher),
+            results["teacher"] = {**describe(teacher, teacher_name),
                                   **evaluate_only(task, teacher, args, data, image_processor, data_args)}
 
-    student = load_model(task, model_args.student, data, model_args, "student")
     results["student_untrained"] = {**describe(student, model_args.student),
                                     **evaluate_only(task, student, args, data, image_processor, data_args)}
 
     if model_args.compare_student_alone and args.method != "none":
         alone_dir = f"{args.output_dir.rstrip('/')}_student_alone"
-        alone = load_model(task, model_args.student, data, model_args, "student")
+        alone = load_model(task, model_args.student, data, model_args, "student", args.seed)
         alone_args = replace_args(args, method="none", output_dir=alone_dir, resume_from_checkpoint=None)
         results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir, **train(alone, alone_args)}
 

@@ -82,8 +82,17 @@ def test_masks_shapes_and_range(num_masks):
     # The normal(0, 0.01) initialisation of the paper: small, not all equal.
     for units in (masking.channel_units, masking.spatial_units):
         assert units.abs().max().item() < 0.06 and units.unique().numel() == units.numel()
-    fused = torch.randn(2, 8, 3, 7) * 50  # large values push the sigmoid towards its ends
+    # Units of 1 and a fused map whose logits reach +-12 (spatial: 8 * s_hw; channel: c_k): near the ends of the
+    # sigmoid, where (0, 1) is easiest to break, yet inside what float32 can tell from 0 and 1 (it saturates ~17).
+    with torch.no_grad():
+        masking.channel_units.fill_(1.0)
+        masking.spatial_units.fill_(1.0)
+    s_hw = torch.linspace(-1.5, 1.5, 21).view(1, 1, 3, 7)
+    c_k = torch.linspace(-12, 12, 8).view(1, 8, 1, 1)
+    fused = (s_hw + c_k).expand(2, 8, 3, 7)
     spatial, channel = masking(fused)
+    assert spatial.min().item() < 1e-4 and spatial.max().item() > 1 - 1e-4
+    assert channel.min().item() < 1e-4 and channel.max().item() > 1 - 1e-4
     assert spatial.shape == (2, num_masks, 3, 7)
     assert channel.shape == (2, num_masks, 8)
     for masks in (spatial, channel):
@@ -119,7 +128,8 @@ def test_acamkd_terms_are_consistent_with_their_weights():
     loss = ACAMKDLoss(6, 8, num_masks=4, alpha=0.3, lambda_div=2.0)
     student, teacher = _features()
     out = loss(student, teacher)
-    assert set(out) == {"loss", "channel", "spatial", "diversity"}
+    assert set(out) == {"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean"}
+    assert out["spatial_mask_mean"].item() == pytest.approx(loss.last_masks["spatial"].mean().item())
     expected = 0.3 * (out["channel"] + out["spatial"]) + 2.0 * out["diversity"]
     torch.testing.assert_close(out["loss"], expected)
     # Freshly initialised masks are all ~0.5, so every pair of masks is near-identical: Dice ~1 for both kinds.
@@ -218,9 +228,34 @@ def test_multi_point_sums_points_and_names_every_term():
     s1, t1 = _features()
     s2, t2 = _features(student_channels=4, teacher_hw=(3, 5), seed=1)
     out = container({"neck1": s1, "neck2": s2}, {"neck1": t1, "neck2": t2})
-    assert set(out) == {"loss", "neck1/loss", "neck1/channel", "neck1/spatial", "neck1/diversity", "neck2/loss", "neck2/mse"}
+    assert set(out) == {"loss", "neck1/loss", "neck1/channel", "neck1/spatial", "neck1/diversity", "neck2/loss", "neck2/mse",
+                        "neck1/spatial_mask_mean", "neck1/channel_mask_mean"}
     torch.testing.assert_close(out["loss"], out["neck1/loss"] + out["neck2/loss"])
     with pytest.raises(KeyError, match="neck2 \\(teacher\\)"):
         container({"neck1": s1, "neck2": s2}, {"neck1": t1})
     with pytest.raises(ValueError, match="contain '.'"):
         MultiPointDistillationLoss({"backbone.stage1": FeatureMSELoss(4, 8)})
+
+
+def test_student_query_mode_trains_from_both_sides():
+    torch.manual_seed(0)
+    loss = ACAMKDLoss(6, 8, num_masks=3, fusion_mode="student_query", detach_student_in_fusion=False)
+    student, teacher = _features()
+    loss(student, teacher)["diversity"].backward()
+    assert teacher.grad is None
+    assert student.grad is not None and student.grad.abs().sum() > 0  # the query comes from the student
+    assert loss.fusion.query.weight.grad.abs().sum() > 0 and loss.fusion.key.weight.grad.abs().sum() > 0
+
+
+def test_detach_masks_in_imitation_keeps_imitation_gradient_out_of_the_masks():
+    """With the literal reading (default) L_c and L_s train the selection units; the option stops that, leaving
+    the Dice term as their only teacher, while the student still learns from the imitation."""
+    torch.manual_seed(0)
+    for detach, units_get_imitation_gradient in ((False, True), (True, False)):
+        loss = ACAMKDLoss(6, 8, num_masks=3, detach_masks_in_imitation=detach)
+        student, teacher = _features()
+        out = loss(student, teacher)
+        (out["channel"] + out["spatial"]).backward()
+        got = loss.masking.spatial_units.grad is not None and loss.masking.spatial_units.grad.abs().sum().item() > 0
+        assert got == units_get_imitation_gradient
+        assert student.grad.abs().sum() > 0

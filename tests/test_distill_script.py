@@ -137,3 +137,39 @@ def test_no_arguments_means_the_embedded_default_and_flags_override_it(distill_s
     assert args.num_train_epochs == 1 and args.learning_rate == SegmentationTask.default_recipe["learning_rate"]
     _, _, args = distill.parse_arguments(["--dataset", "/data/x"])  # own data: the Trainer's own defaults
     assert args.learning_rate == 5e-5
+
+
+def _tiny_flags(tmp_path, out="student"):
+    return ["--output_dir", str(tmp_path / out), "--synthetic_dir", str(tmp_path / "data"), "--synthetic_num_train", "8",
+            "--synthetic_num_val", "4", "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
+            "--disable_tqdm", "true", "--compare_student_alone", "false"]
+
+
+def test_bad_inputs_fail_before_anything_trains(distill_script, tmp_path):
+    with pytest.raises(ValueError, match=r"'stage9'.*available: logits, stage1"):
+        distill_script.main([*_tiny_flags(tmp_path), "--distillation_points", "stage9"])
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        distill_script.main([*_tiny_flags(tmp_path), "--student", "./no-such-model"])
+    assert not (tmp_path / "student_teacher").exists()  # the teacher was never trained
+
+
+def test_students_start_from_the_same_weights(distill_script, tmp_path):
+    """The distilled student, the student alone and the untrained row must share one initialisation."""
+    task = distill_script.TASKS["segmentation"]()
+    model_args, data_args, args = distill_script.parse_arguments(_tiny_flags(tmp_path))
+    data = task.prepare_data(data_args, args.seed)
+    torch.manual_seed(123)  # whatever happened before: the seed of the run decides
+    first = distill_script.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
+    torch.rand(5)
+    second = distill_script.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_an_output_dir_with_another_runs_checkpoints_is_not_reused(distill_script, tmp_path):
+    flags = [*_tiny_flags(tmp_path), "--method", "none", "--student", "tiny-segformer"]
+    first = distill_script.main(flags)
+    # Same settings: the finished run is picked up again (an interrupted one would continue), same result.
+    again = distill_script.main(flags)
+    assert again["student"]["eval_mean_iou"] == first["student"]["eval_mean_iou"]
+    with pytest.raises(ValueError, match=r"already holds a run .*learning_rate: 0.003 -> 0.001"):
+        distill_script.main([*flags, "--learning_rate", "0.001"])

@@ -144,8 +144,10 @@ def test_every_loss_term_is_logged_per_point(data, tmp_path):
 def test_method_none_trains_the_student_alone(data, tmp_path):
     trainer, _ = _make(data, tmp_path, method="none")
     assert trainer.teacher is None and trainer.distillation_modules is None
+    before = _state(trainer.student)
     trainer.train()
     assert "distillation_loss" not in trainer.state.log_history[0]
+    assert any(not torch.equal(t, before[n]) for n, t in _state(trainer.student).items() if t.is_floating_point())
 
 
 # ----------------------------------------------------------------------------------------------- invariances
