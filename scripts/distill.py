@@ -19,6 +19,7 @@ The output folder is a ready Hugging Face model folder (config, safetensors, ima
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -101,6 +102,16 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
 
 
+EPILOG = """\
+Defaults: without --config and --dataset, the embedded synthetic recipe replaces the Trainer defaults shown above:
+  method acamkd, compare_student_alone true, 20 epochs (segmentation), batch 8, learning_rate 3e-3, polynomial
+  schedule, seed 0, output_dir outputs/acamkd-synthetic (see DEFAULT_RECIPE and acamkd_hf.tasks). With --dataset
+  and no --config, the Trainer's own defaults apply: set --learning_rate, --num_train_epochs, --output_dir.
+Distillation flags: --teacher --method --distillation_points --alpha --lambda_div --num_masks --mask_kinds
+  --fusion_mode --detach_student_in_fusion --detach_masks_in_imitation --inherit_from_teacher (listed above).
+"""
+
+
 #: The embedded default (no arguments): the task's training settings (``Task.default_recipe``) plus these. Small
 #: enough for 2 CPU cores in under 5 minutes, large enough that the teacher clearly beats an untrained student.
 DEFAULT_RECIPE: dict[str, Any] = {
@@ -166,8 +177,15 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Dis
         base = {**DEFAULT_RECIPE, **(task.default_recipe if task else {})}
     else:
         base = {}
-    parser = HfArgumentParser((ModelArguments, DataArguments, DistillationArguments), description=__doc__)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_to_flags(base) + argv)
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, DistillationArguments),
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Only for --help: --config is taken out of argv above (its file becomes flags that the others override).
+    parser.add_argument("--config", metavar="FILE", help="A YAML/JSON recipe; flags given with it override its values.")
+    model_args, data_args, training_args, *_ = parser.parse_args_into_dataclasses(args=recipe_to_flags(base) + argv)
     task = TASKS[model_args.task]()
     model_args.student = model_args.student or task.default_student
     model_args.teacher_architecture = model_args.teacher_architecture or task.default_teacher
