@@ -3,13 +3,19 @@
 A distillation point is a named (B, C, H, W) map of one forward pass. Names are shared across families so that a
 teacher and a student of different families can be paired by name:
 
-    "logits"                    the model's output logits (the paper's segmentation point)
-    "stage1" ... "stage4"       backbone stages at strides ~4, 8, 16, 32 (less where the backbone is dilated)
+    "logits"                    the model's output logits (the paper's segmentation point; segmenters only)
+    "neck1" ... "neckN"         a detector's neck levels, finest first (the paper's detection points): RT-DETR's
+                                hybrid-encoder FPN/PAN outputs, DETR's projected stride-32 map (one level),
+                                Deformable DETR's multi-scale input projections
+    "stem", "stage1" ... "stage4"  backbone stages at strides ~2, 4, 8, 16, 32 (less where the backbone is dilated);
+                                for detectors, the backbone maps the detector consumes (e.g. stage2..4 for RT-DETR)
+
+Detectors offer no "logits" point: their logits are per-query class scores, not a dense map.
 
 Names never contain dots (they become `nn.ModuleDict` keys). The per-family table `_FAMILIES` maps a model class
-name to a function returning `{point: TapSpec}`; adding a family (e.g. DETR neck levels "neck1"...) is one function
-and one table entry. Families are matched by class name along the MRO, so a model loaded through
-`trust_remote_code` (a different class object with the same name) is recognised too.
+name to a function returning `{point: TapSpec}`; adding a family is one function and one table entry. Families are
+matched by class name along the MRO, so a model loaded through `trust_remote_code` (a different class object with
+the same name) is recognised too.
 
 In-place safety: a forward hook keeps a reference to a module's output; if a later op modified that tensor in place
 (timm's `ReLU(inplace=True)`, a residual `+=`), the stored map would silently change and the student's backward
@@ -131,11 +137,97 @@ def _upernet_points(model: nn.Module) -> dict[str, TapSpec]:
     return points
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Detectors (transformers DETR family). Neck levels first ("neck1" = finest), then the backbone maps.
+
+
+class _BackboneMap:
+    """pick = output[index][0]: the DETR-family conv encoders (`model.model.backbone`) return a list of
+    `(feature_map, mask)` pairs, one per backbone output."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __call__(self, output: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        return output[self.index][0]
+
+    def __repr__(self) -> str:
+        return f"output[{self.index}][0]"
+
+
+class _EncoderMap:
+    """pick = output.last_hidden_state[index]: RT-DETR's hybrid encoder returns its FPN/PAN maps as a list (finest
+    first) in `last_hidden_state` (a tuple output when return_dict is off: output[0][index])."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        maps = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        return maps[self.index]
+
+    def __repr__(self) -> str:
+        return f"output.last_hidden_state[{self.index}]"
+
+
+def _stage_name(index: int) -> str:
+    return "stem" if index == 0 else f"stage{index}"
+
+
+def _detector_backbone_points(conv_encoder: nn.Module, path: str) -> dict[str, TapSpec]:
+    """{stem/stageN: TapSpec} for the maps a DETR-family conv encoder returns, named by backbone stage.
+
+    `conv_encoder.model` is a transformers backbone (`out_features` are already "stem"/"stageN") or, for timm
+    backbones in DETR / Deformable DETR, the unwrapped timm `FeatureListNet` (feature index 0 = stem, i = stage i)."""
+    inner = conv_encoder.model
+    names: list[str] = []
+    out_features = getattr(inner, "out_features", None)
+    if out_features is not None and all(name == "stem" or name.startswith("stage") for name in out_features):
+        names = list(out_features)
+    else:
+        timm_model = inner if hasattr(inner, "feature_info") else getattr(inner, "_backbone", None)
+        feature_info = getattr(timm_model, "feature_info", None)
+        out_indices = getattr(inner, "out_indices", None) or getattr(feature_info, "out_indices", None)
+        total = len(feature_info.info) if feature_info is not None and hasattr(feature_info, "info") else None
+        if out_indices is None or total is None:
+            return {}  # unknown backbone layout: no stage points, the neck points still work
+        names = [_stage_name(int(i) % total) for i in out_indices]
+    return {name: TapSpec(path, _BackboneMap(position)) for position, name in enumerate(names)}
+
+
+def _rtdetr_points(model: nn.Module) -> dict[str, TapSpec]:
+    # Hook the hybrid encoder (`model.encoder`) itself: its return value holds the PAN outputs (strides 8, 16, 32
+    # for the default 3 levels, encoder_hidden_dim channels), exactly what the decoder's input projections read.
+    levels = len(model.config.encoder_in_channels)
+    points = {f"neck{i + 1}": TapSpec("model.encoder", _EncoderMap(i)) for i in range(levels)}
+    points.update(_detector_backbone_points(model.model.backbone, "model.backbone"))
+    return points
+
+
+def _detr_points(model: nn.Module) -> dict[str, TapSpec]:
+    # DETR projects only the last backbone map: one neck level, d_model channels, stride 32.
+    points = {"neck1": TapSpec("model.input_projection", _identity)}
+    points.update(_detector_backbone_points(model.model.backbone, "model.backbone"))
+    return points
+
+
+def _deformable_detr_points(model: nn.Module) -> dict[str, TapSpec]:
+    # One input projection (1x1 conv + GroupNorm) per backbone map, then 3x3 stride-2 convs for the extra levels:
+    # num_feature_levels maps of d_model channels, finest first.
+    levels = len(model.model.input_proj)
+    points = {f"neck{i + 1}": TapSpec(f"model.input_proj.{i}", _identity) for i in range(levels)}
+    points.update(_detector_backbone_points(model.model.backbone, "model.backbone"))
+    return points
+
+
 _FAMILIES: dict[str, Callable[[nn.Module], dict[str, TapSpec]]] = {
     "DeepLabV3ForSemanticSegmentation": _deeplabv3_points,
     "SegformerForSemanticSegmentation": _segformer_points,
     "MobileNetV2ForSemanticSegmentation": _mobilenetv2_points,
     "UperNetForSemanticSegmentation": _upernet_points,
+    "RTDetrForObjectDetection": _rtdetr_points,
+    "DetrForObjectDetection": _detr_points,
+    "DeformableDetrForObjectDetection": _deformable_detr_points,
 }
 
 
@@ -151,7 +243,8 @@ def point_specs(model: nn.Module) -> dict[str, TapSpec]:
 
 
 def available_points(model: nn.Module) -> list[str]:
-    """Names of the model's distillation points, "logits" first, then stages in order."""
+    """Names of the model's distillation points: "logits" first (segmenters) or the neck levels "neck1".. (detectors,
+    finest first), then the backbone stages in order."""
     return list(point_specs(model))
 
 

@@ -47,9 +47,10 @@ class DistillationArguments(TrainingArguments):
         default="acamkd",
         metadata={"help": "Distillation method; 'none' trains the student alone under the same recipe.", "choices": list(METHODS)},
     )
-    distillation_points: list[str] = field(
-        default_factory=lambda: ["logits"],
-        metadata={"help": "Where to distil (the paper: logits for segmentation). A wrong name lists the available ones."},
+    distillation_points: list[str] | None = field(
+        default=None,
+        metadata={"help": "Where to distil. Default: the paper's points: logits for segmentation, every neck level "
+                          "(neck1, neck2, ...) for detection. A wrong name lists the available ones."},
     )
     alpha: float | None = field(
         default=None,
@@ -115,7 +116,7 @@ class DistillationArguments(TrainingArguments):
         return {
             "teacher": self.teacher,
             "method": self.method,
-            "distillation_points": list(self.distillation_points),
+            "distillation_points": list(self.distillation_points) if self.distillation_points else None,
             "alpha": self.alpha,
             "lambda_div": self.lambda_div,
             "num_masks": self.num_masks,
@@ -140,6 +141,8 @@ class DistillationTrainer(Trainer):
         args: :class:`DistillationArguments`.
         probe_image_size: ``(H, W)`` of the dry forward that sizes the adapters; default: the size of the first
             training example's ``pixel_values``.
+        labels_for_metrics: maps a batch's labels to what ``compute_metrics`` receives, in evaluation (detection:
+            per-image dicts -> a fixed-shape tensor, which is what the Trainer can gather across processes).
         **kwargs: everything ``Trainer`` takes (datasets, collator, ``compute_metrics``, ``processing_class`` ...).
     """
 
@@ -150,6 +153,7 @@ class DistillationTrainer(Trainer):
         args: DistillationArguments | None = None,
         *,
         probe_image_size: tuple[int, int] | None = None,
+        labels_for_metrics: Any = None,
         **kwargs: Any,
     ) -> None:
         if args is None or not isinstance(args, DistillationArguments):
@@ -175,7 +179,8 @@ class DistillationTrainer(Trainer):
         if distilling:
             freeze_teacher(teacher_model)
             image_size = probe_image_size or _first_image_size(kwargs.get("train_dataset"))
-            points = list(args.distillation_points)
+            points = list(args.distillation_points or default_distillation_points(model, teacher_model))
+            self.distillation_settings["distillation_points"] = points
             student_shapes = probe_feature_shapes(model, points, image_size)
             teacher_shapes = probe_feature_shapes(teacher_model, points, image_size)
             logger.info(f"distillation points (C, H, W) student {student_shapes} <- teacher {teacher_shapes}")
@@ -202,6 +207,7 @@ class DistillationTrainer(Trainer):
             )
         super().__init__(model=Distiller(model, distillation_loss), args=args, **kwargs)
 
+        self.labels_for_metrics = labels_for_metrics
         self.teacher = teacher_model if distilling else None
         self.teacher_taps = FeatureTaps(teacher_model, distillation_loss.point_names) if distilling else None
         if self.teacher is not None:
@@ -247,6 +253,12 @@ class DistillationTrainer(Trainer):
         if outputs.distillation_terms is not None:
             self._accumulate_terms(outputs.distillation_terms)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, predictions, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if self.labels_for_metrics is not None and labels is not None:
+            labels = self.labels_for_metrics(labels)
+        return loss, predictions, labels
 
     # ------------------------------------------------------------------------------------------------- logging
     def _accumulate_terms(self, terms: dict[str, torch.Tensor]) -> None:
@@ -324,6 +336,15 @@ def _first_image_size(dataset: Any) -> tuple[int, int]:
         example = dataset[0]
     pixel_values = example["pixel_values"]
     return tuple(int(s) for s in pixel_values.shape[-2:])
+
+
+def default_distillation_points(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """The paper's points: the logits for segmentation, every neck level both models have for detection."""
+    from .taps import available_points
+
+    student_points, teacher_points = available_points(student), available_points(teacher)
+    necks = [point for point in student_points if point.startswith("neck") and point in teacher_points]
+    return necks or ["logits"]
 
 
 def _default_num_masks(model: nn.Module) -> int:

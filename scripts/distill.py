@@ -40,6 +40,7 @@ from acamkd_hf import DistillationArguments, DistillationTrainer
 from acamkd_hf.hub import push_student, write_model_card
 from acamkd_hf.models import describe_label_mismatch
 from acamkd_hf.taps import FeatureTaps
+from acamkd_hf.trainer import default_distillation_points
 from acamkd_hf.tasks import TASKS
 
 logger = logging.getLogger("acamkd_hf.distill")
@@ -220,6 +221,7 @@ def make_trainer(task, student, teacher, args: DistillationArguments, data, imag
     return DistillationTrainer(
         model=student,
         teacher_model=teacher,
+        labels_for_metrics=task.labels_for_metrics,
         # The Trainer's own push would upload checkpoints and the internal teacher / baseline runs; the student is
         # pushed once at the end instead, with its card (acamkd_hf.hub.push_student).
         args=replace_args(args, push_to_hub=False),
@@ -273,13 +275,18 @@ def train_and_evaluate(trainer: DistillationTrainer, args: DistillationArguments
 
 def evaluate_only(task, model, args: DistillationArguments, data, image_processor, data_args: DataArguments) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:  # an evaluation writes nothing worth keeping
-        eval_args = replace_args(args, method="none", output_dir=scratch)
+        eval_args = plain_training_args(args, output_dir=scratch)
         return make_trainer(task, model, None, eval_args, data, image_processor, data_args).evaluate()
 
 
 def replace_args(args: DistillationArguments, **changes) -> DistillationArguments:
     """A copy of the arguments with some fields changed (re-validated by ``__post_init__``)."""
     return replace(args, **changes)
+
+
+def plain_training_args(args: DistillationArguments, **changes) -> DistillationArguments:
+    """The run's recipe for plain training (the teacher trained here, the student alone, evaluations)."""
+    return replace(args, method="none", inherit_from_teacher=False, resume_from_checkpoint=None, **changes)
 
 
 def describe(model, name: str) -> dict[str, Any]:
@@ -308,20 +315,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher_name = args.teacher or model_args.teacher_architecture
     if args.method != "none":
         teacher = load_model(task, teacher_name, data, model_args, "teacher", args.seed)
+        points = args.distillation_points or default_distillation_points(student, teacher)
         for model in (teacher, student):
-            FeatureTaps(model, args.distillation_points).remove()  # a wrong name lists the available ones
+            FeatureTaps(model, points).remove()  # a wrong name lists the available ones
 
     results: dict[str, Any] = {}
     if args.method != "none":
         if args.teacher is None:
             teacher_dir = f"{args.output_dir.rstrip('/')}_teacher"
             logger.info(f"no --teacher given: training {teacher_name} first (method none) into {teacher_dir}")
-            teacher_args = replace_args(
-                args,
-                method="none",
-                output_dir=teacher_dir,
-                num_train_epochs=model_args.teacher_num_train_epochs or args.num_train_epochs,
-                resume_from_checkpoint=None,
+            teacher_args = plain_training_args(
+                args, output_dir=teacher_dir, num_train_epochs=model_args.teacher_num_train_epochs or args.num_train_epochs
             )
             results["teacher"] = {**describe(teacher, teacher_name), "trained_here": teacher_dir, **train(teacher, teacher_args)}
             args = replace_args(args, teacher=teacher_dir)
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if model_args.compare_student_alone and args.method != "none":
         alone_dir = f"{args.output_dir.rstrip('/')}_student_alone"
         alone = load_model(task, model_args.student, data, model_args, "student", args.seed)
-        alone_args = replace_args(args, method="none", output_dir=alone_dir, resume_from_checkpoint=None)
+        alone_args = plain_training_args(args, output_dir=alone_dir)
         results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir, **train(alone, alone_args)}
 
     trainer = make_trainer(task, student, teacher, args, data, image_processor, data_args)

@@ -173,3 +173,49 @@ def test_an_output_dir_with_another_runs_checkpoints_is_not_reused(distill_scrip
     assert again["student"]["eval_mean_iou"] == first["student"]["eval_mean_iou"]
     with pytest.raises(ValueError, match=r"already holds a run .*learning_rate: 0.003 -> 0.001"):
         distill_script.main([*flags, "--learning_rate", "0.001"])
+
+
+@pytest.mark.slow
+def test_detection_end_to_end(tmp_path):
+    """`--task detection`: RT-DETR teacher trained here, distilled at every neck level; the folder loads with
+    AutoModelForObjectDetection and runs in pipeline("object-detection") offline; the card holds the COCO mAP."""
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForObjectDetection
+
+    out = tmp_path / "student"
+    data = tmp_path / "data"
+    _run(
+        ["--task", "detection", "--output_dir", str(out), "--synthetic_dir", str(data), "--synthetic_num_train", "12",
+         "--synthetic_num_val", "6", "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
+         "--inherit_from_teacher", "true", "--disable_tqdm", "true"],
+        [sys.executable],
+        tmp_path,
+    )
+    run_config = json.loads((out / "run_config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert run_config["distillation"]["distillation_points"] == ["neck1", "neck2", "neck3"]  # the paper: every level
+    assert run_config["distillation"]["num_masks"] == 6 and run_config["distillation"]["inherit_from_teacher"]
+    assert {"eval_map", "eval_map_50", "eval_map_75"} <= set(metrics["student"])
+    card = ModelCard.load(out / "README.md")
+    assert {r.metric_type for r in card.data.eval_results} >= {"map", "map_50"}
+    assert card.data.pipeline_tag == "object-detection"
+    assert next(r for r in card.data.eval_results if r.metric_type == "map").metric_value == metrics["student"]["eval_map"]
+
+    model = AutoModelForObjectDetection.from_pretrained(out)
+    assert type(model).__name__ == "RTDetrForObjectDetection"
+    detector = pipeline("object-detection", model=str(out), threshold=0.0)
+    image = Image.open(next((data / "val2017").glob("*"))).convert("RGB")
+    detections = detector(image)
+    assert isinstance(detections, list)
+    labels = set(run_config["data"]["id2label"].values())
+    assert all(d["label"] in labels and set(d["box"]) == {"xmin", "ymin", "xmax", "ymax"} for d in detections)
+
+
+@pytest.mark.parametrize("recipe", ["coco_detr_r101_to_r50.yaml", "coco_rtdetr_r101_to_r18.yaml"])
+def test_detection_recipes_parse(distill_script, recipe):
+    model_args, data_args, args = distill_script.parse_arguments(
+        ["--config", str(REPO / "configs" / recipe), "--dataset", "/data/coco", "--teacher", "t"]
+    )
+    assert model_args.task == "detection" and args.method == "acamkd" and args.num_masks == 6
+    assert args.inherit_from_teacher and args.distillation_points[0] == "neck1"
+    assert not args.eval_do_concat_batches and args.batch_eval_metrics

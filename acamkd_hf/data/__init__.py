@@ -28,3 +28,30 @@ __all__ = [
     "make_synthetic_cityscapes",
     "reduce_labels_lookup",
 ]
+
+# Detection: COCO layout / `datasets` loading, synthetic COCO-layout generator, transforms + collate.
+from .coco import (
+    DetectionData,
+    detection_features,
+    is_coco_layout,
+    load_coco,
+    load_detection_data,
+    write_coco_ground_truth,
+)
+from .detection_transforms import DetectionTransforms, coco_annotation, collate_detection
+from .synthetic_coco import SYNTHETIC_COCO_CLASSES, make_synthetic_coco, synthetic_category_ids
+
+__all__ += [
+    "DetectionData",
+    "DetectionTransforms",
+    "SYNTHETIC_COCO_CLASSES",
+    "coco_annotation",
+    "collate_detection",
+    "detection_features",
+    "is_coco_layout",
+    "load_coco",
+    "load_detection_data",
+    "make_synthetic_coco",
+    "synthetic_category_ids",
+    "write_coco_ground_truth",
+]

@@ -15,3 +15,22 @@ __all__ = [
     "confusion_matrix",
     "metrics_from_confusion_matrix",
 ]
+
+# Detection: COCO mAP (pycocotools) streamed through Trainer, + its offline `evaluate` module.
+from .detection import (
+    COCO_MAP_METRIC_PATH,
+    COCO_METRIC_KEYS,
+    CocoDetectionMetrics,
+    coco_eval,
+    detection_labels_for_metrics,
+    load_coco_ground_truth,
+)
+
+__all__ += [
+    "COCO_MAP_METRIC_PATH",
+    "COCO_METRIC_KEYS",
+    "CocoDetectionMetrics",
+    "coco_eval",
+    "detection_labels_for_metrics",
+    "load_coco_ground_truth",
+]

@@ -23,3 +23,22 @@ __all__ = [
     "describe_label_mismatch",
     "load_segmentation_model",
 ]
+
+# Detection: DETR / RT-DETR / Deformable DETR presets, loading, processors, explicit backbone freezing.
+from .detection import (  # noqa: E402
+    DETECTION_PRESET_FAMILIES,
+    DETECTION_PRESETS,
+    default_detection_image_processor,
+    detection_family,
+    load_detection_model,
+    set_backbone_frozen,
+)
+
+__all__ += [
+    "DETECTION_PRESETS",
+    "DETECTION_PRESET_FAMILIES",
+    "default_detection_image_processor",
+    "detection_family",
+    "load_detection_model",
+    "set_backbone_frozen",
+]

@@ -59,7 +59,8 @@ def set_backbone_frozen(model: PreTrainedModel, frozen: bool) -> PreTrainedModel
     """Freeze (`requires_grad=False`) or unfreeze every backbone parameter, whatever transformers decided at
     construction. Uses the family's own `model.model.freeze_backbone()` / `unfreeze_backbone()`; other detectors
     need a `model.model.backbone` (or `model.backbone`) module. Frozen BatchNorm statistics are buffers and are not
-    affected. Returns the model."""
+    affected; a trainable BatchNorm (the tiny RT-DETR presets) still updates its running statistics in train mode
+    even when frozen here. Returns the model."""
     base = getattr(model, "model", None)
     method = getattr(base, "freeze_backbone" if frozen else "unfreeze_backbone", None)
     if callable(method):
@@ -101,7 +102,9 @@ def _timm_resnet(name: str, out_indices: list[int]) -> TimmBackboneConfig:
     return TimmBackboneConfig(backbone=name, out_indices=out_indices)
 
 
-def detr_resnet101(id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides) -> DetrForObjectDetection:
+def detr_resnet101(
+    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
+) -> DetrForObjectDetection:
     """DETR-R101 (facebook/detr-resnet-101 layout: timm ResNet-101, 6+6 layers, d_model 256, 100 queries)."""
     return _detr(id2label, dict(backbone_config=_timm_resnet("resnet101", [1, 2, 3, 4])), overrides, freeze_backbone)
 
@@ -121,7 +124,9 @@ def _rtdetr_resnet_backbone(depths, layer_type="bottleneck", hidden_sizes=(256, 
     )
 
 
-def rtdetr_resnet101(id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides) -> RTDetrForObjectDetection:
+def rtdetr_resnet101(
+    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
+) -> RTDetrForObjectDetection:
     """RT-DETR-R101vd (PekingU/rtdetr_r101vd layout: 384-wide hybrid encoder with a 2048 FFN, 256-wide decoder)."""
     defaults = dict(
         backbone_config=_rtdetr_resnet_backbone([3, 4, 23, 3]),
@@ -132,12 +137,16 @@ def rtdetr_resnet101(id2label: Mapping[int, str], *, freeze_backbone: bool = Fal
     return _rtdetr(id2label, defaults, overrides, freeze_backbone)
 
 
-def rtdetr_resnet50(id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides) -> RTDetrForObjectDetection:
+def rtdetr_resnet50(
+    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
+) -> RTDetrForObjectDetection:
     """RT-DETR-R50vd (PekingU/rtdetr_r50vd layout = transformers' RTDetrConfig defaults)."""
     return _rtdetr(id2label, dict(backbone_config=_rtdetr_resnet_backbone([3, 4, 6, 3])), overrides, freeze_backbone)
 
 
-def rtdetr_resnet18(id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides) -> RTDetrForObjectDetection:
+def rtdetr_resnet18(
+    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
+) -> RTDetrForObjectDetection:
     """RT-DETR-R18vd (PekingU/rtdetr_r18vd layout: basic blocks, half-width CSP blocks, 3 decoder layers)."""
     defaults = dict(
         backbone_config=_rtdetr_resnet_backbone([2, 2, 2, 2], "basic", (64, 128, 256, 512)),
@@ -189,7 +198,9 @@ def _tiny_detr(id2label, widths, overrides, freeze_backbone) -> DetrForObjectDet
     return _detr(id2label, dict(_TINY_DETR, backbone_config=backbone), overrides, freeze_backbone)
 
 
-def tiny_detr_resnet(id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides) -> DetrForObjectDetection:
+def tiny_detr_resnet(
+    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
+) -> DetrForObjectDetection:
     """Tiny DETR teacher: ResNet 32/64/128/256 (basic, one block per stage), 2+2 layers, d_model 64, 20 queries."""
     return _tiny_detr(id2label, _TINY_TEACHER_WIDTHS, overrides, freeze_backbone)
 
@@ -225,7 +236,9 @@ def _tiny_rtdetr(id2label, widths, overrides, freeze_backbone) -> RTDetrForObjec
     return _rtdetr(id2label, defaults, overrides, freeze_backbone)
 
 
-def tiny_rtdetr_resnet(id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides) -> RTDetrForObjectDetection:
+def tiny_rtdetr_resnet(
+    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
+) -> RTDetrForObjectDetection:
     """Tiny RT-DETR teacher: ResNet-vd 32/64/128/256 (basic), 64-wide hybrid encoder, 2 decoder layers, 30 queries."""
     return _tiny_rtdetr(id2label, _TINY_TEACHER_WIDTHS, overrides, freeze_backbone)
 
