@@ -51,6 +51,29 @@ def truncate(dataset_dict, max_train: int | None, max_eval: int | None) -> None:
             dataset_dict[split] = dataset_dict[split].select(range(min(limit, len(dataset_dict[split]))))
 
 
+def synthetic_dataset(task, data_args, seed: int, layout: str, marker: str, write) -> str:
+    """Folder of the task's synthetic set in its real on-disk layout, written by ``write`` unless already there
+    (``marker`` is a sub-folder a finished set has). Sizes default to the task's."""
+    height, width = data_args.synthetic_image_size or task.synthetic_image_size
+    classes = data_args.synthetic_num_classes or task.synthetic_num_classes
+    root = data_args.synthetic_dir or os.path.join(
+        CACHE_DIR,
+        f"synthetic_{layout}_{data_args.synthetic_num_train}_{data_args.synthetic_num_val}_{height}x{width}"
+        f"_{classes}c_seed{seed}",
+    )
+    if not os.path.isdir(os.path.join(root, marker)):
+        logger.info(f"writing a synthetic {layout}-layout dataset to {root}")
+        write(
+            root,
+            num_train=data_args.synthetic_num_train,
+            num_val=data_args.synthetic_num_val,
+            image_size=(height, width),
+            num_classes=classes,
+            seed=seed,
+        )
+    return root
+
+
 class SegmentationTask:
     """Semantic segmentation: Cityscapes-layout folders or image + map datasets, mIoU."""
 
@@ -83,24 +106,7 @@ class SegmentationTask:
     def prepare_data(self, data_args, seed: int):
         """``SegmentationData``; a synthetic Cityscapes-layout set is written first when no dataset is given."""
         if data_args.dataset is None:
-            height, width = data_args.synthetic_image_size or self.synthetic_image_size
-            classes = data_args.synthetic_num_classes or self.synthetic_num_classes
-            root = data_args.synthetic_dir or os.path.join(
-                CACHE_DIR,
-                f"synthetic_cityscapes_{data_args.synthetic_num_train}_{data_args.synthetic_num_val}_{height}x{width}"
-                f"_{classes}c_seed{seed}",
-            )
-            if not os.path.isdir(os.path.join(root, "gtFine")):
-                logger.info(f"writing a synthetic Cityscapes-layout dataset to {root}")
-                make_synthetic_cityscapes(
-                    root,
-                    num_train=data_args.synthetic_num_train,
-                    num_val=data_args.synthetic_num_val,
-                    image_size=(height, width),
-                    num_classes=classes,
-                    seed=seed,
-                )
-            data_args.dataset = root
+            data_args.dataset = synthetic_dataset(self, data_args, seed, "cityscapes", "gtFine", make_synthetic_cityscapes)
         data = load_segmentation_data(
             data_args.dataset,
             id2label=data_args.id2label,
@@ -180,10 +186,12 @@ class DetectionTask:
     default_recipe: dict[str, Any] = {
         "output_dir": "outputs/acamkd-synthetic-detection",
         "compare_student_alone": False,  # keeps the CPU default under 5 minutes; pass true to measure it
-        "num_train_epochs": 12,
+        "inherit_from_teacher": True,  # the paper's detection setting (FGD's inheritance)
+        "teacher_num_train_epochs": 16,  # the tiny teacher needs more steps than the student it starts
+        "num_train_epochs": 8,
         "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 16,
-        "learning_rate": 5e-4,
+        "learning_rate": 1e-3,
         "weight_decay": 1e-4,
         "max_grad_norm": 1.0,
         "lr_scheduler_type": "cosine",
@@ -194,24 +202,7 @@ class DetectionTask:
     def prepare_data(self, data_args, seed: int):
         """``DetectionData``; a synthetic COCO-layout set is written first when no dataset is given."""
         if data_args.dataset is None:
-            height, width = data_args.synthetic_image_size or self.synthetic_image_size
-            classes = data_args.synthetic_num_classes or self.synthetic_num_classes
-            root = data_args.synthetic_dir or os.path.join(
-                CACHE_DIR,
-                f"synthetic_coco_{data_args.synthetic_num_train}_{data_args.synthetic_num_val}_{height}x{width}"
-                f"_{classes}c_seed{seed}",
-            )
-            if not os.path.isdir(os.path.join(root, "annotations")):
-                logger.info(f"writing a synthetic COCO-layout dataset to {root}")
-                make_synthetic_coco(
-                    root,
-                    num_train=data_args.synthetic_num_train,
-                    num_val=data_args.synthetic_num_val,
-                    image_size=(height, width),
-                    num_classes=classes,
-                    seed=seed,
-                )
-            data_args.dataset = root
+            data_args.dataset = synthetic_dataset(self, data_args, seed, "coco", "annotations", make_synthetic_coco)
         data = load_detection_data(data_args.dataset, id2label=data_args.id2label)
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data

@@ -184,6 +184,14 @@ def load_cityscapes(root: str | Path) -> SegmentationData:
     )
 
 
+def renamed_classes(id2label: dict, existing: dict[int, str], what: str) -> dict[int, str]:
+    """``id2label`` given for a set that names its own classes may only rename them (same ids)."""
+    renamed = {int(k): str(v) for k, v in id2label.items()}
+    if sorted(renamed) != sorted(existing):
+        raise ValueError(f"id2label for {what} can only rename its classes {sorted(existing)}, got keys {sorted(renamed)}")
+    return dict(sorted(renamed.items()))
+
+
 def reduce_labels_lookup(ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """uint8 (256,) table for maps whose 0 means "background / other" (ADE20K style): 0 -> ignore, k -> k - 1.
 
@@ -268,13 +276,7 @@ def load_segmentation_data(
     if is_cityscapes_layout(name_or_path):
         data = load_cityscapes(name_or_path)
         if id2label is not None:
-            id2label = {int(k): str(v) for k, v in id2label.items()}
-            if sorted(id2label) != sorted(data.id2label):
-                raise ValueError(
-                    f"id2label for a Cityscapes folder can only rename its classes {sorted(data.id2label)}, "
-                    f"got keys {sorted(id2label)}"
-                )
-            data.id2label = dict(sorted(id2label.items()))
+            data.id2label = renamed_classes(id2label, data.id2label, "a Cityscapes folder")
         return data
 
     if reduce_labels and label_lookup is not None:

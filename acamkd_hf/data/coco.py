@@ -34,6 +34,8 @@ from typing import Any
 
 import datasets
 
+from .cityscapes import renamed_classes
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -497,13 +499,7 @@ def load_detection_data(
             )
         data = load_coco(name_or_path, train_split=train, validation_split=validation)
         if id2label is not None:
-            renamed = {int(k): str(v) for k, v in id2label.items()}
-            if sorted(renamed) != sorted(data.id2label):
-                raise ValueError(
-                    f"id2label for a COCO folder can only rename its classes {sorted(data.id2label)}, got keys "
-                    f"{sorted(renamed)}"
-                )
-            data.id2label = dict(sorted(renamed.items()))
+            data.id2label = renamed_classes(id2label, data.id2label, "a COCO folder")
             features = detection_features(data.id2label[k] for k in sorted(data.id2label))
             data.dataset = datasets.DatasetDict({k: v.cast(features) for k, v in data.dataset.items()})
         return data
