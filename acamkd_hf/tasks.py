@@ -107,11 +107,15 @@ class SegmentationTask:
         """``SegmentationData``; a synthetic Cityscapes-layout set is written first when no dataset is given."""
         if data_args.dataset is None:
             data_args.dataset = synthetic_dataset(self, data_args, seed, "cityscapes", "gtFine", make_synthetic_cityscapes)
+        splits = {"train_split": data_args.train_split} if data_args.train_split else {}
         data = load_segmentation_data(
             data_args.dataset,
             id2label=data_args.id2label,
             image_column=data_args.image_column,
             label_column=data_args.label_column,
+            validation_split=data_args.validation_split,
+            validation_fraction=data_args.validation_fraction,
+            **splits,
         )
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data
@@ -203,7 +207,12 @@ class DetectionTask:
         """``DetectionData``; a synthetic COCO-layout set is written first when no dataset is given."""
         if data_args.dataset is None:
             data_args.dataset = synthetic_dataset(self, data_args, seed, "coco", "annotations", make_synthetic_coco)
-        data = load_detection_data(data_args.dataset, id2label=data_args.id2label)
+        data = load_detection_data(
+            data_args.dataset,
+            id2label=data_args.id2label,
+            train_split=data_args.train_split,
+            validation_split=data_args.validation_split,
+        )
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data
 

@@ -93,6 +93,13 @@ class DataArguments:
         default=None, metadata={"help": "Classes of the synthetic set (default: the task's; segmentation 8, <= 19)."}
     )
     id2label: str | None = field(default=None, metadata={"help": "JSON file {id: name} for datasets without one."})
+    train_split: str | None = field(default=None, metadata={"help": "Training split of a Hub/local dataset."})
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Evaluation split of a Hub/local dataset (default: validation/val/test)."}
+    )
+    validation_fraction: float | None = field(
+        default=None, metadata={"help": "Segmentation: hold out this fraction of the training split for evaluation."}
+    )
     image_column: str | None = field(default=None, metadata={"help": "Image column of a Hub/local dataset."})
     label_column: str | None = field(default=None, metadata={"help": "Segmentation-map column of a Hub/local dataset."})
     crop_size: list[int] | None = field(

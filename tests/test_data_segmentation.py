@@ -235,7 +235,7 @@ def test_load_segmentation_data_from_a_local_dataset_folder(tmp_path):
 def test_load_segmentation_data_asks_for_id2label(tmp_path):
     folder = tmp_path / "ds"
     _write_parquet_dataset(folder, with_id2label=False)
-    with pytest.raises(ValueError, match="pass id2label"):
+    with pytest.raises(ValueError, match="pass --id2label classes.json"):
         load_segmentation_data(folder, cache_dir=str(tmp_path / "cache"))
 
 
@@ -438,3 +438,9 @@ def test_collate_through_a_dataloader(processor, synthetic_root):
     assert batch["pixel_values"].shape == (4, 3, 16, 32) and batch["pixel_values"].dtype == torch.float32
     assert batch["labels"].shape == (4, 16, 32) and batch["labels"].dtype == torch.int64
     assert set(torch.unique(batch["labels"]).tolist()) <= set(range(8)) | {255}
+
+
+def test_half_a_cityscapes_folder_says_which_half_is_missing(tmp_path):
+    (tmp_path / "leftImg8bit" / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has leftImg8bit/ but no gtFine/"):
+        load_segmentation_data(str(tmp_path))

@@ -273,6 +273,13 @@ def load_segmentation_data(
     name_or_path = os.fspath(name_or_path)
     if isinstance(id2label, (str, os.PathLike)):
         id2label = _read_id2label_json(id2label)
+    half = [name for name in ("leftImg8bit", "gtFine") if os.path.isdir(os.path.join(name_or_path, name))]
+    if len(half) == 1:
+        missing = "gtFine" if half == ["leftImg8bit"] else "leftImg8bit"
+        raise FileNotFoundError(
+            f"{name_or_path} has {half[0]}/ but no {missing}/: a Cityscapes folder needs both (images in leftImg8bit/, "
+            f"*_gtFine_labelIds.png maps in gtFine/)"
+        )
     if is_cityscapes_layout(name_or_path):
         data = load_cityscapes(name_or_path)
         if id2label is not None:
@@ -302,7 +309,8 @@ def load_segmentation_data(
         if validation_split is None:
             raise ValueError(
                 f"no validation split in {name_or_path} (looked for {list(_VALIDATION_SPLITS)}); available "
-                f"splits: {available}; pass validation_split=... or validation_fraction=..."
+                f"splits: {available}; name one with --validation_split (validation_split=... in Python) or hold out part of "
+                f"the training split with --validation_fraction 0.1"
             )
     elif validation_split not in loaded:
         raise ValueError(f"no {validation_split!r} split in {name_or_path}; available splits: {available}")
@@ -318,7 +326,7 @@ def load_segmentation_data(
     if id2label is None:
         raise ValueError(
             f"no class names found for {name_or_path} (no id2label.json next to the data); "
-            "pass id2label={0: 'name', ...} or the path of such a json file"
+            "pass --id2label classes.json (a json file {\"0\": \"name\", ...}; id2label={0: 'name', ...} in Python)"
         )
     id2label = {int(k): str(v) for k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
     if sorted(id2label) != list(range(len(id2label))):

@@ -519,7 +519,7 @@ def load_detection_data(
         if validation_split is None:
             raise ValueError(
                 f"no validation split in {name_or_path} (looked for {list(_VALIDATION_SPLITS)}); available splits: "
-                f"{available}; pass validation_split=..."
+                f"{available}; name one with --validation_split (validation_split=... in Python)"
             )
         if validation_split == "test":
             logger.info(f"{name_or_path}: no validation split, evaluating on 'test'")
@@ -549,8 +549,8 @@ def load_detection_data(
     else:
         if id2label is None:
             raise ValueError(
-                f"{name_or_path}: the categories are plain integers (no ClassLabel); pass id2label={{category id: "
-                "name, ...}"
+                f"{name_or_path}: the categories are plain integers (no ClassLabel); pass --id2label classes.json "
+                "(a json file {\"category id\": \"name\", ...}; id2label={category id: name} in Python)"
             )
         by_id = {int(k): str(v) for k, v in id2label.items()}
         ordered = sorted(by_id)
