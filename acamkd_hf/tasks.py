@@ -74,7 +74,23 @@ def synthetic_dataset(task, data_args, seed: int, layout: str, marker: str, writ
     return root
 
 
-class SegmentationTask:
+class Task:
+    """What both tasks share: models come from the task's presets (built with the dataset's labels) or, for any
+    other name, from the Hub / a folder through the task's loader."""
+
+    presets: dict = {}
+    model_loader = None  # the task's load_*_model(name_or_path, id2label, *, trust_remote_code, revision)
+
+    def load_model(self, name_or_path: str, id2label: dict[int, str], *, trust_remote_code: bool, revision: str | None):
+        return type(self).model_loader(
+            name_or_path,
+            id2label if name_or_path in self.presets else None,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+        )
+
+
+class SegmentationTask(Task):
     """Semantic segmentation: Cityscapes-layout folders or image + map datasets, mIoU."""
 
     name = "segmentation"
@@ -84,6 +100,7 @@ class SegmentationTask:
     #: (metric key without the eval_ prefix, title) for the final table and the model card; the first is the headline
     metrics = (("mean_iou", "mIoU"), ("overall_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"))
     presets = SEGMENTATION_PRESETS
+    model_loader = staticmethod(load_segmentation_model)
     default_teacher = "small-segformer"
     default_student = "tiny-segformer"
     synthetic_image_size = (64, 128)
@@ -119,14 +136,6 @@ class SegmentationTask:
         )
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data
-
-    def load_model(self, name_or_path: str, id2label: dict[int, str], *, trust_remote_code: bool, revision: str | None):
-        return load_segmentation_model(
-            name_or_path,
-            id2label if name_or_path in self.presets else None,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-        )
 
     def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None):
         """The student's own image processor (Hub/folder) when it has one, else the default for the data's size."""
@@ -169,7 +178,7 @@ def _pretrained_image_processor(student: str, presets, *, trust_remote_code: boo
         return None
 
 
-class DetectionTask:
+class DetectionTask(Task):
     """Object detection (DETR family): COCO-layout folders or Hub detection datasets, COCO mAP (pycocotools)."""
 
     name = "detection"
@@ -179,6 +188,7 @@ class DetectionTask:
     metrics = (("map", "mAP"), ("map_50", "AP50"), ("map_75", "AP75"), ("map_small", "AP_S"), ("map_medium", "AP_M"),
                ("map_large", "AP_L"))
     presets = DETECTION_PRESETS
+    model_loader = staticmethod(load_detection_model)
     # RT-DETR learns the synthetic set within the CPU budget; a tiny DETR (one stride-32 level, slow Hungarian
     # convergence) does not (mAP 0 after 2 minutes).
     default_teacher = "tiny-rtdetr-resnet"
@@ -215,14 +225,6 @@ class DetectionTask:
         )
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data
-
-    def load_model(self, name_or_path: str, id2label: dict[int, str], *, trust_remote_code: bool, revision: str | None):
-        return load_detection_model(
-            name_or_path,
-            id2label if name_or_path in self.presets else None,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-        )
 
     def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None):
         processor = _pretrained_image_processor(student, self.presets, trust_remote_code=trust_remote_code, revision=revision)

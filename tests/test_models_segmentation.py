@@ -262,7 +262,7 @@ def test_trust_remote_code_loads_without_the_package(tmp_path):
         from transformers import AutoModelForSemanticSegmentation, pipeline
         model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        io = torch.load({str(tmp_path / "io.pt")!r})
+        io = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
         state = model.state_dict()
         assert state.keys() == io["state"].keys()
         assert all(torch.equal(state[k], io["state"][k]) for k in state)

@@ -5,8 +5,8 @@ DeepLabV3-R18 and DeepLabV3-MobileNetV2 at output stride 8. This file provides t
 
 This file is deliberately SELF-CONTAINED (imports only torch, timm and transformers, never `acamkd_hf`):
 `save_pretrained` copies it next to the weights (see `register_for_auto_class` at the bottom), so a checkpoint loads
-with `AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)` on a machine without this
-package. With the package imported, `acamkd_hf.models` registers the classes with the Auto* factories instead.
+with `AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=...)` turned on by the user, on a
+machine without this package. With the package imported, `acamkd_hf.models` registers the classes with the Auto* factories instead.
 
 Shapes (B = batch, K = num_labels, H x W = input size, s = output stride, 8 by default):
     pixel_values (B, 3, H, W) -> backbone maps [(B, C_i, H/r_i, W/r_i)] (r_i = 4, 8, 8, 8 for out_indices 1..4 at s=8)
@@ -277,6 +277,6 @@ class DeepLabV3ForSemanticSegmentation(DeepLabV3PreTrainedModel):
 
 
 # `save_pretrained` then copies this file next to the weights and writes `auto_map` into config.json, so the folder
-# loads with trust_remote_code=True without this package.
+# loads without this package when the user turns trust_remote_code on.
 DeepLabV3Config.register_for_auto_class()
 DeepLabV3ForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
