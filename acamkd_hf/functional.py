@@ -52,7 +52,7 @@ def cross_attention_fusion(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     """
     if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
         raise ValueError("query, key and value must be token tensors (B, N, channels)")
-    d, value_channels = query.shape[-1], value.shape[-1]
+    d = query.shape[-1]
     if key.shape[-1] != d:
         raise ValueError(f"query and key must have the same channels, got {d} and {key.shape[-1]}")
     q, k = query.unsqueeze(1), key.unsqueeze(1)  # one head: (B, 1, N, d)

@@ -32,7 +32,6 @@ from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes
 logger = logging.get_logger(__name__)
 
 DISTILLATION_MODULES_NAME = "distillation_modules.safetensors"
-TRAINING_ARGS_NAME = "training_args.bin"
 
 
 @dataclass
