@@ -184,6 +184,17 @@ def load_cityscapes(root: str | Path) -> SegmentationData:
     )
 
 
+def load_dataset_dict(name_or_path: str, **load_dataset_kwargs) -> datasets.DatasetDict:
+    """``datasets.load_dataset`` (Hub id or local folder) that must give named splits, not one split or a stream."""
+    loaded = datasets.load_dataset(name_or_path, **load_dataset_kwargs)
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(
+            f"{name_or_path} loaded as a {type(loaded).__name__}; a DatasetDict with a train and a validation split "
+            "is needed (do not pass split=... or streaming=True)"
+        )
+    return loaded
+
+
 def renamed_classes(id2label: dict, existing: dict[int, str], what: str) -> dict[int, str]:
     """``id2label`` given for a set that names its own classes may only rename them (same ids)."""
     renamed = {int(k): str(v) for k, v in id2label.items()}
@@ -288,12 +299,7 @@ def load_segmentation_data(
 
     if reduce_labels and label_lookup is not None:
         raise ValueError("give either label_lookup or reduce_labels=True, not both")
-    loaded = datasets.load_dataset(name_or_path, **load_dataset_kwargs)
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise ValueError(
-            f"{name_or_path} loaded as a {type(loaded).__name__}; a DatasetDict with a train and a validation split "
-            "is needed (do not pass split=... or streaming=True)"
-        )
+    loaded = load_dataset_dict(name_or_path, **load_dataset_kwargs)
 
     available = list(loaded.keys())
     if train_split not in loaded:

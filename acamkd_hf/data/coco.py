@@ -34,7 +34,7 @@ from typing import Any
 
 import datasets
 
-from .cityscapes import renamed_classes
+from .cityscapes import load_dataset_dict, renamed_classes
 
 logger = logging.getLogger(__name__)
 
@@ -504,12 +504,7 @@ def load_detection_data(
             data.dataset = datasets.DatasetDict({k: v.cast(features) for k, v in data.dataset.items()})
         return data
 
-    loaded = datasets.load_dataset(name_or_path, **load_dataset_kwargs)
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise ValueError(
-            f"{name_or_path} loaded as a {type(loaded).__name__}; a DatasetDict with a train and a validation split "
-            "is needed (do not pass split=... or streaming=True)"
-        )
+    loaded = load_dataset_dict(name_or_path, **load_dataset_kwargs)
     available = list(loaded.keys())
     train_split = train_split or "train"
     if train_split not in loaded:

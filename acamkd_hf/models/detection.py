@@ -25,8 +25,6 @@ whole backbone frozen, with a timm ResNet fully trainable).
 
 from __future__ import annotations
 
-import difflib
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,7 +47,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .presets import _label_maps, _looks_local
+from .presets import _label_maps, resolve_model_path
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Backbone freezing
@@ -331,21 +329,13 @@ def load_detection_model(
         ValueError: a preset without `id2label`.
         FileNotFoundError: a name that is neither a preset nor an existing folder nor shaped like a Hub id.
     """
-    frozen = bool(freeze_backbone) if freeze_backbone is not None else False
+    frozen = bool(freeze_backbone)  # None: trainable, decided here, not by transformers' name matching
     if name_or_path in DETECTION_PRESETS:
         if id2label is None:
             raise ValueError(f"Preset {name_or_path!r} needs id2label (the dataset's classes) to size its classifier.")
         return DETECTION_PRESETS[name_or_path](id2label, freeze_backbone=frozen)
-    expanded = os.path.expanduser(name_or_path)
-    if not os.path.exists(expanded) and _looks_local(name_or_path):
-        close = difflib.get_close_matches(name_or_path, list(DETECTION_PRESETS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FileNotFoundError(
-            f"{name_or_path!r} is not a detection preset name and no such folder exists.{hint} "
-            f"Presets: {', '.join(DETECTION_PRESETS)}. Hub ids look like 'org/name'."
-        )
     model = AutoModelForObjectDetection.from_pretrained(
-        expanded if os.path.exists(expanded) else name_or_path,
+        resolve_model_path(name_or_path, DETECTION_PRESETS, "detection preset"),
         trust_remote_code=trust_remote_code,
         revision=revision,
     )

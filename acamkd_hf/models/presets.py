@@ -189,6 +189,22 @@ def _looks_local(name_or_path: str) -> bool:
     )
 
 
+def resolve_model_path(name_or_path: str, presets: Mapping[str, Callable], what: str) -> str:
+    """The folder (``~`` expanded) or Hub id to load; a local-looking name that is neither one of ``presets`` nor an
+    existing folder raises FileNotFoundError with the closest preset and the list of them."""
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.exists(expanded):
+        return expanded
+    if _looks_local(name_or_path):
+        close = difflib.get_close_matches(name_or_path, list(presets), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise FileNotFoundError(
+            f"{name_or_path!r} is not a {what} name and no such folder exists.{hint} "
+            f"Presets: {', '.join(presets)}. Hub ids look like 'org/name'."
+        )
+    return name_or_path
+
+
 def load_segmentation_model(
     name_or_path: str,
     id2label: dict[int, str] | None = None,
@@ -213,16 +229,8 @@ def load_segmentation_model(
         if id2label is None:
             raise ValueError(f"Preset {name_or_path!r} needs id2label (the dataset's classes) to size its classifier.")
         return SEGMENTATION_PRESETS[name_or_path](id2label)
-    expanded = os.path.expanduser(name_or_path)
-    if not os.path.exists(expanded) and _looks_local(name_or_path):
-        close = difflib.get_close_matches(name_or_path, list(SEGMENTATION_PRESETS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FileNotFoundError(
-            f"{name_or_path!r} is not a preset name and no such folder exists.{hint} "
-            f"Presets: {', '.join(SEGMENTATION_PRESETS)}. Hub ids look like 'org/name'."
-        )
     return AutoModelForSemanticSegmentation.from_pretrained(
-        expanded if os.path.exists(expanded) else name_or_path,
+        resolve_model_path(name_or_path, SEGMENTATION_PRESETS, "preset"),
         trust_remote_code=trust_remote_code,
         revision=revision,
     )
