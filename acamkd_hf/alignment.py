@@ -10,6 +10,40 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ALIGNMENT_KINDS = ("conv1x1", "identity")
+#: How much the height and width scale factors of the resize may differ (odd sizes from padding differ a little).
+MAX_ASPECT_DISTORTION = 0.25
+
+
+def check_alignable(point: str, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], kind: str = "conv1x1") -> None:
+    """Raises ``ValueError`` when ``f_align`` cannot map the student's feature at ``point`` onto the teacher's.
+
+    ``student_shape`` / ``teacher_shape`` are ``(C, H, W)`` from the dry run. Refused: a feature that is not a map
+    (token sequences), ``identity`` with different channel counts, and strides that differ between the two axes
+    (the resize would stretch the student's map: e.g. a student at stride 8x16 against a teacher at 8x8).
+    """
+    for side, shape in (("student", student_shape), ("teacher", teacher_shape)):
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(
+                f"distillation point {point!r}: the {side}'s feature has shape (B, {', '.join(map(str, shape))}), not a "
+                f"(B, C, H, W) map; choose a point that is a feature map (logits, stage*, neck*)."
+            )
+    (student_channels, student_height, student_width), (teacher_channels, teacher_height, teacher_width) = (
+        student_shape,
+        teacher_shape,
+    )
+    if kind == "identity" and student_channels != teacher_channels:
+        raise ValueError(
+            f"distillation point {point!r}: --alignment identity needs equal channels, but the student has "
+            f"{student_channels} and the teacher {teacher_channels}; use --alignment conv1x1."
+        )
+    scale_height, scale_width = teacher_height / student_height, teacher_width / student_width
+    if abs(scale_height - scale_width) > MAX_ASPECT_DISTORTION * max(scale_height, scale_width):
+        raise ValueError(
+            f"distillation point {point!r}: the student's {student_height}x{student_width} map and the teacher's "
+            f"{teacher_height}x{teacher_width} map have different strides along height and width (scale "
+            f"x{scale_height:.2f} vs x{scale_width:.2f}), so resizing one onto the other would distort it. Distil at "
+            f"a point where both models have the same stride ratio in both directions."
+        )
 
 
 class StudentAligner(nn.Module):

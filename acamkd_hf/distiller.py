@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
+from .alignment import check_alignable
 from .losses import DISTILLATION_LOSSES, MultiPointDistillationLoss
 from .taps import FeatureTaps
 
@@ -141,6 +142,8 @@ def build_distillation_loss(
         raise ValueError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
     if not points:
         raise ValueError(f"method {method!r} needs at least one distillation point")
+    for point in points:
+        check_alignable(point, tuple(student_shapes[point]), tuple(teacher_shapes[point]), settings.get("alignment", "conv1x1"))
     return MultiPointDistillationLoss(
         {
             point: build_point_loss(method, int(student_shapes[point][0]), int(teacher_shapes[point][0]), **settings)

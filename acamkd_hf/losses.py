@@ -5,20 +5,27 @@ Every per-point loss is an ``nn.Module`` built from ``(student_channels, teacher
 ``(B, C_t, H_t, W_t)`` and returns a dict of scalars: ``"loss"`` is the weighted total of that point, every other key
 is one unweighted term (so the trainer can log each). Each owns its own adapter :class:`StudentAligner`.
 
-Losses are computed in float32 whatever the autocast dtype: masked sums over ``HW`` positions lose too much in
-bf16/fp16.
+Mixed precision (``--bf16`` / ``--fp16``): the adapter, the fusion attention and MGD's generator run in the autocast
+compute dtype; the selection units, the masks and every loss run in float32 with autocast off (masked sums over
+``HW`` positions lose too much in bf16/fp16, and autocast would otherwise cast their einsums back down).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 
 from . import functional as KD
 from .alignment import StudentAligner
 from .fusion import StudentTeacherCrossAttention
 from .masking import AdaptiveSpatialChannelMasking
+
+
+def float32_region(like: Tensor) -> torch.autocast:
+    """Autocast off on ``like``'s device: what runs inside keeps the float32 it is given."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 class ACAMKDLoss(nn.Module):
@@ -77,31 +84,30 @@ class ACAMKDLoss(nn.Module):
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
-        fused = self.fusion(teacher, aligned)
-        spatial_masks, channel_masks = self.masking(fused)
-        teacher32, aligned32 = teacher.float(), aligned.float()
-        zero = teacher32.new_zeros(())
-        channel = spatial = diversity = zero
-        # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
-        imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
-        if channel_masks is not None:
-            channel_masks = channel_masks.float()
-            channel = KD.channel_masked_loss(teacher32, aligned32, imitation(channel_masks), self.eps)
-            diversity = diversity + KD.dice_diversity(channel_masks)
-        if spatial_masks is not None:
-            spatial_masks = spatial_masks.float()
-            spatial = KD.spatial_masked_loss(teacher32, aligned32, imitation(spatial_masks), self.eps)
-            diversity = diversity + KD.dice_diversity(spatial_masks.flatten(2))
-        self.last_masks = {
-            name: masks.detach()
-            for name, masks in (("spatial", spatial_masks), ("channel", channel_masks))
-            if masks is not None
-        }
-        loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
-        means = {
-            f"{name}_mask_mean": self.last_masks[name].mean() if name in self.last_masks else zero
-            for name in ("spatial", "channel")
-        }
+        fused = self.fusion(teacher, aligned)  # the autocast compute dtype
+        with float32_region(fused):
+            spatial_masks, channel_masks = self.masking(fused.float())
+            teacher32, aligned32 = teacher.float(), aligned.float()
+            zero = teacher32.new_zeros(())
+            channel = spatial = diversity = zero
+            # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
+            imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
+            if channel_masks is not None:
+                channel = KD.channel_masked_loss(teacher32, aligned32, imitation(channel_masks), self.eps)
+                diversity = diversity + KD.dice_diversity(channel_masks)
+            if spatial_masks is not None:
+                spatial = KD.spatial_masked_loss(teacher32, aligned32, imitation(spatial_masks), self.eps)
+                diversity = diversity + KD.dice_diversity(spatial_masks.flatten(2))
+            self.last_masks = {
+                name: masks.detach()
+                for name, masks in (("spatial", spatial_masks), ("channel", channel_masks))
+                if masks is not None
+            }
+            loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
+            means = {
+                f"{name}_mask_mean": self.last_masks[name].mean() if name in self.last_masks else zero
+                for name in ("spatial", "channel")
+            }
         return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity, **means}
 
 
@@ -121,7 +127,8 @@ class FeatureMSELoss(nn.Module):
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
-        mse = KD.feature_mse(teacher.float(), aligned.float())
+        with float32_region(aligned):
+            mse = KD.feature_mse(teacher.float(), aligned.float())
         return {"loss": self.weight * mse, "mse": mse}
 
 
@@ -162,7 +169,8 @@ class MGDLoss(nn.Module):
         batch, _, height, width = aligned.shape
         mask = KD.mgd_random_mask(batch, height, width, self.mask_ratio, device=aligned.device, dtype=aligned.dtype)
         generated = self.generator(aligned * mask)
-        mgd = KD.masked_generative_loss(teacher.float(), generated.float())
+        with float32_region(generated):
+            mgd = KD.masked_generative_loss(teacher.float(), generated.float())
         return {"loss": self.weight * mgd, "mgd": mgd}
 
 
@@ -189,7 +197,8 @@ class CWDLoss(nn.Module):
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
-        cwd = KD.channel_wise_distillation(teacher.float(), aligned.float(), self.tau)
+        with float32_region(aligned):
+            cwd = KD.channel_wise_distillation(teacher.float(), aligned.float(), self.tau)
         return {"loss": self.weight * cwd, "cwd": cwd}
 
 

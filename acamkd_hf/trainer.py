@@ -12,18 +12,22 @@ optimizer, DDP and checkpoints see), keeps the teacher outside, frozen and in ev
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import logging
 
 from .alignment import ALIGNMENT_KINDS
+from .data.seeding import PerExampleSeededDataset
 from .distiller import DEFAULT_ALPHA, METHODS, Distiller, build_distillation_loss
 from .fusion import FUSION_MODES
 from .masking import MASK_KINDS
@@ -32,6 +36,14 @@ from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes
 logger = logging.get_logger(__name__)
 
 DISTILLATION_MODULES_NAME = "distillation_modules.safetensors"
+#: Checkpoints are written here first and renamed to ``output_dir/checkpoint-N`` only when complete. The name does
+#: not match ``checkpoint-N``, so ``get_last_checkpoint`` (and ``--resume_from_checkpoint true``) never sees a
+#: half-written one.
+PARTIAL_CHECKPOINTS_DIR = ".partial-checkpoints"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the message names the terms, points and step."""
 
 
 @dataclass
@@ -82,6 +94,11 @@ class DistillationArguments(TrainingArguments):
     distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
     cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
     mgd_mask_ratio: float = field(default=0.65, metadata={"help": "MGD: fraction of positions masked."})
+    sync_batchnorm: bool = field(
+        default=False,
+        metadata={"help": "Convert the student's BatchNorm layers to SyncBatchNorm when training on several GPUs "
+                          "(segmentation students with few images per GPU). No effect in one process."},
+    )
     inherit_from_teacher: bool = field(
         default=False,
         metadata={"help": "Start the student's non-backbone weights (neck, heads) from the teacher where names and "
@@ -171,6 +188,8 @@ class DistillationTrainer(Trainer):
             from .inheritance import inherit_from_teacher
 
             logger.warning(f"inheritance from the teacher: {inherit_from_teacher(model, teacher_model).summary()}")
+        if args.sync_batchnorm:
+            model = convert_to_sync_batchnorm(model, world_size=args.world_size, device=args.device)
         set_seed(args.seed)  # the distillation modules' initialisation is part of the run's seed
         distillation_loss = None
         #: the settings as used: defaults resolved (the method's alpha, the task's number of masks)
@@ -204,7 +223,19 @@ class DistillationTrainer(Trainer):
                 cwd_tau=args.cwd_tau,
                 mgd_mask_ratio=args.mgd_mask_ratio,
             )
+        train_dataset = kwargs.get("train_dataset")
+        if train_dataset is not None and not isinstance(train_dataset, (torch.utils.data.IterableDataset, PerExampleSeededDataset)):
+            # Augmentations seeded per (seed, epoch, example): exact resume mid-epoch, same images on any number of
+            # processes (see acamkd_hf.data.seeding).
+            kwargs["train_dataset"] = PerExampleSeededDataset(train_dataset, seed=args.data_seed if args.data_seed is not None else args.seed)
+            if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+                logger.warning(
+                    "--dataloader_persistent_workers: the workers keep their first epoch number, so each image gets "
+                    "the same augmentation every epoch. Turn persistent workers off for per-epoch augmentations."
+                )
         super().__init__(model=Distiller(model, distillation_loss), args=args, **kwargs)
+        if isinstance(self.train_dataset, PerExampleSeededDataset):
+            self.add_callback(_SetDatasetEpoch(self.train_dataset))
 
         self.labels_for_metrics = labels_for_metrics
         self.teacher = teacher_model if distilling else None
@@ -227,10 +258,11 @@ class DistillationTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------- step
     def teacher_features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The teacher's features at the distillation points: eval mode (re-set every step), no grad."""
+        """The teacher's features at the distillation points: eval mode (re-set every step), no grad, and under the
+        same autocast as the student (``--bf16`` / ``--fp16``), so both sides of every loss share the compute dtype."""
         self.teacher.eval()
         inputs = {"pixel_values": pixel_values} if pixel_mask is None else {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():
             return self.teacher_taps.collect(self.teacher(**inputs))
 
     def compute_loss(
@@ -243,15 +275,48 @@ class DistillationTrainer(Trainer):
         """Task loss + distillation loss in training; task loss only in evaluation.
 
         Both are per-batch means, so the Trainer divides by the accumulation steps (gradient accumulation 1 x 8
-        and 8 x 1 give the same update); ``num_items_in_batch`` is accepted and not needed.
+        and 8 x 1 give the same update); ``num_items_in_batch`` is accepted and not needed. A training loss that is
+        not finite stops the run (:class:`NonFiniteLossError`) before it reaches the weights.
         """
         teacher_features = None
         if model.training and self.teacher is not None:
             teacher_features = self.teacher_features(inputs["pixel_values"], inputs.get("pixel_mask"))
         outputs = model(**inputs, teacher_features=teacher_features)
+        if model.training:
+            self._stop_if_not_finite(outputs.loss, outputs.distillation_terms)
         if outputs.distillation_terms is not None:
             self._accumulate_terms(outputs.distillation_terms)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None) -> None:
+        """Raises :class:`NonFiniteLossError` naming every non-finite term when the loss is NaN/inf on any process.
+
+        One scalar check per step (the Trainer's own ``logging_nan_inf_filter`` syncs on the loss every step too);
+        with several processes the flag is gathered, so every rank stops at the same step instead of the others
+        waiting forever in the next all-reduce.
+        """
+        finite = torch.isfinite(loss.detach()).reshape(1)
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.gather(finite)
+        if bool(finite.all()):
+            return
+        terms = terms if terms is not None else {"task": loss.detach()}
+        bad = [
+            f"{_log_name(name)}={value.item():g}" for name, value in terms.items()
+            if not name.endswith("_mask_mean") and not torch.isfinite(value).all()
+        ]
+        points = sorted({name.split("/")[0] for name in terms if "/" in name and not torch.isfinite(terms[name]).all()})
+        where = f"non-finite terms on this process: {', '.join(bad)}" if bad else "the loss is finite here but not on another process"
+        if points:
+            where += f" (distillation point{'s' if len(points) > 1 else ''} {', '.join(points)})"
+        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        raise NonFiniteLossError(
+            f"the training loss became {loss.item():g} at step {self.state.global_step + 1} (epoch "
+            f"{self.state.epoch or 0:.2f}); {where}. Training stopped before this step changed any weight; "
+            + (f"the last good checkpoint is {last}. " if last else "no checkpoint was written yet. ")
+            + "Lower --learning_rate or the term's weight (--alpha / --lambda_div), use --bf16 or fp32 instead of "
+            "--fp16, or check the inputs of that step; then resume from the checkpoint."
+        )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         loss, predictions, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
@@ -274,12 +339,52 @@ class DistillationTrainer(Trainer):
             means = torch.stack([self._term_sums[name] for name in names]) / self._term_steps
             means = self.accelerator.reduce(means, reduction="mean")
             for name, value in zip(names, means.tolist()):
-                key = {"task": "task_loss", "distillation": "distillation_loss"}.get(name, f"distill/{name}")
-                logs[key] = round(value, 6)
+                logs[_log_name(name)] = round(value, 6)
             self._term_sums, self._term_steps = {}, 0
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------------- saving
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is being written, the Trainer's checkpoint code writes under the staging folder.
+        staging = getattr(self, "_staging_run_dir", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """Writes ``checkpoint-N`` atomically: everything (student, distillation modules, optimizer, scheduler, every
+        rank's RNG state, trainer state) goes to ``output_dir/.partial-checkpoints/checkpoint-N`` first, is fsynced,
+        and is renamed to ``output_dir/checkpoint-N`` only when complete. A process killed mid-write leaves the
+        staging folder, which no resume ever picks; the previous checkpoints are untouched until the new one is in
+        place (rotation runs after the rename). Refuses to write non-finite weights."""
+        _check_finite_parameters(self.accelerator.unwrap_model(self.model), self.state.global_step)
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, PARTIAL_CHECKPOINTS_DIR)
+        staging, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        if self.args.should_save and os.path.isdir(staging_root):
+            shutil.rmtree(staging_root)  # only leftovers of a process that died mid-write can be there
+        self.accelerator.wait_for_everyone()
+        self._staging_run_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_run_dir = None
+        self.accelerator.wait_for_everyone()  # every rank's files are in the staging folder
+        if self.args.should_save:
+            best = self.state.best_model_checkpoint
+            if best is not None and os.path.normpath(best).startswith(os.path.normpath(staging_root)):
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+                self.state.save_to_json(os.path.join(staging, "trainer_state.json"))  # record the final path
+            _publish_directory(staging, final)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+            if not os.listdir(staging_root):
+                os.rmdir(staging_root)
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Writes the student as a plain HF model folder; inside checkpoints also the distillation modules."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -324,6 +429,87 @@ class DistillationTrainer(Trainer):
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+class _SetDatasetEpoch(TrainerCallback):
+    """Tells the per-example-seeded training set which epoch starts (accelerate only forwards ``set_epoch`` to the
+    sampler). ``state.epoch`` is the float epoch count so far, restored on resume."""
+
+    def __init__(self, dataset: PerExampleSeededDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
+
+
+def _log_name(term: str) -> str:
+    """``task`` -> ``task_loss``, ``distillation`` -> ``distillation_loss``, ``<point>/<term>`` -> ``distill/...``."""
+    return {"task": "task_loss", "distillation": "distillation_loss"}.get(term, f"distill/{term}")
+
+
+def _check_finite_parameters(model: nn.Module, step: int) -> None:
+    """Refuses to checkpoint NaN/inf weights (the previous checkpoint stays the latest good one)."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter.detach()).all():
+            raise NonFiniteLossError(
+                f"parameter {name} is not finite at step {step}: not writing checkpoint-{step}, the previous "
+                f"checkpoint stays the last good one. Lower --learning_rate or use --max_grad_norm, then resume."
+            )
+
+
+def _fsync_tree(folder: str) -> None:
+    for root, _, files in os.walk(folder):
+        for file_name in files:
+            with open(os.path.join(root, file_name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_directory(root)
+
+
+def _fsync_directory(folder: str) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms without directory descriptors (Windows)
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _publish_directory(staging: str, final: str) -> None:
+    """Makes the complete folder ``staging`` appear as ``final`` in one rename (after its files are on disk).
+
+    An existing ``final`` (the same step saved again) is moved aside first and deleted after; if the process dies
+    between the two renames, ``final`` is missing and the previous checkpoint is the latest: never a partial one."""
+    _fsync_tree(staging)
+    replaced = None
+    if os.path.exists(final):
+        replaced = staging + ".replaced"
+        os.rename(final, replaced)
+    os.rename(staging, final)
+    _fsync_directory(os.path.dirname(final))
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+def convert_to_sync_batchnorm(student: nn.Module, world_size: int, device: torch.device) -> nn.Module:
+    """``--sync_batchnorm``: the student's BatchNorm layers become ``SyncBatchNorm`` when ``world_size > 1``.
+
+    BatchNorm statistics then come from the global batch, not each GPU's few images. State-dict names and shapes
+    are unchanged, so the saved student loads as the plain architecture. torch implements the synchronisation for
+    accelerators only (CUDA, XPU, HPU): on CPU processes this raises instead of failing at the first step.
+    """
+    if world_size <= 1:
+        logger.info("--sync_batchnorm has no effect in a single process")
+        return student
+    if torch.device(device).type == "cpu":
+        raise ValueError(
+            "--sync_batchnorm needs GPUs: torch synchronises BatchNorm statistics on CUDA/XPU/HPU devices only, and "
+            f"this run has {world_size} CPU processes. Drop --sync_batchnorm for CPU runs."
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(student)
+
+
 def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {name[len(prefix) :]: tensor for name, tensor in state_dict.items() if name.startswith(prefix)}
 
@@ -371,4 +557,11 @@ def _check_label_sets(teacher: nn.Module, student: nn.Module, teacher_name: str 
         )
 
 
-__all__ = ["DistillationArguments", "DistillationTrainer", "DISTILLATION_MODULES_NAME"]
+__all__ = [
+    "DistillationArguments",
+    "DistillationTrainer",
+    "DISTILLATION_MODULES_NAME",
+    "PARTIAL_CHECKPOINTS_DIR",
+    "NonFiniteLossError",
+    "convert_to_sync_batchnorm",
+]

@@ -259,3 +259,19 @@ def test_detach_masks_in_imitation_keeps_imitation_gradient_out_of_the_masks():
         got = loss.masking.spatial_units.grad is not None and loss.masking.spatial_units.grad.abs().sum().item() > 0
         assert got == units_get_imitation_gradient
         assert student.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------- alignability
+def test_points_that_cannot_be_aligned_are_refused_naming_the_point():
+    from acamkd_hf.distiller import build_distillation_loss
+
+    def build(student_shape, teacher_shape, **settings):
+        return build_distillation_loss("acamkd", ["neck2"], {"neck2": student_shape}, {"neck2": teacher_shape}, **settings)
+
+    build((64, 33, 65), (256, 64, 128))  # odd sizes from padding: a stride ratio of ~2 on both axes is fine
+    with pytest.raises(ValueError, match=r"'neck2'.*16x64 map.*32x32 map.*strides along height and width"):
+        build((64, 16, 64), (256, 32, 32))
+    with pytest.raises(ValueError, match=r"'neck2'.*--alignment identity needs equal channels.*64 and the teacher 256"):
+        build((64, 32, 32), (256, 32, 32), alignment="identity")
+    with pytest.raises(ValueError, match=r"'neck2'.*student's feature has shape \(B, 100, 256\), not a \(B, C, H, W\) map"):
+        build((100, 256), (256, 32, 32))

@@ -186,14 +186,17 @@ def test_gradient_accumulation_1x8_equals_8x1(data, tmp_path):
     assert log_a["loss"] == pytest.approx(log_b["loss"], rel=1e-4)
 
 
-def test_resume_equals_uninterrupted(data, tmp_path):
-    """8 steps in one go (saving at step 4) == resuming that step-4 checkpoint for the last 4 steps: student,
-    distillation modules, optimizer, scheduler and RNG (random augmentations) all restored."""
-    common = dict(max_steps=8, save_strategy="steps", save_steps=4, distillation_points=["logits", "stage4"],
+@pytest.mark.parametrize("save_steps", [4, 3], ids=["at-epoch-end", "mid-epoch"])
+def test_resume_equals_uninterrupted(data, tmp_path, save_steps):
+    """8 steps in one go (4 per epoch, saving every `save_steps`) == resuming the checkpoint of step `save_steps`
+    for the rest: student, distillation modules, optimizer, scheduler and the random augmentations all restored.
+    Mid-epoch is the hard case: the Trainer restores the global RNG only after the first resumed batches were
+    read, so augmentations must not depend on it (acamkd_hf.data.seeding)."""
+    common = dict(max_steps=8, save_strategy="steps", save_steps=save_steps, distillation_points=["logits", "stage4"],
                   lr_scheduler_type="linear", warmup_steps=2)
     straight, _ = _make(data, tmp_path, **common)
     straight.train()
-    checkpoint = tmp_path / "out" / "checkpoint-4"
+    checkpoint = tmp_path / "out" / f"checkpoint-{save_steps}"
     assert (checkpoint / DISTILLATION_MODULES_NAME).is_file()
 
     resumed, _ = _make(data, tmp_path, **{**common, "output_dir": str(tmp_path / "resumed")})
@@ -204,8 +207,8 @@ def test_resume_equals_uninterrupted(data, tmp_path):
             torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-6, msg=f"{module}.{name}")
     assert resumed.state.log_history[-1]["train_loss"] is not None
     # A wrong resume would also change the logged losses of steps 5..8.
-    straight_losses = [e["loss"] for e in straight.state.log_history if "loss" in e][4:]
-    resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e and e["step"] > 4]
+    straight_losses = [e["loss"] for e in straight.state.log_history if "loss" in e][save_steps:]
+    resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e and e["step"] > save_steps]
     assert resumed_losses == pytest.approx(straight_losses, rel=1e-5)
 
 
