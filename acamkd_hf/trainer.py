@@ -241,7 +241,7 @@ class DistillationTrainer(Trainer):
         self.teacher = teacher_model if distilling else None
         self.teacher_taps = FeatureTaps(teacher_model, distillation_loss.point_names) if distilling else None
         if self.teacher is not None:
-            self.teacher.to(self.accelerator.device)
+            place_teacher(self.teacher, self.accelerator)
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
 
@@ -492,6 +492,28 @@ def _publish_directory(staging: str, final: str) -> None:
         shutil.rmtree(replaced, ignore_errors=True)
 
 
+def place_teacher(teacher: nn.Module, accelerator: Any) -> nn.Module:
+    """Puts the frozen teacher whole on this process's device (``accelerator.device``), in eval mode.
+
+    The teacher is never wrapped: DDP, FSDP and DeepSpeed ZeRO-1/2 shard or replicate the student and the
+    distillation modules only, and every process holds its own full copy of the teacher, on the same device as the
+    student's inputs. ZeRO-3 is refused: it partitions every model built under its config (the teacher's weights
+    would be empty placeholders outside a DeepSpeed engine).
+    """
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and getattr(plugin, "zero_stage", None) == 3:
+        raise ValueError(
+            "DeepSpeed ZeRO-3 would partition the teacher's weights, which the distillation reads whole on every "
+            "process. Use ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml) or FSDP (configs/accelerate/fsdp.yaml)."
+        )
+    teacher.to(accelerator.device)
+    freeze_teacher(teacher)
+    misplaced = {str(p.device) for p in teacher.parameters()} - {str(torch.empty(0, device=accelerator.device).device)}
+    if misplaced:
+        raise RuntimeError(f"the teacher has weights on {', '.join(sorted(misplaced))}, not on {accelerator.device}")
+    return teacher
+
+
 def convert_to_sync_batchnorm(student: nn.Module, world_size: int, device: torch.device) -> nn.Module:
     """``--sync_batchnorm``: the student's BatchNorm layers become ``SyncBatchNorm`` when ``world_size > 1``.
 
@@ -564,4 +586,5 @@ __all__ = [
     "PARTIAL_CHECKPOINTS_DIR",
     "NonFiniteLossError",
     "convert_to_sync_batchnorm",
+    "place_teacher",
 ]

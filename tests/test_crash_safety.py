@@ -215,3 +215,18 @@ def test_sync_batchnorm_converts_for_several_gpus_and_saves_as_the_plain_model(d
     reloaded_modules = dict(reloaded.named_modules())
     assert all(type(reloaded_modules[name]) is nn.BatchNorm2d for name in names)
     assert all(torch.equal(reloaded.state_dict()[key], before[key]) for key in before)
+
+
+# ----------------------------------------------------------------------------------------------- teacher placement
+def test_the_teacher_is_placed_whole_on_the_students_device_frozen_and_zero3_is_refused(data, tmp_path):
+    from types import SimpleNamespace
+
+    from acamkd_hf.trainer import place_teacher
+
+    trainer = _trainer(data, tmp_path, max_steps=1)
+    assert {p.device for p in trainer.teacher.parameters()} == {trainer.accelerator.device}
+    assert not trainer.teacher.training and not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert all(id(p) not in {id(q) for q in trainer.model.parameters()} for p in trainer.teacher.parameters())
+    zero3 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)), device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="ZeRO-3 would partition the teacher.*Use ZeRO-2"):
+        place_teacher(trainer.teacher, zero3)
