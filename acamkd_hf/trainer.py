@@ -94,6 +94,13 @@ class DistillationArguments(TrainingArguments):
     distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
     cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
     mgd_mask_ratio: float = field(default=0.65, metadata={"help": "MGD: fraction of positions masked."})
+    mask_visualization_steps: int = field(
+        default=0,
+        metadata={"help": "Every N optimizer steps (and at the start and the end), render ACAM-KD's masks on a fixed "
+                          "eval batch to <output_dir>/mask_visualizations/step-<N>/ (PNGs + masks.safetensors), to "
+                          "TensorBoard when reporting there, and log distill/<point>/mask_change. 0 = off; acamkd only."},
+    )
+    mask_visualization_images: int = field(default=4, metadata={"help": "Images in that fixed batch."})
     sync_batchnorm: bool = field(
         default=False,
         metadata={"help": "Convert the student's BatchNorm layers to SyncBatchNorm when training on several GPUs "
@@ -125,6 +132,8 @@ class DistillationArguments(TrainingArguments):
                 raise ValueError(f"--{name} {value!r} is not one of: {', '.join(choices)}")
         if self.num_masks is not None and self.num_masks < 1:
             raise ValueError(f"--num_masks must be >= 1, got {self.num_masks}")
+        if self.mask_visualization_steps < 0 or self.mask_visualization_images < 1:
+            raise ValueError("--mask_visualization_steps must be >= 0 and --mask_visualization_images >= 1")
         super().__post_init__()
 
     def distillation_settings(self) -> dict[str, Any]:
@@ -242,6 +251,17 @@ class DistillationTrainer(Trainer):
         self.teacher_taps = FeatureTaps(teacher_model, distillation_loss.point_names) if distilling else None
         if self.teacher is not None:
             place_teacher(self.teacher, self.accelerator)
+        if args.mask_visualization_steps:
+            if args.method == "acamkd":
+                from .visualization import MaskVisualizationCallback
+
+                self.add_callback(
+                    MaskVisualizationCallback(
+                        self, every_n_steps=args.mask_visualization_steps, num_images=args.mask_visualization_images
+                    )
+                )
+            elif args.method != "none":
+                logger.warning(f"--mask_visualization_steps: method {args.method!r} has no masks to show; ignored")
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
 
