@@ -10,18 +10,20 @@ import logging
 import os
 from typing import Any
 
-from transformers import AutoImageProcessor
+from transformers import AutoConfig, AutoImageProcessor
 
 from .data import (
     DetectionTransforms,
     SegmentationTransforms,
     collate_detection,
     collate_segmentation,
+    is_cityscapes_layout,
     load_detection_data,
     load_segmentation_data,
     make_synthetic_cityscapes,
     make_synthetic_coco,
 )
+from .data.checks import decode_image, lazily_decoded
 from .metrics import CocoDetectionMetrics, StreamingSegmentationMetrics, detection_labels_for_metrics
 from .models import (
     DETECTION_PRESETS,
@@ -39,8 +41,8 @@ CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "acamkd_hf")
 
 
 def first_image_size(dataset) -> tuple[int, int]:
-    """``(H, W)`` of the first example's image (a PIL image column)."""
-    width, height = dataset[0]["image"].size
+    """``(H, W)`` of the first example's image (an image column; a file that cannot be decoded is named)."""
+    width, height = decode_image(lazily_decoded(dataset.select_columns(["image"]), ["image"])[0]["image"]).size
     return int(height), int(width)
 
 
@@ -48,7 +50,28 @@ def truncate(dataset_dict, max_train: int | None, max_eval: int | None) -> None:
     """Keeps the first ``max_train`` / ``max_eval`` examples of the splits (debugging, quick runs)."""
     for split, limit in (("train", max_train), ("validation", max_eval)):
         if limit is not None:
+            if limit < 1:
+                raise ValueError(f"--max_{'train' if split == 'train' else 'eval'}_samples must be at least 1, got {limit}.")
             dataset_dict[split] = dataset_dict[split].select(range(min(limit, len(dataset_dict[split]))))
+
+
+def require_splits(
+    dataset_dict, dataset: str, searched: dict[str, str] | None = None, fixes: dict[str, str] | None = None
+) -> None:
+    """A run needs a training and a validation split, each with examples. ``searched``: split -> where the loader
+    looked for it, named in the error (the folder loaders leave out a split they do not find); ``fixes``: split ->
+    what to do, instead of the default (name another split)."""
+    for split in ("train", "validation"):
+        where = f": searched {searched[split]}" if searched and split in searched else ""
+        fix = (fixes or {}).get(split)
+        if split not in dataset_dict:
+            hold_out = " (or hold out part of the training split with --validation_fraction 0.1)" if split == "validation" else ""
+            raise FileNotFoundError(
+                f"{dataset} has no {split} split{where}. "
+                + (fix or f"Name the split to use with --{'train' if split == 'train' else 'validation'}_split{hold_out}.")
+            )
+        if len(dataset_dict[split]) == 0:
+            raise ValueError(f"the {split} split of {dataset} has no examples{where}. {fix or 'Add examples to it.'}")
 
 
 def synthetic_dataset(task, data_args, seed: int, layout: str, marker: str, write) -> str:
@@ -132,8 +155,20 @@ class SegmentationTask(Task):
             label_column=data_args.label_column,
             validation_split=data_args.validation_split,
             validation_fraction=data_args.validation_fraction,
+            reduce_labels=getattr(data_args, "reduce_labels", False),
             **splits,
         )
+        # A Cityscapes folder leaves out a split whose folder is absent; a run needs both.
+        root = os.path.join(data_args.dataset, "leftImg8bit")
+        searched = {
+            "train": os.path.join(root, "train", "*", "*_leftImg8bit.png"),
+            "validation": os.path.join(root, "val", "*", "*_leftImg8bit.png"),
+        } if is_cityscapes_layout(data_args.dataset) else None
+        fixes = {
+            split: f"Put the {folder} images there and their label maps in gtFine/{folder}/ (the Cityscapes layout)."
+            for split, folder in (("train", "train"), ("validation", "val"))
+        }
+        require_splits(data.dataset, data_args.dataset, searched, fixes if searched else None)
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data
 
@@ -145,7 +180,8 @@ class SegmentationTask(Task):
     def datasets(self, data, image_processor, data_args):
         """(train, validation) with on-the-fly transforms: random scale/crop/flip for training; eval untouched."""
         crop_size = tuple(data_args.crop_size) if data_args.crop_size else first_image_size(data.dataset["train"])
-        train = data.dataset["train"].with_transform(
+        # Undecoded files go to the transforms, which decode them (a broken file is named) and check label values.
+        train = lazily_decoded(data.dataset["train"]).with_transform(
             SegmentationTransforms(
                 image_processor,
                 train=True,
@@ -153,10 +189,17 @@ class SegmentationTask(Task):
                 scale_range=tuple(data_args.scale_range),
                 label_lookup=data.label_lookup,
                 ignore_index=data.ignore_index,
+                num_labels=data.num_labels,
             )
         )
-        evaluation = data.dataset["validation"].with_transform(
-            SegmentationTransforms(image_processor, train=False, label_lookup=data.label_lookup, ignore_index=data.ignore_index)
+        evaluation = lazily_decoded(data.dataset["validation"]).with_transform(
+            SegmentationTransforms(
+                image_processor,
+                train=False,
+                label_lookup=data.label_lookup,
+                ignore_index=data.ignore_index,
+                num_labels=data.num_labels,
+            )
         )
         return train, evaluation
 
@@ -223,6 +266,7 @@ class DetectionTask(Task):
             train_split=data_args.train_split,
             validation_split=data_args.validation_split,
         )
+        require_splits(data.dataset, data_args.dataset)
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data
 
@@ -230,12 +274,18 @@ class DetectionTask(Task):
         processor = _pretrained_image_processor(student, self.presets, trust_remote_code=trust_remote_code, revision=revision)
         if processor is not None:
             return processor
-        size = first_image_size(data.dataset["validation"]) if student in self.presets else self.default_input_size
-        return default_detection_image_processor(detection_family(student), size)
+        if student in self.presets:
+            return default_detection_image_processor(detection_family(student), first_image_size(data.dataset["validation"]))
+        # A folder or Hub id without a processor: the family comes from its config.
+        config = AutoConfig.from_pretrained(student, trust_remote_code=trust_remote_code, revision=revision)
+        return default_detection_image_processor(detection_family(config), self.default_input_size)
 
     def datasets(self, data, image_processor, data_args):
-        train = data.dataset["train"].with_transform(DetectionTransforms(image_processor, train=True))
-        evaluation = data.dataset["validation"].with_transform(DetectionTransforms(image_processor, train=False))
+        # Undecoded files go to the transforms, which decode them (a broken file is named).
+        train = lazily_decoded(data.dataset["train"], ["image"]).with_transform(DetectionTransforms(image_processor, train=True))
+        evaluation = lazily_decoded(data.dataset["validation"], ["image"]).with_transform(
+            DetectionTransforms(image_processor, train=False)
+        )
         return train, evaluation
 
     collate = staticmethod(collate_detection)

@@ -594,7 +594,7 @@ def _check_label_sets(teacher: nn.Module, student: nn.Module, teacher_name: str 
         teacher_id = teacher_name or getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
         student_id = getattr(student.config, "_name_or_path", "") or type(student).__name__
         raise ValueError(
-            f"teacher ({teacher_id}) and student ({student_id}) have different label sets: {problem}. "
+            f"teacher ({teacher_id}) and student ({student_id}) have different label sets: {problem.rstrip('.')}. "
             f"Distillation needs one label set: build the student with the teacher's id2label."
         )
 

@@ -102,6 +102,10 @@ class DataArguments:
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column of a Hub/local dataset."})
     label_column: str | None = field(default=None, metadata={"help": "Segmentation-map column of a Hub/local dataset."})
+    reduce_labels: bool = field(
+        default=False,
+        metadata={"help": "Segmentation maps whose 0 means 'other' (ADE20K style): 0 -> ignore, k -> k - 1."},
+    )
     crop_size: list[int] | None = field(
         default=None, metadata={"help": "Training crop H W (paper: 512 1024). Default: the first training image's size."}
     )
@@ -203,6 +207,43 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Dis
     return model_args, data_args, replace(training_args, **changes)
 
 
+# ----------------------------------------------------------------------------------------------------- checks
+def check_writable_directory(directory: str, flag: str = "--output_dir") -> None:
+    """The run can create and write ``directory``: checked by writing (and removing) a file in it, or, when it does
+    not exist yet, in the closest existing folder above it, where it will be created. Permission bits alone do not
+    answer this (root ignores them; read-only mounts, ACLs). Raises PermissionError naming the directory."""
+    path = Path(directory).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise PermissionError(
+            f"the output directory {path} {problem}, not a folder. Choose another {flag}, or move that file away."
+        )
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".acamkd-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        where = f"{existing}, where it would be created," if existing != path else str(path)
+        raise PermissionError(
+            f"the output directory {path} is not writable: {where} refuses new files ({error.strerror or error}). "
+            f"Choose a writable {flag}, or give yourself write permission there."
+        ) from error
+
+
+def output_directories(args: DistillationArguments, model_args: ModelArguments) -> list[str]:
+    """Every folder the run writes: the student's, the teacher's when it is trained here, the lone student's."""
+    base = args.output_dir.rstrip("/")
+    folders = [args.output_dir]
+    if args.method != "none" and args.teacher is None:
+        folders.append(f"{base}_teacher")
+    if model_args.compare_student_alone and args.method != "none":
+        folders.append(f"{base}_student_alone")
+    return folders
+
+
 # ----------------------------------------------------------------------------------------------------- models
 def load_model(task, name_or_path: str, data, model_args: ModelArguments, role: str, seed: int):
     """A preset (built with the dataset's labels), Hub id or folder; its label set must be the dataset's.
@@ -216,7 +257,7 @@ def load_model(task, name_or_path: str, data, model_args: ModelArguments, role: 
     problem = describe_label_mismatch(model.config.id2label, data.id2label, name_a=role, name_b="dataset")
     if problem:
         raise ValueError(
-            f"the {role} {name_or_path!r} and the dataset have different label sets: {problem}. "
+            f"the {role} {name_or_path!r} and the dataset have different label sets: {problem.rstrip('.')}. "
             f"Use a {role} trained on this label set, or a preset (built with the dataset's labels)."
         )
     return model
@@ -307,24 +348,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = TASKS[model_args.task]()
     logger.info(f"acamkd_hf {acamkd_hf.__version__}, {task.name}, method {args.method}, output {args.output_dir}")
 
+    # Everything that can be wrong with the inputs is checked before anything trains: output folders (first: no
+    # data is read for a run that could not save), the data (files, splits, labels: in the task's loader), model
+    # paths, label sets, distillation points.
+    for folder in output_directories(args, model_args):
+        check_writable_directory(folder)
     synthetic = data_args.dataset is None
     data = task.prepare_data(data_args, args.seed)
-    image_processor = task.image_processor(
-        model_args.student, data, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
-    )
 
-    def train(model, run_args):
-        return train_and_evaluate(make_trainer(task, model, None, run_args, data, image_processor, data_args), run_args)
-
-    # Everything that can be wrong with the models is checked before anything trains: paths, label sets, points.
     student = load_model(task, model_args.student, data, model_args, "student", args.seed)
     teacher = None
     teacher_name = args.teacher or model_args.teacher_architecture
     if args.method != "none":
         teacher = load_model(task, teacher_name, data, model_args, "teacher", args.seed)
         points = args.distillation_points or default_distillation_points(student, teacher)
-        for model in (teacher, student):
-            FeatureTaps(model, points).remove()  # a wrong name lists the available ones
+        for model, role, name in ((teacher, "teacher", teacher_name), (student, "student", model_args.student)):
+            try:
+                FeatureTaps(model, points).remove()  # a wrong name lists the available ones
+            except ValueError as error:
+                raise ValueError(
+                    f"the {role} {name!r} cannot be distilled at {points}: {error}. Pass --distillation_points with "
+                    "names both models have, or leave the flag out for the task's default points."
+                ) from error
+    image_processor = task.image_processor(
+        model_args.student, data, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
+    )
+
+    def train(model, run_args):
+        return train_and_evaluate(make_trainer(task, model, None, run_args, data, image_processor, data_args), run_args)
 
     results: dict[str, Any] = {}
     if args.method != "none":

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
+
+from .checks import check_first_label_maps, check_image_files
 
 __all__ = [
     "CITYSCAPES_LABEL_IDS",
@@ -123,6 +126,9 @@ def load_cityscapes(root: str | Path) -> SegmentationData:
 
     "val" is exposed as "validation"; "test" is skipped (its public labels are all void). A split folder that is
     absent is left out; one that exists but holds no image is an error, as is an image without its label file.
+    Every image and label file is checked cheaply (`checks.check_image_files`: an image format, not cut short; ~0.4 s
+    for the full dataset) and every label map must have its image's size; a problem is a ValueError naming the
+    files.
     Labels are kept as stored (labelIds); `label_lookup` is `LABEL_ID_TO_TRAIN_ID` and `id2label` the 19 trainId
     classes, unless an optional `root/id2label.json` restricts the classes to trainIds 0..K-1 (then the lookup
     sends the other trainIds to ignore).
@@ -145,22 +151,28 @@ def load_cityscapes(root: str | Path) -> SegmentationData:
         pattern = f"*/*{_IMAGE_SUFFIX}"
         images = sorted(split_dir.glob(pattern))
         if not images:
-            raise FileNotFoundError(f"no Cityscapes images found: searched {split_dir / pattern}")
+            raise FileNotFoundError(
+                f"no Cityscapes images found for the {split} split: searched {split_dir / pattern}. Put the "
+                f"{folder} images there in the official layout ({{city}}/{{city}}_{{seq}}_{{frame}}{_IMAGE_SUFFIX}), "
+                "or remove the empty folder."
+            )
         labels = []
         for image in images:
             stem = image.name[: -len(_IMAGE_SUFFIX)]
             label = root / "gtFine" / folder / image.parent.name / f"{stem}{_LABEL_SUFFIX}"
             if not label.is_file():
-                raise FileNotFoundError(f"no label file for image {image}: expected {label}")
+                raise FileNotFoundError(
+                    f"no label file for image {image}: expected {label}. Add the label map, or remove the image."
+                )
             labels.append(str(label))
-        splits[split] = datasets.Dataset.from_dict(
-            {"image": [str(p) for p in images], "label": labels}, features=_pair_features()
-        )
+        splits[split] = {"image": [str(p) for p in images], "label": labels}
     if not splits:
         raise FileNotFoundError(
             f"no Cityscapes images found: searched {image_root}/{{train,val}}/*/*{_IMAGE_SUFFIX} "
             "(neither split folder exists)"
         )
+    _check_pairs(root, splits)
+    splits = {name: datasets.Dataset.from_dict(rows, features=_pair_features()) for name, rows in splits.items()}
 
     id2label = dict(enumerate(CITYSCAPES_TRAIN_CLASSES))
     label_lookup = LABEL_ID_TO_TRAIN_ID
@@ -184,9 +196,44 @@ def load_cityscapes(root: str | Path) -> SegmentationData:
     )
 
 
+def _check_pairs(root: Path, splits: dict[str, dict[str, list[str]]]) -> None:
+    """Every image and label file of the folder is a complete image, and each label map has its image's size."""
+    images = [path for rows in splits.values() for path in rows["image"]]
+    labels = [path for rows in splits.values() for path in rows["label"]]
+    sizes = check_image_files(
+        images + labels,
+        what=f"image and label files of the Cityscapes folder {root}",
+        fix="Replace them with intact copies (re-extract the archive), or remove each broken file together with its "
+        f"partner ({_IMAGE_SUFFIX} image / {_LABEL_SUFFIX} map).",
+    )
+    # Sizes come from the PNG headers (None for other formats, left to the transforms' check when read).
+    mismatched = [
+        f"{image} is {image_size[0]}x{image_size[1]} but {label} is {label_size[0]}x{label_size[1]}"
+        for image, label, image_size, label_size in zip(images, labels, sizes[: len(images)], sizes[len(images) :])
+        if image_size and label_size and image_size != label_size
+    ]
+    if mismatched:
+        shown = "; ".join(mismatched[:10]) + (f"; and {len(mismatched) - 10} more" if len(mismatched) > 10 else "")
+        raise ValueError(
+            f"{len(mismatched)} label map(s) of the Cityscapes folder {root} differ in size (WxH) from their image: "
+            f"{shown}. Replace the wrong files, or remove those pairs."
+        )
+
+
 def load_dataset_dict(name_or_path: str, **load_dataset_kwargs) -> datasets.DatasetDict:
     """``datasets.load_dataset`` (Hub id or local folder) that must give named splits, not one split or a stream."""
-    loaded = datasets.load_dataset(name_or_path, **load_dataset_kwargs)
+    try:
+        loaded = datasets.load_dataset(name_or_path, **load_dataset_kwargs)
+    except ValueError as error:
+        # datasets refuses a split without examples with 'Instruction "<split>" corresponds to no data!'
+        empty = re.fullmatch(r'Instruction "(.+)" corresponds to no data!', str(error))
+        if empty is None:
+            raise
+        raise ValueError(
+            f"the {empty.group(1)!r} split of {name_or_path} has no examples. Add examples to it, or leave out its "
+            "files and name the splits to use (--train_split / --validation_split, or --validation_fraction to hold "
+            "out part of the training split)."
+        ) from error
     if not isinstance(loaded, datasets.DatasetDict):
         raise ValueError(
             f"{name_or_path} loaded as a {type(loaded).__name__}; a DatasetDict with a train and a validation split "
@@ -280,6 +327,8 @@ def load_segmentation_data(
       map; a ClassLabel column such as ADE20K's `scene_category` names something else, so it is not used.)
     - `label_lookup` (uint8 (256,)) is passed through to the transforms; `reduce_labels=True` instead sets it to
       0 -> ignore, k -> k - 1 (ADE20K-style maps where 0 is "other"). Give at most one of the two.
+    - Checks (ValueError naming the split or example): a split without examples; values outside the classes and
+      the ignore index in the first 8 label maps of each split (the transforms check the rest when they read them).
     """
     name_or_path = os.fspath(name_or_path)
     if isinstance(id2label, (str, os.PathLike)):
@@ -342,6 +391,11 @@ def load_segmentation_data(
 
     splits = {}
     for source, target in ((train_split, "train"), (validation_split, "validation")):
+        if len(loaded[source]) == 0:
+            raise ValueError(
+                f"the {source!r} split of {name_or_path} has no examples. Add examples to it, or name another split "
+                f"(--train_split / --validation_split, or --validation_fraction to hold out part of the training split)."
+            )
         ds = loaded[source].select_columns([image_col, label_col])
         if image_col != "image":
             ds = ds.rename_column(image_col, "image")
@@ -351,6 +405,9 @@ def load_segmentation_data(
         for col in ("image", "label"):
             if not isinstance(ds.features[col], datasets.Image):
                 ds = ds.cast_column(col, datasets.Image())
+        # The usual mistakes (a map with more classes than id2label names, 0 = "other" without reduce_labels) show
+        # in the first examples: caught here, before anything trains; the transforms check every example as read.
+        check_first_label_maps(ds, source, len(id2label), ignore_index, label_lookup)
         splits[target] = ds
     return SegmentationData(
         dataset=datasets.DatasetDict(splits),

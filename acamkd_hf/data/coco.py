@@ -34,6 +34,7 @@ from typing import Any
 
 import datasets
 
+from .checks import check_image_files, describe_source
 from .cityscapes import load_dataset_dict, renamed_classes
 
 logger = logging.getLogger(__name__)
@@ -101,38 +102,59 @@ def detection_features(class_names: Iterable[str]) -> datasets.Features:
 
 
 class _BoxCounts:
-    """Boxes clipped / dropped while reading one split, reported in one log line."""
+    """Boxes of one split: broken ones are errors; clipped / dropped ones are counted and reported in one log line.
 
-    def __init__(self, source: str):
+    What COCO tooling does decides what is fixed silently: boxes reaching outside the image are clipped to it and
+    boxes left with no area dropped (DETR's ConvertCocoPolysToMask, detectron2's filter_empty_instances; the
+    transformers processors clip as well); COCO's own json has boxes a fraction of a pixel beyond the image and a few
+    of zero width or height. A box that no tool can read (not 4 finite numbers, or a negative width or height) is
+    an error naming the annotation: it means a broken file or converter, which dropping would hide.
+    """
+
+    _EXAMPLES = 5
+
+    def __init__(self, source: str, *, hint: str = ""):
         self.source = source
-        self.clipped = 0
-        self.dropped = 0
+        self.hint = hint
+        self.clipped: list[str] = []
+        self.dropped: list[str] = []
 
-    def clip(self, bbox: Any, width: float, height: float) -> list[float] | None:
-        """[x, y, w, h] clipped to the image; None (and counted) when no positive width and height remain."""
+    def clip(self, bbox: Any, width: float, height: float, name: str = "") -> list[float] | None:
+        """[x, y, w, h] clipped to the image; None (and counted) when no positive width and height remain inside it.
+        `name` says which box it is in errors and in the log ("annotation 7 (image 3)")."""
         try:
             x, y, w, h = (float(v) for v in bbox)
+            problem = None if all(math.isfinite(v) for v in (x, y, w, h)) else "not all values are finite"
         except (TypeError, ValueError):
-            self.dropped += 1
-            return None
-        if not all(math.isfinite(v) for v in (x, y, w, h)):
-            self.dropped += 1
-            return None
+            problem = "it is not 4 numbers"
+        if problem is None and (w < 0 or h < 0):
+            problem = "its width or height is negative"
+        if problem is not None:
+            raise ValueError(
+                f"{self.source}: {name or 'a box'} has the broken box {bbox!r}: {problem}. Boxes are [x, y, width, "
+                f"height] in pixels with finite values and width, height >= 0{self.hint}: fix or remove that "
+                "annotation."
+            )
         x0, y0 = max(x, 0.0), max(y, 0.0)
         x1, y1 = min(x + w, float(width)), min(y + h, float(height))
         if x1 <= x0 or y1 <= y0:
-            self.dropped += 1
+            self.dropped.append(name)
             return None
         clipped = [x0, y0, x1 - x0, y1 - y0]
         if clipped != [x, y, w, h]:
-            self.clipped += 1
+            self.clipped.append(name)
         return clipped
+
+    def _examples(self, names: list[str]) -> str:
+        names = [n for n in names if n][: self._EXAMPLES]
+        return f" (e.g. {', '.join(names)})" if names else ""
 
     def log(self) -> None:
         if self.clipped or self.dropped:
             logger.warning(
-                f"{self.source}: {self.clipped} box(es) clipped to the image, {self.dropped} dropped "
-                "(non-positive width or height after clipping)"
+                f"{self.source}: {len(self.clipped)} box(es) clipped to the image{self._examples(self.clipped)}, "
+                f"{len(self.dropped)} dropped (non-positive width or height after clipping)"
+                f"{self._examples(self.dropped)}"
             )
 
 
@@ -169,16 +191,39 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
     images = coco.dataset.get("images", [])
     annotations = coco.dataset.get("annotations", [])
     categories = coco.dataset.get("categories", [])
+    if not images:
+        raise ValueError(
+            f"{json_path} lists no images, so the {split!r} split is empty. Use the json of a split that has images "
+            "(--train_split / --validation_split name the instances_{split}.json used), or add its images to it."
+        )
 
     by_id: dict[int, dict] = {}
+    missing: list[str] = []
     for image in images:
         image_id = int(image["id"])
         if image_id in by_id:
-            raise ValueError(f"{json_path}: image id {image_id} is listed twice")
+            raise ValueError(f"{json_path}: image id {image_id} is listed twice. Give every image its own id.")
+        width, height = image.get("width"), image.get("height")
+        if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0):
+            raise ValueError(
+                f"{json_path}: image {image_id} ({image.get('file_name')}) has no valid size (width {width!r}, "
+                f"height {height!r}). Write the image's width and height in pixels into its entry of the json."
+            )
         path = image_folder / image["file_name"]
         if not path.is_file():
-            raise ValueError(f"{json_path}: image {image_id} ({image['file_name']}): file not found: {path}")
+            missing.append(f"image {image_id} ({image['file_name']}): file not found: {path}")
         by_id[image_id] = image
+    if missing:
+        shown = "; ".join(missing[:10]) + (f"; and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ValueError(
+            f"{json_path}: {len(missing)} of its {len(images)} images are not on disk: {shown}. Put the files in "
+            f"{image_folder}, or remove those images (and their annotations) from the json."
+        )
+    check_image_files(
+        [image_folder / by_id[i]["file_name"] for i in sorted(by_id)],
+        what=f"images of {json_path}",
+        fix="Replace them with intact copies, or remove those images (and their annotations) from the json.",
+    )
     category_ids = {int(c["id"]) for c in categories}
 
     counts = _BoxCounts(str(json_path))
@@ -187,15 +232,18 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
         image_id = int(ann["image_id"])
         if image_id not in by_id:
             raise ValueError(
-                f"{json_path}: annotation {ann.get('id')} names image {image_id}, which is not in the json's images"
+                f"{json_path}: annotation {ann.get('id')} names image {image_id}, which is not in the json's images. "
+                "Add the image to the json's images, or remove the annotation."
             )
-        if int(ann["category_id"]) not in category_ids:
+        category_id = ann.get("category_id")
+        if category_id is None or int(category_id) not in category_ids:
             raise ValueError(
-                f"{json_path}: annotation {ann.get('id')} has category {ann['category_id']}, not among the categories "
-                f"{sorted(category_ids)}"
+                f"{json_path}: annotation {ann.get('id')} (image {image_id}) has category {category_id}, not among "
+                f"the categories {sorted(category_ids)}. Add that category to the json's categories, or fix or remove "
+                "the annotation."
             )
         image = by_id[image_id]
-        bbox = counts.clip(ann["bbox"], image["width"], image["height"])
+        bbox = counts.clip(ann.get("bbox"), image["width"], image["height"], f"annotation {ann.get('id')} (image {image_id})")
         if bbox is None:
             continue
         objects[image_id].append(
@@ -203,7 +251,7 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
                 "id": int(ann["id"]),
                 "area": float(ann["area"]) if "area" in ann else bbox[2] * bbox[3],
                 "bbox": bbox,
-                "category_id": int(ann["category_id"]),
+                "category_id": int(category_id),
                 "iscrowd": int(ann.get("iscrowd", 0)),
             }
         )
@@ -247,8 +295,11 @@ def load_coco(
     The ground truth of each split is its original json, so mAP is comparable with published COCO numbers (the
     clipping above changes the training targets only).
 
-    Errors: a missing folder or json (FileNotFoundError naming the path searched); an annotation naming an image
-    that is not in the json, or an image whose file is not on disk (ValueError naming the image id and file).
+    Errors: a missing folder or json (FileNotFoundError naming the path searched); a json without images; an
+    annotation naming an image that is not in the json, or a category that is not in its categories; an image whose
+    file is not on disk or is not a complete image (`checks.check_image_files`: header and end of every file, ~0.07
+    ms each); a box that is not 4 finite numbers or has a negative width or height (ValueError naming the json, the
+    image and annotation ids or files, and what to do).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -359,8 +410,14 @@ def _image_sizes(dataset: datasets.Dataset, image_column: str) -> tuple[list[int
     for batch in raw.iter(batch_size=256):
         for item in batch[image_column]:
             source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
-            with PILImage.open(source) as image:
-                width, height = image.size
+            try:
+                with PILImage.open(source) as image:
+                    width, height = image.size
+            except Exception as error:  # whatever PIL raises: re-raised naming the file
+                raise ValueError(
+                    f"the image {describe_source(item)} cannot be read ({type(error).__name__}: {error}). Replace it "
+                    "with an intact copy, or remove the example from the dataset."
+                ) from error
             widths.append(int(width))
             heights.append(int(height))
     return widths, heights
@@ -406,11 +463,18 @@ def _standardize_split(
     else:
         meta = meta.add_column("image_id", list(range(len(meta))))
 
-    counts = _BoxCounts(source)
+    hint = (
+        " (read as [x1, y1, x2, y2] with bbox_format='xyxy', so x2 >= x1 and y2 >= y1)"
+        if bbox_format == "xyxy"
+        else " (a dataset with [x1, y1, x2, y2] boxes needs bbox_format='xyxy')"
+    )
+    counts = _BoxCounts(source, hint=hint)
 
     def standardize(batch: dict[str, list]) -> dict[str, list]:
         out = []
-        for objects, width, height in zip(batch["objects"], batch["width"], batch["height"], strict=True):
+        for objects, width, height, image_id in zip(
+            batch["objects"], batch["width"], batch["height"], batch["image_id"], strict=True
+        ):
             boxes, categories = objects[bbox_key], objects[category_key]
             n = len(boxes)
             ids = objects.get("id") or objects.get("bbox_id") or list(range(n))
@@ -419,16 +483,19 @@ def _standardize_split(
             std = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
             for i in range(n):
                 box = boxes[i]
-                if bbox_format == "xyxy":
+                if bbox_format == "xyxy" and box is not None and len(box) == 4 and None not in box:
                     box = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
-                clipped = counts.clip(box, width, height)
+                clipped = counts.clip(box, width, height, f"object {i} (id {ids[i]}) of image_id {image_id}")
                 if clipped is None:
                     continue
                 category = int(categories[i])
                 if category_to_label is not None:
                     if category not in category_to_label:
                         known = sorted(category_to_label)
-                        raise ValueError(f"{source}: category {category} is not in id2label {known}")
+                        raise ValueError(
+                            f"{source}: object {i} of image_id {image_id} has category {category}, not in id2label "
+                            f"{known}. Add that category to id2label (--id2label), or fix or remove the object."
+                        )
                     category = category_to_label[category]
                 std["id"].append(int(ids[i]))
                 std["area"].append(float(areas[i]) if areas else clipped[2] * clipped[3])
@@ -467,8 +534,8 @@ def load_detection_data(
     """Load a detection dataset by COCO folder, local dataset folder or Hub id.
 
     - A folder in the COCO layout (`annotations/instances_*.json`) goes through `load_coco`; the splits default to
-      the first of train2017/train2014/train and val2017/val2014/val/validation that has a json. `id2label` may
-      rename the classes (same labels 0..K-1).
+      the first of train2017/train2014/train and val2017/val2014/val/validation that has a json (a FileNotFoundError
+      naming the jsons searched when there is none). `id2label` may rename the classes (same labels 0..K-1).
     - Anything else goes through `datasets.load_dataset(name_or_path, **load_dataset_kwargs)`, expecting the layout
       of cppe-5 and the transformers object-detection example: `image`, `image_id` (row index if absent or not
       unique), optional `width`/`height` (read from the image headers if absent), and `objects` with `bbox`
@@ -492,11 +559,14 @@ def load_detection_data(
 
         train = train_split or first_existing(_COCO_TRAIN_SPLITS)
         validation = validation_split or first_existing(_COCO_VALIDATION_SPLITS)
-        if train is None and validation is None:
-            raise FileNotFoundError(
-                f"no instances_{{split}}.json for the usual splits in {annotations} (looked for "
-                f"{list(_COCO_TRAIN_SPLITS + _COCO_VALIDATION_SPLITS)}); pass train_split / validation_split"
-            )
+        for found, candidates, kind in ((train, _COCO_TRAIN_SPLITS, "train"), (validation, _COCO_VALIDATION_SPLITS, "validation")):
+            if found is None:
+                present = sorted(p.name for p in annotations.glob("instances_*.json"))
+                raise FileNotFoundError(
+                    f"no {kind} split in the COCO folder {name_or_path}: searched {annotations}/instances_"
+                    f"{{{','.join(candidates)}}}.json (present: {', '.join(present)}). Add that json with its image "
+                    f"folder, or name an existing split with --{kind}_split ({kind}_split=... in Python)."
+                )
         data = load_coco(name_or_path, train_split=train, validation_split=validation)
         if id2label is not None:
             data.id2label = renamed_classes(id2label, data.id2label, "a COCO folder")
@@ -557,6 +627,11 @@ def load_detection_data(
     splits, ground_truth = {}, {}
     id2label_out = dict(enumerate(class_names))
     for source, target in ((train_split, "train"), (validation_split, "validation")):
+        if len(loaded[source]) == 0:
+            raise ValueError(
+                f"the {source!r} split of {name_or_path} has no examples. Add examples to it, or name another split "
+                "with --train_split / --validation_split."
+            )
         ds = _standardize_split(
             loaded[source],
             f"{name_or_path}[{source}]",

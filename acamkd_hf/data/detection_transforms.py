@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .checks import decode_image
+
 __all__ = ["DetectionTransforms", "collate_detection", "coco_annotation"]
 
 
@@ -71,7 +73,8 @@ def _hflip(image: Image.Image, annotation: dict[str, Any]) -> tuple[Image.Image,
 class DetectionTransforms:
     """Batch transform for `datasets.Dataset.with_transform` on a `DetectionData` split.
 
-    Input: a batch dict with `image` (PIL), `image_id` (int) and `objects` ({bbox [x, y, w, h] absolute pixels,
+    Input: a batch dict with `image` (PIL, or undecoded {"path", "bytes"}: decoded here, a file that cannot be
+    decoded raises a ValueError naming it), `image_id` (int) and `objects` ({bbox [x, y, w, h] absolute pixels,
     category (contiguous label), area, iscrowd} lists); other columns are ignored.
     Output: `{"pixel_values": [float (3, h, w)], "pixel_mask": [long (h, w)] (only if the processor makes one),
     "labels": [dict]}`, each label dict as the processor makes it: `class_labels` long (n,), `boxes` float (n, 4)
@@ -94,6 +97,7 @@ class DetectionTransforms:
     def __call__(self, batch: dict[str, Sequence[Any]]) -> dict[str, list[Any]]:
         pixel_values, pixel_masks, labels = [], [], []
         for image, image_id, objects in zip(batch["image"], batch["image_id"], batch["objects"], strict=True):
+            image = decode_image(image, "image")  # undecoded (checks.lazily_decoded): a broken file is named
             if image.mode != "RGB":
                 image = image.convert("RGB")
             annotation = coco_annotation(image_id, objects, include_crowd=False)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_label_values, decode_image, describe_source, lookup_is_safe
 from .cityscapes import IGNORE_INDEX
 
 __all__ = ["SegmentationTransforms", "collate_segmentation"]
@@ -37,18 +38,29 @@ def _to_image_tensor(image: Any) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float()
 
 
-def _to_label_tensor(label: Any, lookup: np.ndarray | None) -> torch.Tensor:
-    """PIL / array label map -> long (H, W), through `lookup` (uint8 (256,)) when given."""
+def _to_label_tensor(label: Any, lookup: np.ndarray | None, source: str = "") -> torch.Tensor:
+    """PIL / array label map -> long (H, W), through `lookup` (uint8 (256,)) when given. `source` names the map in
+    errors."""
+    return torch.from_numpy(np.ascontiguousarray(_label_array(label, lookup, source))).long()
+
+
+def _label_array(label: Any, lookup: np.ndarray | None, source: str = "") -> np.ndarray:
+    """PIL / array label map -> (H, W) array of class ids in its stored dtype (uint8 for 8-bit maps, where checking
+    the values costs a tenth of what it costs on int64), through `lookup` when given."""
     array = np.array(label)  # writable copy, as above
     if array.ndim == 3:  # a map saved as RGB with equal channels (some Hub datasets do this)
         array = array[:, :, 0]
     if lookup is not None:
         if array.dtype != np.uint8:
             if array.min() < 0 or array.max() > 255:
-                raise ValueError("label values outside [0, 255] cannot go through a uint8 lookup table")
+                raise ValueError(
+                    f"the label map {source or describe_source(label)} has values from {array.min()} to {array.max()}, "
+                    "outside [0, 255], which a uint8 label lookup table cannot map. Store class ids (and the ignore "
+                    "index) as 8-bit values, or leave out the lookup (label_lookup=None, no reduce_labels)."
+                )
             array = array.astype(np.uint8)
         array = lookup[array]
-    return torch.from_numpy(np.ascontiguousarray(array)).long()
+    return array
 
 
 class SegmentationTransforms:
@@ -70,6 +82,12 @@ class SegmentationTransforms:
     label_lookup: uint8 (256,) table applied to the raw label map (e.g. labelId -> trainId).
     ignore_index: label of padded pixels.
     eval_size: optional (h, w) to resize eval *images* to (bilinear); labels are left untouched.
+    num_labels: when given, every label map (after `label_lookup`) must hold only class ids 0..num_labels-1 and
+        `ignore_index`; another value raises a ValueError naming the file (skipped when the lookup table can only
+        produce such values, as Cityscapes' does).
+
+    Images and maps may come decoded (PIL) or undecoded ({"path", "bytes"}, see `checks.lazily_decoded`); undecoded
+    ones are decoded here, and a file that cannot be decoded raises a ValueError naming it.
     """
 
     def __init__(
@@ -83,6 +101,7 @@ class SegmentationTransforms:
         label_lookup: np.ndarray | None = None,
         ignore_index: int = IGNORE_INDEX,
         eval_size: tuple[int, int] | None = None,
+        num_labels: int | None = None,
     ):
         if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
             raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
@@ -99,6 +118,8 @@ class SegmentationTransforms:
         self.label_lookup = label_lookup
         self.ignore_index = ignore_index
         self.eval_size = tuple(eval_size) if eval_size is not None else None
+        self.num_labels = num_labels
+        self.check_labels = num_labels is not None and not lookup_is_safe(label_lookup, num_labels, ignore_index)
 
         # Normalisation as the processor would do it: x * rescale_factor, then (x - mean) / std. Read once from the
         # processor's attributes, which both the torchvision and the PIL Segformer processors expose.
@@ -157,10 +178,18 @@ class SegmentationTransforms:
     def __call__(self, batch: dict[str, Sequence[Any]]) -> dict[str, list[torch.Tensor]]:
         pixel_values, labels = [], []
         for image, label in zip(batch["image"], batch["label"], strict=True):
-            image_t = _to_image_tensor(image)
-            label_t = _to_label_tensor(label, self.label_lookup)
+            image_name, label_name = describe_source(image), describe_source(label)
+            image_t = _to_image_tensor(decode_image(image, "image"))
+            label_array = _label_array(decode_image(label, "label map"), self.label_lookup, label_name)
+            if self.check_labels:
+                check_label_values(label_array, self.num_labels, self.ignore_index, label_name)
+            label_t = torch.from_numpy(np.ascontiguousarray(label_array)).long()
             if image_t.shape[-2:] != label_t.shape:
-                raise ValueError(f"image {tuple(image_t.shape[-2:])} and label {tuple(label_t.shape)} sizes differ")
+                (ih, iw), (lh, lw) = image_t.shape[-2:], label_t.shape
+                raise ValueError(
+                    f"the image {image_name} is {ih}x{iw} (HxW) but its label map {label_name} is {lh}x{lw}. Each "
+                    "label map must have its image's size: replace the wrong file or remove the pair."
+                )
             if self.train:
                 image_t, label_t = self._train_sample(image_t, label_t)
             else:
