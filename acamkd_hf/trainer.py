@@ -249,7 +249,19 @@ class DistillationTrainer(Trainer):
         self.labels_for_metrics = labels_for_metrics
         self.teacher = teacher_model if distilling else None
         self.teacher_taps = FeatureTaps(teacher_model, distillation_loss.point_names) if distilling else None
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.args.world_size == 1:
+            raise RuntimeError(
+                f"launched as {launched} processes but training runs as one: each would train alone on all the data "
+                f"and write the same output_dir. On a machine without GPUs pass --use_cpu true."
+            )
         if self.teacher is not None:
+            if self.is_fsdp_enabled and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("1", "true"):
+                raise ValueError(
+                    "FSDP's cpu_ram_efficient_loading leaves the teacher without weights on every process but the "
+                    "first (only the wrapped student is filled in by FSDP). Set fsdp_cpu_ram_efficient_loading: false "
+                    "(configs/accelerate/fsdp.yaml does) or pass --fsdp_cpu_ram_efficient_loading false."
+                )
             place_teacher(self.teacher, self.accelerator)
         if args.mask_visualization_steps:
             if args.method == "acamkd":
@@ -281,6 +293,8 @@ class DistillationTrainer(Trainer):
         """The teacher's features at the distillation points: eval mode (re-set every step), no grad, and under the
         same autocast as the student (``--bf16`` / ``--fp16``), so both sides of every loss share the compute dtype."""
         self.teacher.eval()
+        # DeepSpeed casts the batch to its half dtype (and autocast is off under it): the teacher keeps its own.
+        pixel_values = pixel_values.to(next(self.teacher.parameters()).dtype)
         inputs = {"pixel_values": pixel_values} if pixel_mask is None else {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
         with torch.no_grad(), self.accelerator.autocast():
             return self.teacher_taps.collect(self.teacher(**inputs))

@@ -204,6 +204,10 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Dis
     changes: dict[str, Any] = dict(task.required_training_args)
     if not torch.cuda.is_available():
         changes["dataloader_pin_memory"] = False  # nothing to pin to
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Launched as several processes on a machine without GPUs: without use_cpu, accelerate finds no device
+            # and every process would train alone on all the data, into the same output_dir.
+            changes["use_cpu"] = True
     return model_args, data_args, replace(training_args, **changes)
 
 
@@ -354,7 +358,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for folder in output_directories(args, model_args):
         check_writable_directory(folder)
     synthetic = data_args.dataset is None
-    data = task.prepare_data(data_args, args.seed)
+    with args.main_process_first(local=True, desc="preparing the data"):  # one process writes a synthetic set
+        data = task.prepare_data(data_args, args.seed)
 
     student = load_model(task, model_args.student, data, model_args, "student", args.seed)
     teacher = None

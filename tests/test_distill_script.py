@@ -27,7 +27,7 @@ SCRIPT = REPO / "scripts" / "distill.py"
 
 def _run(args: list[str], launcher: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "ACCELERATE_CONFIG_FILE": str(tmp_path / "no-accelerate-config.yaml")}
+           "HF_HOME": str(tmp_path / "hf_home")}  # accelerate reads its default config from HF_HOME
     done = subprocess.run([*launcher, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=600)
     assert done.returncode == 0, f"distill.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
