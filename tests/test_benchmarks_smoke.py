@@ -1,0 +1,54 @@
+"""The overhead and inference-cost benchmarks run (in their --quick form) and end with a RESULT line; the inference
+check's equalities hold. In-process (one import of torch/transformers for all): a smoke test, not a measurement."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result_line(output: str) -> dict[str, float]:
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), last
+    return {key: float(value) for key, value in (item.split("=") for item in last.split()[1:])}
+
+
+@pytest.mark.parametrize("flags", [["--feature-only"], ["--no-breakdown"]], ids=["feature-only", "models"])
+def test_step_overhead_quick(flags, capsys):
+    _load("step_overhead").main(["--quick", *flags])
+    result = _result_line(capsys.readouterr().out)
+    for key in ("acamkd_over_mse", "acamkd_over_student", "mse_over_student", "mgd_over_student", "cwd_over_student",
+                "peak_acamkd_over_mse", "peak_acamkd_over_student"):
+        assert result[key] > 0, key
+
+
+def test_step_overhead_cuda_without_gpu_says_so(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        _load("step_overhead").main(["--device", "cuda", "--quick"])
+
+
+def test_inference_cost_quick(tmp_path, capsys):
+    _load("inference_cost").main(["--quick", "--output-dir", str(tmp_path)])  # raises if any equality fails
+    output = capsys.readouterr().out
+    result = _result_line(output)
+    assert result["params_distilled"] == result["params_alone"] > 0
+    assert result["size_bytes_distilled"] == result["size_bytes_alone"]
+    assert result["keys_equal"] == 1 and result["distillation_module_params"] > 0
+    assert result["forward_ms_distilled"] > 0 and result["forward_ms_alone"] > 0
+    assert "FAIL" not in output
