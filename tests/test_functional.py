@@ -172,7 +172,7 @@ def test_selection_units_match_formula(batch, channels, height, width, num_masks
             assert spatial[b, m, h, w].item() == pytest.approx(sig(z), rel=1e-10)
 
 
-@pytest.mark.parametrize("d,value_channels", [(4, 8), (8, 8), (6, 3), (4, 10)])
+@pytest.mark.parametrize("d,value_channels", [(4, 8), (8, 8), (6, 3), (4, 10), (9, 19), (12, 30)])
 def test_cross_attention_fusion_equals_naive_softmax_attention(d, value_channels):
     g = torch.Generator().manual_seed(7)
     q = torch.randn(2, 15, d, generator=g, dtype=torch.float64)
@@ -198,7 +198,7 @@ def test_shape_mismatch_is_a_clear_error():
 
 
 @pytest.mark.filterwarnings("ignore:Flash attention")  # the deliberate refused call below warns before raising
-@pytest.mark.parametrize("d,value_channels", [(8, 16), (16, 16), (8, 12)])
+@pytest.mark.parametrize("d,value_channels", [(8, 16), (16, 16), (8, 12), (9, 19)])
 def test_cross_attention_fusion_runs_on_the_fused_kernel(d, value_channels):
     """The O(HW * C) memory of STCA-FF rests on SDPA's fused (flash) kernel; PyTorch silently falls back to the
     O((HW)^2) math kernel for unequal head sizes or non-contiguous tokens. Restricting SDPA to the flash kernel
