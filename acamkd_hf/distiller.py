@@ -94,6 +94,7 @@ def build_point_loss(
     detach_student_in_fusion: bool = True,
     alignment: str = "conv1x1",
     detach_masks_in_imitation: bool = False,
+    mask_normalizer: str = "sum",
     cwd_tau: float = 1.0,
     mgd_mask_ratio: float = 0.65,
 ) -> nn.Module:
@@ -116,6 +117,7 @@ def build_point_loss(
             detach_student_in_fusion=detach_student_in_fusion,
             alignment=alignment,
             detach_masks_in_imitation=detach_masks_in_imitation,
+            mask_normalizer=mask_normalizer,
         )
     if method == "cwd":
         return loss_class(student_channels, teacher_channels, weight=weight, tau=cwd_tau, alignment=alignment)

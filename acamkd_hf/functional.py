@@ -109,7 +109,21 @@ def spatial_selection(fused: Tensor, spatial_units: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 # Masked imitation losses
 # --------------------------------------------------------------------------------------------------------------
-def channel_masked_loss(teacher: Tensor, student: Tensor, channel_masks: Tensor, eps: float = 1e-6) -> Tensor:
+#: Denominators of ``L_c`` / ``L_s``: ``"sum"`` = the paper's ``sum M`` (linear in the mask, so shrinking every mask
+#: lowers the loss: the masks collapse towards 0, docs/results.md); ``"sum_sq"`` = ``sum M^2`` (a mask-weighted mean
+#: of the squared error, unchanged by the masks' scale).
+MASK_NORMALIZERS = ("sum", "sum_sq")
+
+
+def _mask_weight(masks: Tensor, normalizer: str) -> Tensor:
+    if normalizer not in MASK_NORMALIZERS:
+        raise ValueError(f"unknown mask normalizer {normalizer!r}; choose one of {', '.join(MASK_NORMALIZERS)}")
+    return masks if normalizer == "sum" else masks.pow(2)
+
+
+def channel_masked_loss(
+    teacher: Tensor, student: Tensor, channel_masks: Tensor, eps: float = 1e-6, normalizer: str = "sum"
+) -> Tensor:
     """Channel loss ``L_c = 1/M sum_m ||M^c_m (.) D||^2 / (H W sum_k M^c_{m,k} + eps)``, ``D = F_T - F_S'``.
 
     Args:
@@ -117,6 +131,7 @@ def channel_masked_loss(teacher: Tensor, student: Tensor, channel_masks: Tensor,
         student: ``(B, C, H, W)`` aligned student feature ``F_S'``.
         channel_masks: ``(B, M, C)``; each mask is broadcast over ``H, W`` and multiplies ``D`` before squaring.
         eps: keeps the normaliser positive when a mask is all but zero.
+        normalizer: ``"sum"`` (the paper's ``sum_k M``) or ``"sum_sq"`` (``sum_k M^2``), see :data:`MASK_NORMALIZERS`.
 
     Returns:
         Scalar: mean over masks and batch. With every mask equal to 1 this is the plain mean-squared error.
@@ -125,11 +140,13 @@ def channel_masked_loss(teacher: Tensor, student: Tensor, channel_masks: Tensor,
     height, width = teacher.shape[-2:]
     squared_error_per_channel = (teacher - student).pow(2).sum(dim=(2, 3))  # (B, C)
     numerator = torch.einsum("bmc,bc->bm", channel_masks.pow(2), squared_error_per_channel)
-    denominator = height * width * channel_masks.sum(dim=2) + eps  # (B, M)
+    denominator = height * width * _mask_weight(channel_masks, normalizer).sum(dim=2) + eps  # (B, M)
     return (numerator / denominator).mean()
 
 
-def spatial_masked_loss(teacher: Tensor, student: Tensor, spatial_masks: Tensor, eps: float = 1e-6) -> Tensor:
+def spatial_masked_loss(
+    teacher: Tensor, student: Tensor, spatial_masks: Tensor, eps: float = 1e-6, normalizer: str = "sum"
+) -> Tensor:
     """Spatial loss ``L_s = 1/M sum_m ||M^s_m (.) D||^2 / (C sum_p M^s_{m,p} + eps)``, ``D = F_T - F_S'``.
 
     Args:
@@ -137,6 +154,7 @@ def spatial_masked_loss(teacher: Tensor, student: Tensor, spatial_masks: Tensor,
         student: ``(B, C, H, W)`` aligned student feature ``F_S'``.
         spatial_masks: ``(B, M, H, W)``; each mask is broadcast over ``C`` and multiplies ``D`` before squaring.
         eps: keeps the normaliser positive when a mask is all but zero.
+        normalizer: ``"sum"`` (the paper's ``sum_p M``) or ``"sum_sq"`` (``sum_p M^2``), see :data:`MASK_NORMALIZERS`.
 
     Returns:
         Scalar: mean over masks and batch. With every mask equal to 1 this is the plain mean-squared error.
@@ -145,7 +163,7 @@ def spatial_masked_loss(teacher: Tensor, student: Tensor, spatial_masks: Tensor,
     channels = teacher.shape[1]
     squared_error_per_pixel = (teacher - student).pow(2).sum(dim=1)  # (B, H, W)
     numerator = torch.einsum("bmhw,bhw->bm", spatial_masks.pow(2), squared_error_per_pixel)
-    denominator = channels * spatial_masks.sum(dim=(2, 3)) + eps  # (B, M)
+    denominator = channels * _mask_weight(spatial_masks, normalizer).sum(dim=(2, 3)) + eps  # (B, M)
     return (numerator / denominator).mean()
 
 

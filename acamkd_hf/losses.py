@@ -50,6 +50,8 @@ class ACAMKDLoss(nn.Module):
             that literal reading ``L_c``, ``L_s`` scale linearly with the masks, so they can fall by shrinking every
             mask towards 0 (seen in the CPU default run); ``spatial_mask_mean`` / ``channel_mask_mean`` make that
             visible in the logs.
+        mask_normalizer: denominators of ``L_c`` / ``L_s``: ``"sum"`` (the paper's, default) or ``"sum_sq"`` (scale-
+            invariant: the masks cannot lower the loss by shrinking). See :data:`acamkd_hf.functional.MASK_NORMALIZERS`.
 
     Forward returns ``{"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean"}`` (a
     disabled mask kind contributes 0; the two means are diagnostics, not part of the loss). The masks of the last
@@ -70,8 +72,12 @@ class ACAMKDLoss(nn.Module):
         detach_student_in_fusion: bool = True,
         alignment: str = "conv1x1",
         detach_masks_in_imitation: bool = False,
+        mask_normalizer: str = "sum",
     ) -> None:
         super().__init__()
+        if mask_normalizer not in KD.MASK_NORMALIZERS:
+            raise ValueError(f"unknown mask normalizer {mask_normalizer!r}; choose one of {', '.join(KD.MASK_NORMALIZERS)}")
+        self.mask_normalizer = mask_normalizer
         self.alpha = alpha
         self.lambda_div = lambda_div
         self.eps = eps
@@ -93,10 +99,14 @@ class ACAMKDLoss(nn.Module):
             # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
             imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
             if channel_masks is not None:
-                channel = KD.channel_masked_loss(teacher32, aligned32, imitation(channel_masks), self.eps)
+                channel = KD.channel_masked_loss(
+                    teacher32, aligned32, imitation(channel_masks), self.eps, self.mask_normalizer
+                )
                 diversity = diversity + KD.dice_diversity(channel_masks)
             if spatial_masks is not None:
-                spatial = KD.spatial_masked_loss(teacher32, aligned32, imitation(spatial_masks), self.eps)
+                spatial = KD.spatial_masked_loss(
+                    teacher32, aligned32, imitation(spatial_masks), self.eps, self.mask_normalizer
+                )
                 diversity = diversity + KD.dice_diversity(spatial_masks.flatten(2))
             self.last_masks = {
                 name: masks.detach()

@@ -29,6 +29,7 @@ from transformers.utils import logging
 from .alignment import ALIGNMENT_KINDS
 from .data.seeding import PerExampleSeededDataset
 from .distiller import DEFAULT_ALPHA, METHODS, Distiller, build_distillation_loss
+from .functional import MASK_NORMALIZERS
 from .fusion import FUSION_MODES
 from .masking import MASK_KINDS
 from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes
@@ -91,6 +92,12 @@ class DistillationArguments(TrainingArguments):
         metadata={"help": "Keep the imitation terms' gradient out of the masks (they then learn from the Dice term "
                           "only). Default False = the spec; see distill/<point>/*_mask_mean in the logs."},
     )
+    mask_normalizer: str = field(
+        default="sum",
+        metadata={"help": "Denominator of L_c / L_s: 'sum' (the paper's sum of the mask; the masks can shrink towards 0, "
+                          "see docs/results.md) or 'sum_sq' (sum of the squared mask: scale-invariant, the masks stay "
+                          "alive).", "choices": list(MASK_NORMALIZERS)},
+    )
     distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
     cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
     mgd_mask_ratio: float = field(default=0.65, metadata={"help": "MGD: fraction of positions masked."})
@@ -127,6 +134,7 @@ class DistillationArguments(TrainingArguments):
             ("mask_kinds", self.mask_kinds, MASK_KINDS),
             ("fusion_mode", self.fusion_mode, FUSION_MODES),
             ("alignment", self.alignment, ALIGNMENT_KINDS),
+            ("mask_normalizer", self.mask_normalizer, MASK_NORMALIZERS),
         ):
             if value not in choices:
                 raise ValueError(f"--{name} {value!r} is not one of: {', '.join(choices)}")
@@ -150,6 +158,7 @@ class DistillationArguments(TrainingArguments):
             "detach_student_in_fusion": self.detach_student_in_fusion,
             "alignment": self.alignment,
             "detach_masks_in_imitation": self.detach_masks_in_imitation,
+            "mask_normalizer": self.mask_normalizer,
             "distillation_eps": self.distillation_eps,
             "cwd_tau": self.cwd_tau,
             "mgd_mask_ratio": self.mgd_mask_ratio,
@@ -229,6 +238,7 @@ class DistillationTrainer(Trainer):
                 detach_student_in_fusion=args.detach_student_in_fusion,
                 alignment=args.alignment,
                 detach_masks_in_imitation=args.detach_masks_in_imitation,
+                mask_normalizer=args.mask_normalizer,
                 cwd_tau=args.cwd_tau,
                 mgd_mask_ratio=args.mgd_mask_ratio,
             )
@@ -373,7 +383,7 @@ class DistillationTrainer(Trainer):
             means = torch.stack([self._term_sums[name] for name in names]) / self._term_steps
             means = self.accelerator.reduce(means, reduction="mean")
             for name, value in zip(names, means.tolist()):
-                logs[_log_name(name)] = round(value, 6)
+                logs[_log_name(name)] = float(f"{value:.6g}")  # significant digits: collapsed masks stay visible
             self._term_sums, self._term_steps = {}, 0
         super().log(logs, start_time)
 

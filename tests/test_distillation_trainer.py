@@ -284,3 +284,15 @@ def test_any_family_pairs_with_any_other(data, tmp_path, teacher_name, student_n
     trainer.train()
     assert {"distill/logits/spatial", "distill/stage3/channel"} <= set(trainer.state.log_history[0])
     assert any(not torch.equal(t, before[n]) for n, t in _state(trainer.student).items() if t.is_floating_point())
+
+
+def test_mask_normalizer_reaches_every_point_and_small_terms_are_logged_with_significant_digits(data, tmp_path):
+    trainer, _ = _make(data, tmp_path, distillation_points=["logits", "stage4"], mask_normalizer="sum_sq", max_steps=1)
+    assert {point.mask_normalizer for point in trainer.distillation_modules.points.values()} == {"sum_sq"}
+    assert trainer.distillation_settings["mask_normalizer"] == "sum_sq"
+    trainer._term_sums, trainer._term_steps = {"logits/spatial_mask_mean": torch.tensor(3.2e-9)}, 1
+    logs = {"loss": 1.0}
+    trainer.log(logs)
+    assert logs["distill/logits/spatial_mask_mean"] == pytest.approx(3.2e-9, rel=1e-5)  # not rounded to 0
+    with pytest.raises(ValueError, match="--mask_normalizer 'mean' is not one of: sum, sum_sq"):
+        _args(tmp_path, mask_normalizer="mean")

@@ -218,3 +218,32 @@ def test_cross_attention_fusion_runs_on_the_fused_kernel(d, value_channels):
         if d != value_channels:
             with pytest.raises(RuntimeError):
                 torch.nn.functional.scaled_dot_product_attention(query[:, None], key[:, None], value[:, None])
+
+
+def test_sum_sq_normalizer_is_a_mask_weighted_mean_unchanged_by_the_masks_scale():
+    """``normalizer="sum_sq"``: ``||M (.) D||^2 / (HW sum_k M_k^2)`` (channel) and ``/ (C sum_p M_p^2)`` (spatial),
+    golden values by explicit loops in numpy; scaling every mask by 0.01 leaves them unchanged (the "sum" reading
+    falls with the scale, which is what lets the masks collapse)."""
+    import numpy as np
+
+    from acamkd_hf.functional import channel_masked_loss, spatial_masked_loss
+
+    rng = np.random.default_rng(0)
+    B, C, H, W, M = 2, 3, 4, 5, 2
+    t, s = rng.normal(size=(B, C, H, W)), rng.normal(size=(B, C, H, W))
+    mc, ms = rng.uniform(0.1, 1, size=(B, M, C)), rng.uniform(0.1, 1, size=(B, M, H, W))
+    d2 = (t - s) ** 2
+    golden_c = np.mean([[sum(mc[b, m, k] ** 2 * d2[b, k].sum() for k in range(C)) / (H * W * (mc[b, m] ** 2).sum())
+                         for m in range(M)] for b in range(B)])
+    golden_s = np.mean([[sum(ms[b, m, i, j] ** 2 * d2[b, :, i, j].sum() for i in range(H) for j in range(W))
+                         / (C * (ms[b, m] ** 2).sum()) for m in range(M)] for b in range(B)])
+    T, S = torch.from_numpy(t), torch.from_numpy(s)
+    for scale in (1.0, 0.01):
+        channel = channel_masked_loss(T, S, torch.from_numpy(mc) * scale, eps=0.0, normalizer="sum_sq")
+        spatial = spatial_masked_loss(T, S, torch.from_numpy(ms) * scale, eps=0.0, normalizer="sum_sq")
+        assert channel.item() == pytest.approx(golden_c, rel=1e-10)
+        assert spatial.item() == pytest.approx(golden_s, rel=1e-10)
+    paper = spatial_masked_loss(T, S, torch.from_numpy(ms) * 0.01, eps=0.0).item()
+    assert paper == pytest.approx(0.01 * spatial_masked_loss(T, S, torch.from_numpy(ms), eps=0.0).item(), rel=1e-10)
+    with pytest.raises(ValueError, match="unknown mask normalizer 'mean'"):
+        spatial_masked_loss(T, S, torch.from_numpy(ms), normalizer="mean")
