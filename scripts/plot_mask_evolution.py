@@ -23,10 +23,8 @@ import re
 import sys
 
 import numpy as np
-from safetensors import safe_open
 
-MASK_VISUALIZATION_DIR = "mask_visualizations"  # as in acamkd_hf.visualization (not imported: no torch needed)
-MASKS_FILE = "masks.safetensors"
+from acamkd_hf.visualization import MASK_VISUALIZATION_DIR, MASKS_FILE, load_mask_render
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
@@ -42,18 +40,6 @@ def find_renders(run_dir: str) -> dict[int, str]:
         if match:
             renders[int(match.group(1))] = path
     return dict(sorted(renders.items()))
-
-
-def load_render(path: str) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
-    """``({point: {"spatial": (B, M, H, W), "channel": (B, M, C)}}, images (B, H, W, 3) uint8)`` of one render."""
-    with safe_open(path, framework="np") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
-    images = tensors.pop("images")
-    masks: dict[str, dict[str, np.ndarray]] = {}
-    for key, array in tensors.items():
-        point, kind = key.rsplit(".", 1)
-        masks.setdefault(point, {})[kind] = array
-    return masks, images
 
 
 def find_trainer_state(run_dir: str) -> str | None:
@@ -96,7 +82,7 @@ def plot(args: argparse.Namespace) -> str:
             f"no {MASK_VISUALIZATION_DIR}/step-*/{MASKS_FILE} under {args.run_dir}: was the run trained with "
             f"MaskVisualizationCallback?"
         )
-    loaded = {step: load_render(path) for step, path in renders.items()}
+    loaded = {step: load_mask_render(path)[1:] for step, path in renders.items()}
     first_masks, _ = next(iter(loaded.values()))
     point = args.point or next(iter(first_masks))
     if point not in first_masks:
