@@ -84,6 +84,9 @@ class DataArguments:
     synthetic_dir: str | None = field(
         default=None, metadata={"help": "Where the synthetic set is written (default: ~/.cache/acamkd_hf/...)."}
     )
+    synthetic_seed: int = field(
+        default=0, metadata={"help": "Seed of the synthetic set (independent of --seed: other seeds, same data)."}
+    )
     synthetic_num_train: int = field(default=240, metadata={"help": "Synthetic training images."})
     synthetic_num_val: int = field(default=60, metadata={"help": "Synthetic validation images."})
     synthetic_image_size: list[int] | None = field(
@@ -359,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_writable_directory(folder)
     synthetic = data_args.dataset is None
     with args.main_process_first(local=True, desc="preparing the data"):  # one process writes a synthetic set
-        data = task.prepare_data(data_args, args.seed)
+        data = task.prepare_data(data_args, data_args.synthetic_seed)
 
     student = load_model(task, model_args.student, data, model_args, "student", args.seed)
     teacher = None
