@@ -94,7 +94,7 @@ def data(tmp_path_factory):
     return load_cityscapes(root)
 
 
-def _trainer(data, tmp_path, teacher=None, **overrides):
+def _trainer(data, tmp_path, teacher=None, eval_dataset=None, **overrides):
     from acamkd_hf.data import SegmentationTransforms
     from acamkd_hf.models import default_image_processor
 
@@ -113,7 +113,7 @@ def _trainer(data, tmp_path, teacher=None, **overrides):
     values.update(overrides)
     return DistillationTrainer(
         model=student, teacher_model=teacher, args=DistillationArguments(**values), train_dataset=train,
-        data_collator=collate_segmentation, processing_class=processor,
+        data_collator=collate_segmentation, processing_class=processor, eval_dataset=eval_dataset,
     )  # fmt: skip
 
 
@@ -230,3 +230,22 @@ def test_the_teacher_is_placed_whole_on_the_students_device_frozen_and_zero3_is_
     zero3 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)), device=torch.device("cpu"))
     with pytest.raises(ValueError, match="ZeRO-3 would partition the teacher.*Use ZeRO-2"):
         place_teacher(trainer.teacher, zero3)
+
+
+def test_the_best_checkpoint_is_recorded_under_its_final_name_and_survives_rotation(data, tmp_path):
+    """With load_best_model_at_end, the Trainer records the best checkpoint while it is still in the staging folder;
+    the record must name the published folder (in the state and in the checkpoint's own trainer_state.json)."""
+    from acamkd_hf.data import SegmentationTransforms
+    from acamkd_hf.models import default_image_processor
+
+    validation = data.dataset["validation"].with_transform(
+        SegmentationTransforms(default_image_processor(IMAGE_SIZE), train=False, label_lookup=data.label_lookup)
+    )
+    trainer = _trainer(data, tmp_path, eval_dataset=validation, max_steps=6, eval_strategy="steps", eval_steps=2,
+                       save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="loss")
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.parent == tmp_path / "out" and best.is_dir() and PARTIAL_CHECKPOINTS_DIR not in str(best)
+    recorded = json.loads((best / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert recorded == str(best)
+    assert not (tmp_path / "out" / PARTIAL_CHECKPOINTS_DIR).exists()
