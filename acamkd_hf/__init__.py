@@ -23,7 +23,8 @@ __version__ = "0.1.0.dev0"
 
 # name -> module that defines it, imported on first attribute access
 _LAZY = {
-    "DistillationArguments": "acamkd_hf.trainer",
+    "DistillationArguments": "acamkd_hf.config",
+    "DistillationSettings": "acamkd_hf.settings",
     "DistillationTrainer": "acamkd_hf.trainer",
     "Distiller": "acamkd_hf.distiller",
     "FeatureTaps": "acamkd_hf.taps",

@@ -20,12 +20,8 @@ from transformers.utils import ModelOutput
 
 from .alignment import check_alignable
 from .losses import DISTILLATION_LOSSES, MultiPointDistillationLoss
+from .settings import DistillationSettings
 from .taps import FeatureTaps
-
-#: ``--method`` values: the per-point losses plus ``none`` (the student trained alone, same script and recipe).
-METHODS = (*DISTILLATION_LOSSES, "none")
-#: Each method's published imitation weight, used when ``alpha`` is not given (MGD: alpha_mgd for detection).
-DEFAULT_ALPHA = {"acamkd": 1.0, "mse": 1.0, "cwd": 1.0, "mgd": 2e-5}
 
 
 @dataclass
@@ -80,79 +76,34 @@ class Distiller(nn.Module):
         return DistillerOutput(loss=outputs.loss + distillation["loss"], distillation_terms=terms, **predictions)
 
 
-def build_point_loss(
-    method: str,
-    student_channels: int,
-    teacher_channels: int,
-    *,
-    alpha: float | None = None,
-    lambda_div: float = 1.0,
-    num_masks: int = 6,
-    eps: float = 1e-6,
-    fusion_mode: str = "teacher_query",
-    mask_kinds: str = "both",
-    detach_student_in_fusion: bool = True,
-    alignment: str = "conv1x1",
-    detach_masks_in_imitation: bool = False,
-    mask_normalizer: str = "sum",
-    cwd_tau: float = 1.0,
-    mgd_mask_ratio: float = 0.65,
-) -> nn.Module:
-    """One per-point loss for ``--method``. ``alpha`` is the imitation weight of every method; ``None`` takes the
-    method's published default (:data:`DEFAULT_ALPHA`)."""
-    if method not in DISTILLATION_LOSSES:
-        raise ValueError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
-    weight = DEFAULT_ALPHA[method] if alpha is None else alpha
-    loss_class = DISTILLATION_LOSSES[method]
-    if method == "acamkd":
-        return loss_class(
-            student_channels,
-            teacher_channels,
-            num_masks=num_masks,
-            alpha=weight,
-            lambda_div=lambda_div,
-            eps=eps,
-            fusion_mode=fusion_mode,
-            mask_kinds=mask_kinds,
-            detach_student_in_fusion=detach_student_in_fusion,
-            alignment=alignment,
-            detach_masks_in_imitation=detach_masks_in_imitation,
-            mask_normalizer=mask_normalizer,
-        )
-    if method == "cwd":
-        return loss_class(student_channels, teacher_channels, weight=weight, tau=cwd_tau, alignment=alignment)
-    if method == "mgd":
-        return loss_class(student_channels, teacher_channels, weight=weight, mask_ratio=mgd_mask_ratio, alignment=alignment)
-    return loss_class(student_channels, teacher_channels, weight=weight, alignment=alignment)
-
-
 def build_distillation_loss(
-    method: str,
-    points: Sequence[str],
+    settings: DistillationSettings,
     student_shapes: Mapping[str, Sequence[int]],
     teacher_shapes: Mapping[str, Sequence[int]],
-    **settings,
 ) -> MultiPointDistillationLoss | None:
-    """One loss module per point, each sized from the dry-run ``(C, H, W)`` shapes; ``None`` for method ``none``.
+    """One loss module per point of the resolved ``settings`` (:meth:`DistillationSettings.resolved`), each sized
+    from the dry-run ``(C, H, W)`` shapes; ``None`` for method ``none``.
 
     The student's maps may be smaller than the teacher's (the adapter resizes them); channel counts may differ
     (the adapter projects them), unless ``alignment='identity'``.
     """
-    if method == "none":
+    if not settings.distilling:
         return None
-    if method not in DISTILLATION_LOSSES:
-        raise ValueError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
+    points = settings.distillation_points
     if not points:
-        raise ValueError(f"method {method!r} needs at least one distillation point")
+        raise ValueError(f"method {settings.method!r} needs at least one distillation point")
+    if settings.alpha is None or settings.num_masks is None:
+        raise ValueError("build the losses from resolved settings: settings.resolved(points, num_masks)")
     for point in points:
-        check_alignable(point, tuple(student_shapes[point]), tuple(teacher_shapes[point]), settings.get("alignment", "conv1x1"))
+        check_alignable(point, tuple(student_shapes[point]), tuple(teacher_shapes[point]), settings.alignment)
+    loss_class = DISTILLATION_LOSSES[settings.method]
     return MultiPointDistillationLoss(
         {
-            point: build_point_loss(method, int(student_shapes[point][0]), int(teacher_shapes[point][0]), **settings)
+            point: loss_class.from_settings(int(student_shapes[point][0]), int(teacher_shapes[point][0]), settings)
             for point in points
         }
     )
 
 
-__all__ = ["Distiller", "DistillerOutput", "METHODS", "DEFAULT_ALPHA", "build_point_loss", "build_distillation_loss"]
+__all__ = ["Distiller", "DistillerOutput", "build_distillation_loss"]
 

@@ -20,7 +20,7 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from .tasks import TASKS
-from .trainer import DISTILLATION_MODULES_NAME
+from .checkpointing import DISTILLATION_MODULES_NAME
 
 CARD_TEMPLATE = "distilled_student.md"
 METHOD_TITLES = {

@@ -1,6 +1,7 @@
 """Per-point distillation losses with one interface, and the container that sums them over points.
 
-Every per-point loss is an ``nn.Module`` built from ``(student_channels, teacher_channels, **settings)`` whose
+Every per-point loss is an ``nn.Module`` built by ``from_settings(student_channels, teacher_channels, settings)``
+(:class:`~acamkd_hf.settings.DistillationSettings`, resolved) or from explicit keywords, whose
 ``forward(student, teacher)`` takes the raw student feature ``(B, C_s, H_s, W_s)`` and the teacher feature
 ``(B, C_t, H_t, W_t)`` and returns a dict of scalars: ``"loss"`` is the weighted total of that point, every other key
 is one unweighted term (so the trainer can log each). Each owns its own adapter :class:`StudentAligner`.
@@ -21,6 +22,7 @@ from . import functional as KD
 from .alignment import StudentAligner
 from .fusion import StudentTeacherCrossAttention
 from .masking import AdaptiveSpatialChannelMasking
+from .settings import DistillationSettings
 
 
 def float32_region(like: Tensor) -> torch.autocast:
@@ -87,6 +89,24 @@ class ACAMKDLoss(nn.Module):
         self.masking = AdaptiveSpatialChannelMasking(teacher_channels, num_masks, mask_kinds)
         self.last_masks: dict[str, Tensor] = {}
 
+    @classmethod
+    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> ACAMKDLoss:
+        """The loss for resolved ``settings`` (see :meth:`DistillationSettings.resolved`)."""
+        return cls(
+            student_channels,
+            teacher_channels,
+            num_masks=settings.num_masks,
+            alpha=settings.alpha,
+            lambda_div=settings.lambda_div,
+            eps=settings.distillation_eps,
+            fusion_mode=settings.fusion_mode,
+            mask_kinds=settings.mask_kinds,
+            detach_student_in_fusion=settings.detach_student_in_fusion,
+            alignment=settings.alignment,
+            detach_masks_in_imitation=settings.detach_masks_in_imitation,
+            mask_normalizer=settings.mask_normalizer,
+        )
+
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
@@ -134,6 +154,10 @@ class FeatureMSELoss(nn.Module):
         self.weight = weight
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
 
+    @classmethod
+    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> FeatureMSELoss:
+        return cls(student_channels, teacher_channels, weight=settings.alpha, alignment=settings.alignment)
+
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
@@ -173,6 +197,13 @@ class MGDLoss(nn.Module):
             nn.Conv2d(teacher_channels, teacher_channels, kernel_size=3, padding=1),
         )
 
+    @classmethod
+    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> MGDLoss:
+        return cls(
+            student_channels, teacher_channels, weight=settings.alpha, mask_ratio=settings.mgd_mask_ratio,
+            alignment=settings.alignment,
+        )
+
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
@@ -203,6 +234,10 @@ class CWDLoss(nn.Module):
         self.weight = weight
         self.tau = tau
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
+
+    @classmethod
+    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> CWDLoss:
+        return cls(student_channels, teacher_channels, weight=settings.alpha, tau=settings.cwd_tau, alignment=settings.alignment)
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from

@@ -397,3 +397,35 @@ def freeze_teacher(model: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def default_distillation_points(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """The paper's points: the logits for segmentation, every neck level both models have for detection."""
+    student_points, teacher_points = available_points(student), available_points(teacher)
+    necks = [point for point in student_points if point.startswith("neck") and point in teacher_points]
+    return necks or [LOGITS]
+
+
+def resolve_distillation_points(
+    student: nn.Module,
+    teacher: nn.Module,
+    points: Sequence[str] | None,
+    *,
+    student_name: str = "student",
+    teacher_name: str = "teacher",
+) -> list[str]:
+    """``points`` (or the paper's default ones) after checking that both models have each of them.
+
+    Raises ``ValueError`` naming the model, the points and the available ones, with what to pass instead. The one
+    check of distillation points: the trainer calls it, and the CLI calls it before anything trains.
+    """
+    points = list(points) if points else default_distillation_points(student, teacher)
+    for model, role, name in ((teacher, "teacher", teacher_name), (student, "student", student_name)):
+        try:
+            _check_points(model, points)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"the {role} {name!r} cannot be distilled at {points}: {error}. Pass --distillation_points with "
+                "names both models have, or leave the flag out for the task's default points."
+            ) from error
+    return points

@@ -1,4 +1,5 @@
-"""``DistillationArguments`` (a ``TrainingArguments`` subclass) and ``DistillationTrainer`` (a ``Trainer`` subclass).
+"""``DistillationTrainer``: a ``transformers.Trainer`` that distils a teacher into the student (TRL's ``*_trainer.py``;
+its arguments are :class:`~acamkd_hf.config.DistillationArguments`).
 
 The trainer receives the student as ``model`` and the teacher as ``teacher_model`` (TRL's pattern). It wraps the
 student and the per-point distillation modules into one :class:`~acamkd_hf.distiller.Distiller` (what the
@@ -12,157 +13,34 @@ optimizer, DDP and checkpoints see), keeps the teacher outside, frozen and in ev
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
-from dataclasses import dataclass, field
 from typing import Any
 
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 from transformers.utils import logging
 
-from .alignment import ALIGNMENT_KINDS
-from .data.seeding import PerExampleSeededDataset
-from .distiller import DEFAULT_ALPHA, METHODS, Distiller, build_distillation_loss
-from .functional import MASK_NORMALIZERS
-from .fusion import FUSION_MODES
-from .masking import MASK_KINDS
-from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes
+from .checkpointing import (
+    DISTILLATION_MODULES_NAME,
+    PARTIAL_CHECKPOINTS_DIR,
+    NonFiniteLossError,
+    check_finite_parameters,
+    publish_directory,
+)
+from .config import DistillationArguments
+from .distiller import Distiller, build_distillation_loss
+from .inheritance import inherit_from_teacher
+from .models.labels import check_label_sets
+from .placement import convert_to_sync_batchnorm, place_teacher
+from .seeding import PerExampleSeededDataset, SetDatasetEpoch
+from .settings import default_num_masks
+from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes, resolve_distillation_points
 
 logger = logging.get_logger(__name__)
-
-DISTILLATION_MODULES_NAME = "distillation_modules.safetensors"
-#: Checkpoints are written here first and renamed to ``output_dir/checkpoint-N`` only when complete. The name does
-#: not match ``checkpoint-N``, so ``get_last_checkpoint`` (and ``--resume_from_checkpoint true``) never sees a
-#: half-written one.
-PARTIAL_CHECKPOINTS_DIR = ".partial-checkpoints"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf; the message names the terms, points and step."""
-
-
-@dataclass
-class DistillationArguments(TrainingArguments):
-    """Distillation settings on top of every ``TrainingArguments`` flag. Defaults follow the paper."""
-
-    teacher: str | None = field(
-        default=None,
-        metadata={"help": "Teacher: a preset name, Hub id or local folder (recorded with the run)."},
-    )
-    method: str = field(
-        default="acamkd",
-        metadata={"help": "Distillation method; 'none' trains the student alone under the same recipe.", "choices": list(METHODS)},
-    )
-    distillation_points: list[str] | None = field(
-        default=None,
-        metadata={"help": "Where to distil. Default: the paper's points: logits for segmentation, every neck level "
-                          "(neck1, neck2, ...) for detection. A wrong name lists the available ones."},
-    )
-    alpha: float | None = field(
-        default=None,
-        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (1; MGD 2e-5)."},
-    )
-    lambda_div: float = field(default=1.0, metadata={"help": "Weight of the Dice diversity term L_div (paper: 1)."})
-    num_masks: int | None = field(
-        default=None,
-        metadata={"help": "Masks M per point. Default: the number of classes for segmentation (paper), 6 for detection."},
-    )
-    mask_kinds: str = field(
-        default="both", metadata={"help": "Paper Table 8 ablation.", "choices": list(MASK_KINDS)}
-    )
-    fusion_mode: str = field(
-        default="teacher_query",
-        metadata={"help": "STCA-FF query source (Table 9: student_query; Table 10: teacher_only).", "choices": list(FUSION_MODES)},
-    )
-    detach_student_in_fusion: bool = field(
-        default=True,
-        metadata={"help": "Detach the aligned student where it enters the fusion (documented default; False = literal)."},
-    )
-    alignment: str = field(
-        default="conv1x1", metadata={"help": "Student adapter f_align.", "choices": list(ALIGNMENT_KINDS)}
-    )
-    detach_masks_in_imitation: bool = field(
-        default=False,
-        metadata={"help": "Keep the imitation terms' gradient out of the masks (they then learn from the Dice term "
-                          "only). Default False = the spec; see distill/<point>/*_mask_mean in the logs."},
-    )
-    mask_normalizer: str = field(
-        default="sum",
-        metadata={"help": "Denominator of L_c / L_s: 'sum' (the paper's sum of the mask; the masks can shrink towards 0, "
-                          "see docs/results.md) or 'sum_sq' (sum of the squared mask: scale-invariant, the masks stay "
-                          "alive).", "choices": list(MASK_NORMALIZERS)},
-    )
-    distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
-    cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
-    mgd_mask_ratio: float = field(default=0.65, metadata={"help": "MGD: fraction of positions masked."})
-    mask_visualization_steps: int = field(
-        default=0,
-        metadata={"help": "Every N optimizer steps (and at the start and the end), render ACAM-KD's masks on a fixed "
-                          "eval batch to <output_dir>/mask_visualizations/step-<N>/ (PNGs + masks.safetensors), to "
-                          "TensorBoard when reporting there, and log distill/<point>/mask_change. 0 = off; acamkd only."},
-    )
-    mask_visualization_images: int = field(default=4, metadata={"help": "Images in that fixed batch."})
-    sync_batchnorm: bool = field(
-        default=False,
-        metadata={"help": "Convert the student's BatchNorm layers to SyncBatchNorm when training on several GPUs "
-                          "(segmentation students with few images per GPU). No effect in one process."},
-    )
-    inherit_from_teacher: bool = field(
-        default=False,
-        metadata={"help": "Start the student's non-backbone weights (neck, heads) from the teacher where names and "
-                          "shapes match (FGD's trick; the paper uses it for detection). What was inherited is logged."},
-    )
-
-    # Trainer defaults that distillation needs: the raw image columns feed an on-the-fly transform (do not drop
-    # them), labels are named explicitly (the Distiller is not a PreTrainedModel), and every trainable parameter
-    # is used in every step.
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: transforms read the raw columns."})
-    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP find_unused_parameters."})
-
-    def __post_init__(self) -> None:
-        if isinstance(self.distillation_points, str):  # one point given as a plain string from Python
-            self.distillation_points = [self.distillation_points]
-        for name, value, choices in (
-            ("method", self.method, METHODS),
-            ("mask_kinds", self.mask_kinds, MASK_KINDS),
-            ("fusion_mode", self.fusion_mode, FUSION_MODES),
-            ("alignment", self.alignment, ALIGNMENT_KINDS),
-            ("mask_normalizer", self.mask_normalizer, MASK_NORMALIZERS),
-        ):
-            if value not in choices:
-                raise ValueError(f"--{name} {value!r} is not one of: {', '.join(choices)}")
-        if self.num_masks is not None and self.num_masks < 1:
-            raise ValueError(f"--num_masks must be >= 1, got {self.num_masks}")
-        if self.mask_visualization_steps < 0 or self.mask_visualization_images < 1:
-            raise ValueError("--mask_visualization_steps must be >= 0 and --mask_visualization_images >= 1")
-        super().__post_init__()
-
-    def distillation_settings(self) -> dict[str, Any]:
-        """The settings that describe the distillation (for the run's config, the model card and the loss)."""
-        return {
-            "teacher": self.teacher,
-            "method": self.method,
-            "distillation_points": list(self.distillation_points) if self.distillation_points else None,
-            "alpha": self.alpha,
-            "lambda_div": self.lambda_div,
-            "num_masks": self.num_masks,
-            "mask_kinds": self.mask_kinds,
-            "fusion_mode": self.fusion_mode,
-            "detach_student_in_fusion": self.detach_student_in_fusion,
-            "alignment": self.alignment,
-            "detach_masks_in_imitation": self.detach_masks_in_imitation,
-            "mask_normalizer": self.mask_normalizer,
-            "distillation_eps": self.distillation_eps,
-            "cwd_tau": self.cwd_tau,
-            "mgd_mask_ratio": self.mgd_mask_ratio,
-            "inherit_from_teacher": self.inherit_from_teacher,
-        }
 
 
 class DistillationTrainer(Trainer):
@@ -197,54 +75,32 @@ class DistillationTrainer(Trainer):
         if distilling and teacher_model is None:
             raise ValueError(f"method {args.method!r} needs a teacher_model (use method 'none' to train the student alone)")
         if teacher_model is not None:
-            _check_label_sets(teacher_model, model, teacher_name=args.teacher)
+            check_label_sets(teacher_model, model, teacher_name=args.teacher)
 
         if args.inherit_from_teacher:
             if teacher_model is None:
                 raise ValueError("--inherit_from_teacher needs a teacher_model")
-            from .inheritance import inherit_from_teacher
-
             logger.warning(f"inheritance from the teacher: {inherit_from_teacher(model, teacher_model).summary()}")
         if args.sync_batchnorm:
             model = convert_to_sync_batchnorm(model, world_size=args.world_size, device=args.device)
         set_seed(args.seed)  # the distillation modules' initialisation is part of the run's seed
+        settings = args.distillation_settings()
         distillation_loss = None
-        #: the settings as used: defaults resolved (the method's alpha, the task's number of masks)
-        self.distillation_settings = args.distillation_settings()
         if distilling:
             freeze_teacher(teacher_model)
             image_size = probe_image_size or _first_image_size(kwargs.get("train_dataset"))
-            points = list(args.distillation_points or default_distillation_points(model, teacher_model))
-            self.distillation_settings["distillation_points"] = points
+            points = resolve_distillation_points(model, teacher_model, settings.distillation_points, teacher_name=args.teacher or "teacher")
             student_shapes = probe_feature_shapes(model, points, image_size)
             teacher_shapes = probe_feature_shapes(teacher_model, points, image_size)
             logger.info(f"distillation points (C, H, W) student {student_shapes} <- teacher {teacher_shapes}")
-            num_masks = args.num_masks or _default_num_masks(model)
-            self.distillation_settings.update(
-                num_masks=num_masks, alpha=DEFAULT_ALPHA[args.method] if args.alpha is None else args.alpha
-            )
-            distillation_loss = build_distillation_loss(
-                args.method,
-                points,
-                student_shapes,
-                teacher_shapes,
-                alpha=args.alpha,
-                lambda_div=args.lambda_div,
-                num_masks=num_masks,
-                eps=args.distillation_eps,
-                fusion_mode=args.fusion_mode,
-                mask_kinds=args.mask_kinds,
-                detach_student_in_fusion=args.detach_student_in_fusion,
-                alignment=args.alignment,
-                detach_masks_in_imitation=args.detach_masks_in_imitation,
-                mask_normalizer=args.mask_normalizer,
-                cwd_tau=args.cwd_tau,
-                mgd_mask_ratio=args.mgd_mask_ratio,
-            )
+            settings = settings.resolved(points, default_num_masks(model))
+            distillation_loss = build_distillation_loss(settings, student_shapes, teacher_shapes)
+        #: the :class:`~acamkd_hf.settings.DistillationSettings` as used: the models' defaults resolved
+        self.distillation_settings = settings
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and not isinstance(train_dataset, (torch.utils.data.IterableDataset, PerExampleSeededDataset)):
             # Augmentations seeded per (seed, epoch, example): exact resume mid-epoch, same images on any number of
-            # processes (see acamkd_hf.data.seeding).
+            # processes (see acamkd_hf.seeding).
             kwargs["train_dataset"] = PerExampleSeededDataset(train_dataset, seed=args.data_seed if args.data_seed is not None else args.seed)
             if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
                 logger.warning(
@@ -253,7 +109,7 @@ class DistillationTrainer(Trainer):
                 )
         super().__init__(model=Distiller(model, distillation_loss), args=args, **kwargs)
         if isinstance(self.train_dataset, PerExampleSeededDataset):
-            self.add_callback(_SetDatasetEpoch(self.train_dataset))
+            self.add_callback(SetDatasetEpoch(self.train_dataset))
 
         self.labels_for_metrics = labels_for_metrics
         self.teacher = teacher_model if distilling else None
@@ -398,7 +254,7 @@ class DistillationTrainer(Trainer):
         and is renamed to ``output_dir/checkpoint-N`` only when complete. A process killed mid-write leaves the
         staging folder, which no resume ever picks; the previous checkpoints are untouched until the new one is in
         place (rotation runs after the rename). Refuses to write non-finite weights."""
-        _check_finite_parameters(self.accelerator.unwrap_model(self.model), self.state.global_step)
+        check_finite_parameters(self.accelerator.unwrap_model(self.model), self.state.global_step)
         run_dir = super()._get_output_dir(trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_root = os.path.join(run_dir, PARTIAL_CHECKPOINTS_DIR)
@@ -417,7 +273,7 @@ class DistillationTrainer(Trainer):
             if best is not None and os.path.normpath(best).startswith(os.path.normpath(staging_root)):
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
                 self.state.save_to_json(os.path.join(staging, "trainer_state.json"))  # record the final path
-            _publish_directory(staging, final)
+            publish_directory(staging, final)
             rotate_checkpoints(
                 output_dir=run_dir,
                 save_total_limit=self.args.save_total_limit,
@@ -472,107 +328,9 @@ class DistillationTrainer(Trainer):
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-class _SetDatasetEpoch(TrainerCallback):
-    """Tells the per-example-seeded training set which epoch starts (accelerate only forwards ``set_epoch`` to the
-    sampler). ``state.epoch`` is the float epoch count so far, restored on resume."""
-
-    def __init__(self, dataset: PerExampleSeededDataset) -> None:
-        self.dataset = dataset
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
-
-
 def _log_name(term: str) -> str:
     """``task`` -> ``task_loss``, ``distillation`` -> ``distillation_loss``, ``<point>/<term>`` -> ``distill/...``."""
     return {"task": "task_loss", "distillation": "distillation_loss"}.get(term, f"distill/{term}")
-
-
-def _check_finite_parameters(model: nn.Module, step: int) -> None:
-    """Refuses to checkpoint NaN/inf weights (the previous checkpoint stays the latest good one)."""
-    for name, parameter in model.named_parameters():
-        if not torch.isfinite(parameter.detach()).all():
-            raise NonFiniteLossError(
-                f"parameter {name} is not finite at step {step}: not writing checkpoint-{step}, the previous "
-                f"checkpoint stays the last good one. Lower --learning_rate or use --max_grad_norm, then resume."
-            )
-
-
-def _fsync_tree(folder: str) -> None:
-    for root, _, files in os.walk(folder):
-        for file_name in files:
-            with open(os.path.join(root, file_name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_directory(root)
-
-
-def _fsync_directory(folder: str) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory descriptors (Windows)
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def _publish_directory(staging: str, final: str) -> None:
-    """Makes the complete folder ``staging`` appear as ``final`` in one rename (after its files are on disk).
-
-    An existing ``final`` (the same step saved again) is moved aside first and deleted after; if the process dies
-    between the two renames, ``final`` is missing and the previous checkpoint is the latest: never a partial one."""
-    _fsync_tree(staging)
-    replaced = None
-    if os.path.exists(final):
-        replaced = staging + ".replaced"
-        os.rename(final, replaced)
-    os.rename(staging, final)
-    _fsync_directory(os.path.dirname(final))
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
-
-
-def place_teacher(teacher: nn.Module, accelerator: Any) -> nn.Module:
-    """Puts the frozen teacher whole on this process's device (``accelerator.device``), in eval mode.
-
-    The teacher is never wrapped: DDP, FSDP and DeepSpeed ZeRO-1/2 shard or replicate the student and the
-    distillation modules only, and every process holds its own full copy of the teacher, on the same device as the
-    student's inputs. ZeRO-3 is refused: it partitions every model built under its config (the teacher's weights
-    would be empty placeholders outside a DeepSpeed engine).
-    """
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None and getattr(plugin, "zero_stage", None) == 3:
-        raise ValueError(
-            "DeepSpeed ZeRO-3 would partition the teacher's weights, which the distillation reads whole on every "
-            "process. Use ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml) or FSDP (configs/accelerate/fsdp.yaml)."
-        )
-    teacher.to(accelerator.device)
-    freeze_teacher(teacher)
-    misplaced = {str(p.device) for p in teacher.parameters()} - {str(torch.empty(0, device=accelerator.device).device)}
-    if misplaced:
-        raise RuntimeError(f"the teacher has weights on {', '.join(sorted(misplaced))}, not on {accelerator.device}")
-    return teacher
-
-
-def convert_to_sync_batchnorm(student: nn.Module, world_size: int, device: torch.device) -> nn.Module:
-    """``--sync_batchnorm``: the student's BatchNorm layers become ``SyncBatchNorm`` when ``world_size > 1``.
-
-    BatchNorm statistics then come from the global batch, not each GPU's few images. State-dict names and shapes
-    are unchanged, so the saved student loads as the plain architecture. torch implements the synchronisation for
-    accelerators only (CUDA, XPU, HPU): on CPU processes this raises instead of failing at the first step.
-    """
-    if world_size <= 1:
-        logger.info("--sync_batchnorm has no effect in a single process")
-        return student
-    if torch.device(device).type == "cpu":
-        raise ValueError(
-            "--sync_batchnorm needs GPUs: torch synchronises BatchNorm statistics on CUDA/XPU/HPU devices only, and "
-            f"this run has {world_size} CPU processes. Drop --sync_batchnorm for CPU runs."
-        )
-    return nn.SyncBatchNorm.convert_sync_batchnorm(student)
 
 
 def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -588,46 +346,4 @@ def _first_image_size(dataset: Any) -> tuple[int, int]:
     return tuple(int(s) for s in pixel_values.shape[-2:])
 
 
-def default_distillation_points(student: nn.Module, teacher: nn.Module) -> list[str]:
-    """The paper's points: the logits for segmentation, every neck level both models have for detection."""
-    from .taps import available_points
-
-    student_points, teacher_points = available_points(student), available_points(teacher)
-    necks = [point for point in student_points if point.startswith("neck") and point in teacher_points]
-    return necks or ["logits"]
-
-
-def _default_num_masks(model: nn.Module) -> int:
-    """The paper's M: the number of classes for segmentation, 6 for detection."""
-    config = getattr(model, "config", None)
-    if config is not None and "ForObjectDetection" in type(model).__name__:
-        return 6
-    return int(getattr(config, "num_labels", 6))
-
-
-def _check_label_sets(teacher: nn.Module, student: nn.Module, teacher_name: str | None) -> None:
-    from .models.presets import describe_label_mismatch
-
-    teacher_labels = getattr(getattr(teacher, "config", None), "id2label", None)
-    student_labels = getattr(getattr(student, "config", None), "id2label", None)
-    if teacher_labels is None or student_labels is None:
-        return
-    problem = describe_label_mismatch(teacher_labels, student_labels)
-    if problem:
-        teacher_id = teacher_name or getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
-        student_id = getattr(student.config, "_name_or_path", "") or type(student).__name__
-        raise ValueError(
-            f"teacher ({teacher_id}) and student ({student_id}) have different label sets: {problem.rstrip('.')}. "
-            f"Distillation needs one label set: build the student with the teacher's id2label."
-        )
-
-
-__all__ = [
-    "DistillationArguments",
-    "DistillationTrainer",
-    "DISTILLATION_MODULES_NAME",
-    "PARTIAL_CHECKPOINTS_DIR",
-    "NonFiniteLossError",
-    "convert_to_sync_batchnorm",
-    "place_teacher",
-]
+__all__ = ["DistillationArguments", "DistillationTrainer", "NonFiniteLossError"]

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from acamkd_hf.data import SegmentationTransforms, collate_segmentation, load_cityscapes, make_synthetic_cityscapes
     from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
     from acamkd_hf.taps import available_points
-    from acamkd_hf.trainer import DISTILLATION_MODULES_NAME
+    from acamkd_hf.checkpointing import DISTILLATION_MODULES_NAME
 
     if args.threads:
         torch.set_num_threads(args.threads)

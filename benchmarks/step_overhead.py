@@ -270,6 +270,7 @@ def build_feature_setups(args, device: str) -> tuple[list[Setup], list[str]]:
     from torch import nn
 
     from acamkd_hf.distiller import build_distillation_loss
+    from acamkd_hf.settings import DistillationSettings
 
     height, width = args.feature_size
     sizes = [
@@ -325,7 +326,8 @@ def build_feature_setups(args, device: str) -> tuple[list[Setup], list[str]]:
     for method in METHODS:
         torch.manual_seed(0)  # every method's modules start alike (build_distillation_loss draws from the global RNG)
         student = copy.deepcopy(initial).to(device)
-        losses = build_distillation_loss(method, points, student_shapes, teacher_shapes, num_masks=args.num_masks)
+        settings = DistillationSettings(method=method).resolved(points, num_masks=args.num_masks)
+        losses = build_distillation_loss(settings, student_shapes, teacher_shapes)
         modules = nn.ModuleDict({"student": student, **({"distillation_loss": losses} if losses is not None else {})})
         modules.to(device).train()
         optimizer = torch.optim.AdamW([p for p in modules.parameters() if p.requires_grad], lr=5e-5)

@@ -39,8 +39,7 @@ import acamkd_hf
 from acamkd_hf import DistillationArguments, DistillationTrainer
 from acamkd_hf.hub import push_student, write_model_card
 from acamkd_hf.models import describe_label_mismatch
-from acamkd_hf.taps import FeatureTaps
-from acamkd_hf.trainer import default_distillation_points
+from acamkd_hf.taps import resolve_distillation_points
 from acamkd_hf.tasks import TASKS
 
 logger = logging.getLogger("acamkd_hf.distill")
@@ -305,7 +304,7 @@ def checkpoint_to_resume(args: DistillationArguments) -> str | None:
     saved_path = Path(last, "training_args.json")
     saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
     current = json.loads(args.to_json_string())
-    keys = (*RESUME_KEYS, *args.distillation_settings())
+    keys = (*RESUME_KEYS, *args.distillation_settings().to_dict())
     different = {key: (saved.get(key, "<missing>"), current.get(key)) for key in keys if saved.get(key, "<missing>") != current.get(key)}
     if different:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())
@@ -369,15 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher_name = args.teacher or model_args.teacher_architecture
     if args.method != "none":
         teacher = load_model(task, teacher_name, data, model_args, "teacher", args.seed)
-        points = args.distillation_points or default_distillation_points(student, teacher)
-        for model, role, name in ((teacher, "teacher", teacher_name), (student, "student", model_args.student)):
-            try:
-                FeatureTaps(model, points).remove()  # a wrong name lists the available ones
-            except ValueError as error:
-                raise ValueError(
-                    f"the {role} {name!r} cannot be distilled at {points}: {error}. Pass --distillation_points with "
-                    "names both models have, or leave the flag out for the task's default points."
-                ) from error
+        resolve_distillation_points(
+            student, teacher, args.distillation_points, student_name=model_args.student, teacher_name=teacher_name
+        )  # before anything trains: a wrong name lists the available ones
     image_processor = task.image_processor(
         model_args.student, data, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
     )
@@ -412,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["student"] = {**describe(student, model_args.student), "method": args.method, **train_and_evaluate(trainer, args)}
 
     if trainer.is_world_process_zero():
-        write_run_files(args, trainer.distillation_settings, model_args, data_args, data, results, synthetic)
+        write_run_files(args, trainer.distillation_settings.to_dict(), model_args, data_args, data, results, synthetic)
         card = write_model_card(args.output_dir, repo_id=args.hub_model_id)
         print_table(task, results, args.method)
         logger.info(f"student, run record and model card ({card.name}) in {args.output_dir}")

@@ -264,9 +264,11 @@ def test_detach_masks_in_imitation_keeps_imitation_gradient_out_of_the_masks():
 # ----------------------------------------------------------------------------------------------- alignability
 def test_points_that_cannot_be_aligned_are_refused_naming_the_point():
     from acamkd_hf.distiller import build_distillation_loss
+    from acamkd_hf.settings import DistillationSettings
 
     def build(student_shape, teacher_shape, **settings):
-        return build_distillation_loss("acamkd", ["neck2"], {"neck2": student_shape}, {"neck2": teacher_shape}, **settings)
+        resolved = DistillationSettings(method="acamkd", **settings).resolved(["neck2"], num_masks=6)
+        return build_distillation_loss(resolved, {"neck2": student_shape}, {"neck2": teacher_shape})
 
     build((64, 33, 65), (256, 64, 128))  # odd sizes from padding: a stride ratio of ~2 on both axes is fine
     with pytest.raises(ValueError, match=r"'neck2'.*16x64 map.*32x32 map.*strides along height and width"):

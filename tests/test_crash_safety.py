@@ -17,9 +17,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from acamkd_hf import DistillationArguments, DistillationTrainer
 from acamkd_hf.data import collate_segmentation, load_cityscapes, make_synthetic_cityscapes
-from acamkd_hf.data.seeding import PerExampleSeededDataset, example_seed
+from acamkd_hf.seeding import PerExampleSeededDataset, example_seed
 from acamkd_hf.models import SEGMENTATION_PRESETS
-from acamkd_hf.trainer import PARTIAL_CHECKPOINTS_DIR, NonFiniteLossError, convert_to_sync_batchnorm
+from acamkd_hf.checkpointing import PARTIAL_CHECKPOINTS_DIR, NonFiniteLossError
+from acamkd_hf.placement import convert_to_sync_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
 KILLABLE = REPO / "tests" / "workers" / "distill_killed_at.py"
@@ -221,7 +222,7 @@ def test_sync_batchnorm_converts_for_several_gpus_and_saves_as_the_plain_model(d
 def test_the_teacher_is_placed_whole_on_the_students_device_frozen_and_zero3_is_refused(data, tmp_path):
     from types import SimpleNamespace
 
-    from acamkd_hf.trainer import place_teacher
+    from acamkd_hf.placement import place_teacher
 
     trainer = _trainer(data, tmp_path, max_steps=1)
     assert {p.device for p in trainer.teacher.parameters()} == {trainer.accelerator.device}

@@ -10,11 +10,13 @@ draws the same augmentation for the same example) no longer change what is train
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from transformers import TrainerCallback
 
 
 def example_seed(seed: int, epoch: int, index: int) -> int:
@@ -31,7 +33,7 @@ class PerExampleSeededDataset(Dataset):
         dataset: the training dataset (indexable by ``int``, with ``len``).
         seed: the run's data seed.
 
-    ``set_epoch(e)`` is called by :class:`~acamkd_hf.trainer.DistillationTrainer` at the start of every epoch. With
+    ``set_epoch(e)`` is called by :class:`~acamkd_hf.trainer.DistillationTrainer` (through :class:`SetDatasetEpoch`) at the start of every epoch. With
     persistent DataLoader workers the workers keep the epoch of their first copy, so augmentations would repeat
     across epochs: the trainer warns about that combination.
     """
@@ -61,3 +63,14 @@ class PerExampleSeededDataset(Dataset):
 
 
 __all__ = ["PerExampleSeededDataset", "example_seed"]
+
+
+class SetDatasetEpoch(TrainerCallback):
+    """Tells the per-example-seeded training set which epoch starts (accelerate only forwards ``set_epoch`` to the
+    sampler). ``state.epoch`` is the float epoch count so far, restored on resume."""
+
+    def __init__(self, dataset: PerExampleSeededDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))

@@ -1,0 +1,153 @@
+"""The distillation settings: the method's knobs, in one dataclass.
+
+:class:`DistillationSettings` is the single home of every distillation option: its fields (with their help text)
+are also command-line flags, because :class:`~acamkd_hf.config.DistillationArguments` inherits them; the trainer
+resolves the defaults that depend on the models once (:meth:`DistillationSettings.resolved`); the per-point losses
+read what they need from the whole object (``from_settings``); the run record (``run_config.json``) and the model card
+store :meth:`DistillationSettings.to_dict`. Adding an option touches this dataclass, the loss that reads it, and its
+test.
+
+Imports only the method's modules (no transformers), so ``acamkd_hf.losses`` can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .alignment import ALIGNMENT_KINDS
+from .functional import MASK_NORMALIZERS
+from .fusion import FUSION_MODES
+from .masking import MASK_KINDS
+
+#: ``--method`` values: the per-point losses of :data:`acamkd_hf.losses.DISTILLATION_LOSSES` plus ``none`` (the
+#: student trained alone under the same recipe).
+METHODS = ("acamkd", "mse", "mgd", "cwd", "none")
+#: Each method's published imitation weight, used when ``alpha`` is not given (MGD: alpha_mgd for detection).
+DEFAULT_ALPHA = {"acamkd": 1.0, "mse": 1.0, "cwd": 1.0, "mgd": 2e-5}
+#: The paper's number of masks for detection (segmentation: the number of classes).
+DETECTION_NUM_MASKS = 6
+
+
+@dataclass
+class DistillationSettings:
+    """What is distilled where, and how. Defaults follow the paper; ``None`` means "resolved from the models".
+
+    Args:
+        method: ``acamkd`` or a baseline (``mse``, ``mgd``, ``cwd``); ``none`` trains the student alone.
+        distillation_points: where to distil (``logits``, ``stage1``..., ``neck1``...). ``None``: the paper's points
+            (logits for segmentation, every neck level for detection).
+        alpha: weight of the imitation terms (ACAM-KD: ``L_c + L_s``). ``None``: the method's own
+            (:data:`DEFAULT_ALPHA`).
+        lambda_div: weight of the Dice diversity term ``L_div`` (paper: 1).
+        num_masks: ``M`` per point. ``None``: the number of classes for segmentation, 6 for detection.
+        mask_kinds: spatial and/or channel masks (paper Table 8).
+        fusion_mode: STCA-FF's query source (Tables 9 and 10).
+        detach_student_in_fusion: detach the aligned student where it enters the fusion (documented default).
+        alignment: the student adapter ``f_align``.
+        detach_masks_in_imitation: keep the imitation terms' gradient out of the masks.
+        mask_normalizer: denominator of ``L_c`` / ``L_s`` (``sum``: the paper's; ``sum_sq``: scale-invariant).
+        distillation_eps: normaliser guard of ``L_c`` and ``L_s``.
+        cwd_tau: CWD's temperature.
+        mgd_mask_ratio: MGD's fraction of masked positions.
+        inherit_from_teacher: start the student's neck/heads from the teacher (FGD's trick).
+    """
+
+    method: str = field(
+        default="acamkd",
+        metadata={"help": "Distillation method; 'none' trains the student alone under the same recipe.", "choices": list(METHODS)},
+    )
+    distillation_points: list[str] | None = field(
+        default=None,
+        metadata={"help": "Where to distil. Default: the paper's points: logits for segmentation, every neck level "
+                          "(neck1, neck2, ...) for detection. A wrong name lists the available ones."},
+    )
+    alpha: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (1; MGD 2e-5)."},
+    )
+    lambda_div: float = field(default=1.0, metadata={"help": "Weight of the Dice diversity term L_div (paper: 1)."})
+    num_masks: int | None = field(
+        default=None,
+        metadata={"help": "Masks M per point. Default: the number of classes for segmentation (paper), 6 for detection."},
+    )
+    mask_kinds: str = field(default="both", metadata={"help": "Paper Table 8 ablation.", "choices": list(MASK_KINDS)})
+    fusion_mode: str = field(
+        default="teacher_query",
+        metadata={"help": "STCA-FF query source (Table 9: student_query; Table 10: teacher_only).", "choices": list(FUSION_MODES)},
+    )
+    detach_student_in_fusion: bool = field(
+        default=True,
+        metadata={"help": "Detach the aligned student where it enters the fusion (documented default; False = literal)."},
+    )
+    alignment: str = field(default="conv1x1", metadata={"help": "Student adapter f_align.", "choices": list(ALIGNMENT_KINDS)})
+    detach_masks_in_imitation: bool = field(
+        default=False,
+        metadata={"help": "Keep the imitation terms' gradient out of the masks (they then learn from the Dice term "
+                          "only). Default False = the spec; see distill/<point>/*_mask_mean in the logs."},
+    )
+    mask_normalizer: str = field(
+        default="sum",
+        metadata={"help": "Denominator of L_c / L_s: 'sum' (the paper's sum of the mask; the masks can shrink towards 0, "
+                          "see docs/results.md) or 'sum_sq' (sum of the squared mask: scale-invariant, the masks stay "
+                          "alive).", "choices": list(MASK_NORMALIZERS)},
+    )
+    distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
+    cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
+    mgd_mask_ratio: float = field(default=0.65, metadata={"help": "MGD: fraction of positions masked."})
+    inherit_from_teacher: bool = field(
+        default=False,
+        metadata={"help": "Start the student's non-backbone weights (neck, heads) from the teacher where names and "
+                          "shapes match (FGD's trick; the paper uses it for detection). What was inherited is logged."},
+    )
+
+    def __post_init__(self) -> None:
+        self.validate_settings()
+
+    def validate_settings(self) -> None:
+        """Raises ``ValueError`` for a value no loss could use (checked when the settings are made, not mid-run)."""
+        if isinstance(self.distillation_points, str):  # one point given as a plain string from Python
+            self.distillation_points = [self.distillation_points]
+        for item in fields(DistillationSettings):
+            choices = item.metadata.get("choices")
+            value = getattr(self, item.name)
+            if choices is not None and value not in choices:
+                raise ValueError(f"--{item.name} {value!r} is not one of: {', '.join(choices)}")
+        if self.num_masks is not None and self.num_masks < 1:
+            raise ValueError(f"--num_masks must be >= 1, got {self.num_masks}")
+        if not 0.0 <= self.mgd_mask_ratio < 1.0:
+            raise ValueError(f"--mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}")
+
+    @classmethod
+    def from_object(cls, source: Any) -> DistillationSettings:
+        """The settings held by ``source`` (e.g. a :class:`~acamkd_hf.config.DistillationArguments`), field by field."""
+        return cls(**{item.name: getattr(source, item.name) for item in fields(cls)})
+
+    @property
+    def distilling(self) -> bool:
+        return self.method != "none"
+
+    def resolved(self, points: list[str], num_masks: int) -> DistillationSettings:
+        """A copy with every model-dependent default filled in: the points, ``M`` (``num_masks`` when none was
+        given) and the method's ``alpha``. The copy is what the losses are built from and what the run records."""
+        return replace(
+            self,
+            distillation_points=list(points),
+            num_masks=self.num_masks if self.num_masks is not None else num_masks,
+            alpha=self.alpha if self.alpha is not None else DEFAULT_ALPHA.get(self.method),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+
+
+
+def default_num_masks(model: Any) -> int:
+    """The paper's ``M`` for ``model`` (the student): 6 for detection, the number of classes for segmentation."""
+    config = getattr(model, "config", None)
+    if config is not None and "ForObjectDetection" in type(model).__name__:
+        return DETECTION_NUM_MASKS
+    return int(getattr(config, "num_labels", DETECTION_NUM_MASKS))
+__all__ = ["DistillationSettings", "METHODS", "DEFAULT_ALPHA", "DETECTION_NUM_MASKS", "default_num_masks"]
