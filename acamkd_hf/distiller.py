@@ -52,6 +52,25 @@ class Distiller(nn.Module):
         points = distillation_loss.point_names if distillation_loss is not None else []
         self.student_taps = FeatureTaps(student, points) if points else None
 
+    def _student_forward(self, pixel_values: Tensor, labels, pixel_mask: Tensor | None):
+        inputs = {"pixel_values": pixel_values, "labels": labels}
+        if pixel_mask is not None:
+            inputs["pixel_mask"] = pixel_mask
+        outputs = self.student(**inputs)
+        return outputs, self.student_taps.collect(outputs) if self.student_taps is not None else {}
+
+    def masks(
+        self, pixel_values: Tensor, teacher_features: Mapping[str, Tensor], pixel_mask: Tensor | None = None
+    ) -> dict[str, dict[str, Tensor]]:
+        """The masks of a batch at every point whose loss has masks (ACAM-KD): ``{point: {"spatial": (B, M, H, W),
+        "channel": (B, M, C)}}``, from one student forward; no loss is computed. Train/eval mode as it is."""
+        _, student_features = self._student_forward(pixel_values, None, pixel_mask)
+        return {
+            point: loss.masks(student_features[point], teacher_features[point])
+            for point, loss in self.distillation_loss.points.items()
+            if hasattr(loss, "masks")
+        }
+
     def forward(
         self,
         pixel_values: Tensor,
@@ -62,11 +81,7 @@ class Distiller(nn.Module):
         """``pixel_values`` ``(B, 3, H, W)``; ``labels`` as the student expects them (a ``(B, H, W)`` map for
         segmentation, a list of per-image dicts for detection); ``pixel_mask`` ``(B, H, W)`` for detectors that take
         one; ``teacher_features`` ``{point: (B, C_t, H_t, W_t)}`` in training steps, ``None`` for evaluation."""
-        inputs = {"pixel_values": pixel_values, "labels": labels}
-        if pixel_mask is not None:
-            inputs["pixel_mask"] = pixel_mask
-        outputs = self.student(**inputs)
-        student_features = self.student_taps.collect(outputs) if self.student_taps is not None else {}
+        outputs, student_features = self._student_forward(pixel_values, labels, pixel_mask)
         predictions = {"logits": outputs.logits, "pred_boxes": getattr(outputs, "pred_boxes", None)}
         if teacher_features is None or self.distillation_loss is None:
             return DistillerOutput(loss=outputs.loss, **predictions)

@@ -56,8 +56,8 @@ class ACAMKDLoss(nn.Module):
             invariant: the masks cannot lower the loss by shrinking). See :data:`acamkd_hf.functional.MASK_NORMALIZERS`.
 
     Forward returns ``{"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean"}`` (a
-    disabled mask kind contributes 0; the two means are diagnostics, not part of the loss). The masks of the last
-    call are kept, detached, in :attr:`last_masks` for visualisation.
+    disabled mask kind contributes 0; the two means are diagnostics, not part of the loss). :meth:`masks` returns the
+    masks of a batch without the losses.
     """
 
     def __init__(
@@ -87,7 +87,6 @@ class ACAMKDLoss(nn.Module):
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
         self.fusion = StudentTeacherCrossAttention(teacher_channels, fusion_mode, detach_student_in_fusion)
         self.masking = AdaptiveSpatialChannelMasking(teacher_channels, num_masks, mask_kinds)
-        self.last_masks: dict[str, Tensor] = {}
 
     @classmethod
     def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> ACAMKDLoss:
@@ -107,12 +106,26 @@ class ACAMKDLoss(nn.Module):
             mask_normalizer=settings.mask_normalizer,
         )
 
-    def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
-        teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
+    def _aligned_and_masks(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``F_S'`` (compute dtype) and the float32 spatial ``(B, M, H, W)`` / channel ``(B, M, C)`` masks."""
         aligned = self.align(student, teacher.shape[-2:])
         fused = self.fusion(teacher, aligned)  # the autocast compute dtype
         with float32_region(fused):
             spatial_masks, channel_masks = self.masking(fused.float())
+        return aligned, spatial_masks, channel_masks
+
+    def masks(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+        """The masks this point computes for a batch: ``{"spatial": (B, M, H, W), "channel": (B, M, C)}`` (the
+        enabled kinds only; float32, with their graph), without the losses. For visualisation and tests."""
+        _, spatial_masks, channel_masks = self._aligned_and_masks(student, teacher.detach())
+        return {
+            name: masks for name, masks in (("spatial", spatial_masks), ("channel", channel_masks)) if masks is not None
+        }
+
+    def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+        teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
+        aligned, spatial_masks, channel_masks = self._aligned_and_masks(student, teacher)
+        with float32_region(aligned):
             teacher32, aligned32 = teacher.float(), aligned.float()
             zero = teacher32.new_zeros(())
             channel = spatial = diversity = zero
@@ -128,15 +141,10 @@ class ACAMKDLoss(nn.Module):
                     teacher32, aligned32, imitation(spatial_masks), self.eps, self.mask_normalizer
                 )
                 diversity = diversity + KD.dice_diversity(spatial_masks.flatten(2))
-            self.last_masks = {
-                name: masks.detach()
-                for name, masks in (("spatial", spatial_masks), ("channel", channel_masks))
-                if masks is not None
-            }
             loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
             means = {
-                f"{name}_mask_mean": self.last_masks[name].mean() if name in self.last_masks else zero
-                for name in ("spatial", "channel")
+                f"{name}_mask_mean": masks.detach().mean() if masks is not None else zero
+                for name, masks in (("spatial", spatial_masks), ("channel", channel_masks))
             }
         return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity, **means}
 

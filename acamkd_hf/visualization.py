@@ -2,7 +2,7 @@
 
 :class:`MaskVisualizationCallback` fixes one small evaluation batch when training begins and, at step 0, every
 ``every_n_steps`` optimizer steps and at the end of training, runs the frozen teacher and the Distiller on it (eval
-mode, no grad, RNG untouched) and reads each ACAM-KD point's masks (:attr:`acamkd_hf.losses.ACAMKDLoss.last_masks`).
+mode, no grad, RNG untouched) and reads each ACAM-KD point's masks (:meth:`acamkd_hf.distiller.Distiller.masks`).
 For every render it writes, on the main process only::
 
     <output_dir>/mask_visualizations/step-<N>/masks.safetensors   raw masks of every point + the images
@@ -279,8 +279,7 @@ class MaskVisualizationCallback(TrainerCallback):
     trainer's eval dataset (the train dataset when there is none), collated with the trainer's ``data_collator`` and
     fixed when training begins. Each render runs ``trainer.teacher_features`` and the unwrapped Distiller's student +
     distillation modules in eval mode under ``torch.no_grad`` (every module's train/eval flag is restored after), all
-    inside ``torch.random.fork_rng``: a run with the callback trains exactly the same weights as one without. Each
-    point's :attr:`ACAMKDLoss.last_masks` is restored afterwards too. Renders happen on the main process only
+    inside ``torch.random.fork_rng``: a run with the callback trains exactly the same weights as one without. Renders happen on the main process only
     (``trainer.is_world_process_zero()``) on the unwrapped module, so no other process waits; FSDP and DeepSpeed
     ZeRO-3 (sharded parameters) are therefore not supported.
 
@@ -383,16 +382,15 @@ class MaskVisualizationCallback(TrainerCallback):
 
     @torch.no_grad()
     def compute_masks(self) -> dict[str, dict[str, Tensor]]:
-        """Runs the teacher and the Distiller on the fixed batch; ``{point: {"spatial": (B, M, H, W), "channel":
-        (B, M, C)}}`` (float32, CPU). RNG, train/eval flags and ``last_masks`` are left as they were."""
+        """Runs the teacher and the student on the fixed batch; ``{point: {"spatial": (B, M, H, W), "channel":
+        (B, M, C)}}`` (float32, CPU), from :meth:`~acamkd_hf.distiller.Distiller.masks`. RNG and train/eval flags are
+        left as they were."""
         from accelerate.utils import send_to_device
 
         trainer = self.trainer
         device = trainer.args.device
         distiller = trainer.accelerator.unwrap_model(trainer.model)
         modes = [(module, module.training) for module in distiller.modules()]
-        point_losses = {name: distiller.distillation_loss.points[name] for name in self.points}
-        kept_masks = {name: loss.last_masks for name, loss in point_losses.items()}
         with _fork_rng(device):
             try:
                 if self._batch is None:
@@ -401,26 +399,17 @@ class MaskVisualizationCallback(TrainerCallback):
                 batch = send_to_device(self._batch, device)
                 pixel_values, pixel_mask = batch["pixel_values"], batch.get("pixel_mask")
                 distiller.eval()
-                with trainer.accelerator.autocast():
+                with torch.no_grad(), trainer.accelerator.autocast():
                     teacher_features = trainer.teacher_features(pixel_values, pixel_mask)
-                    inputs = {"pixel_values": pixel_values}
-                    if pixel_mask is not None:
-                        inputs["pixel_mask"] = pixel_mask
-                    outputs = distiller.student(**inputs)
-                    student_features = distiller.student_taps.collect(outputs)
-                    for loss in point_losses.values():
-                        loss.last_masks = {}
-                    distiller.distillation_loss(student_features, teacher_features)
-                masks = {
-                    name: {kind: tensor.detach().float().cpu() for kind, tensor in loss.last_masks.items()}
-                    for name, loss in point_losses.items()
-                }
+                    masks = distiller.masks(pixel_values, teacher_features, pixel_mask)
             finally:
                 for module, training in modes:
                     module.training = training
-                for name, loss in point_losses.items():
-                    loss.last_masks = kept_masks[name]
-        return masks
+        return {
+            point: {kind: tensor.detach().float().cpu() for kind, tensor in kinds.items()}
+            for point, kinds in masks.items()
+            if point in self.points
+        }
 
     def render(self, step: int) -> dict[str, float]:
         """One render at ``step``: files, TensorBoard images, logged numbers (returned, keys as logged)."""

@@ -129,7 +129,7 @@ def test_acamkd_terms_are_consistent_with_their_weights():
     student, teacher = _features()
     out = loss(student, teacher)
     assert set(out) == {"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean"}
-    assert out["spatial_mask_mean"].item() == pytest.approx(loss.last_masks["spatial"].mean().item())
+    assert out["spatial_mask_mean"].item() == pytest.approx(loss.masks(student, teacher)["spatial"].mean().item())
     expected = 0.3 * (out["channel"] + out["spatial"]) + 2.0 * out["diversity"]
     torch.testing.assert_close(out["loss"], expected)
     # Freshly initialised masks are all ~0.5, so every pair of masks is near-identical: Dice ~1 for both kinds.
@@ -173,11 +173,12 @@ def test_teacher_only_masks_take_no_gradient_from_the_student_path():
 def test_single_mask_kind_zeroes_the_other_terms(kinds):
     torch.manual_seed(0)
     loss = ACAMKDLoss(6, 8, num_masks=3, mask_kinds=kinds)
-    out = loss(*_features())
+    features = _features()
+    out = loss(*features)
     off = "channel" if kinds == "spatial" else "spatial"
     assert out[off].item() == 0.0 and out[kinds].item() > 0
     assert out["diversity"].item() == pytest.approx(1.0, abs=1e-3)  # only one kind's Dice
-    assert set(loss.last_masks) == {kinds}
+    assert set(loss.masks(*features)) == {kinds}
 
 
 def test_acamkd_losses_equal_the_functional_formulas_on_the_module_masks():
@@ -185,7 +186,8 @@ def test_acamkd_losses_equal_the_functional_formulas_on_the_module_masks():
     loss = ACAMKDLoss(8, 8, num_masks=2, alignment="identity")
     student, teacher = _features(student_channels=8, student_hw=(6, 10))
     out = loss(student, teacher)
-    spatial, channel = loss.last_masks["spatial"], loss.last_masks["channel"]
+    masks = {kind: value.detach() for kind, value in loss.masks(student, teacher).items()}
+    spatial, channel = masks["spatial"], masks["channel"]
     d2 = (teacher - student).detach() ** 2
     l_c = ((channel**2)[..., None, None] * d2[:, None]).sum((2, 3, 4)) / (60 * channel.sum(2) + 1e-6)
     l_s = ((spatial**2)[:, :, None] * d2[:, None]).sum((2, 3, 4)) / (8 * spatial.sum((2, 3)) + 1e-6)

@@ -24,19 +24,20 @@ def test_acamkd_loss_under_bf16_autocast_fuses_in_bf16_and_masks_and_losses_in_f
     loss = ACAMKDLoss(16, 32, num_masks=3)
     student, teacher = torch.randn(2, 16, 8, 8), torch.randn(2, 32, 8, 8)
     reference = loss(student, teacher)  # float32 throughout
-    reference_masks = dict(loss.last_masks)
+    reference_masks = loss.masks(student, teacher)
     seen = {}
     _record_dtypes(loss.fusion, "fusion", seen)
     _record_dtypes(loss.align, "align", seen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = loss(student, teacher)
+        mixed_masks = loss.masks(student, teacher)
     assert seen["align"] == torch.bfloat16 and seen["fusion"] == torch.bfloat16  # the compute dtype
-    assert all(masks.dtype == torch.float32 for masks in loss.last_masks.values())
+    assert all(masks.dtype == torch.float32 for masks in mixed_masks.values())
     assert all(value.dtype == torch.float32 for value in mixed.values())
     # Same numbers up to bf16 rounding of the fused feature and the adapter (8 bits of mantissa).
     for term in ("channel", "spatial", "diversity", "loss"):
         torch.testing.assert_close(mixed[term], reference[term], rtol=3e-2, atol=1e-3, msg=term)
-    for kind, masks in loss.last_masks.items():
+    for kind, masks in mixed_masks.items():
         torch.testing.assert_close(masks, reference_masks[kind], rtol=0, atol=2e-2, msg=kind)
 
 
@@ -70,9 +71,11 @@ def test_bf16_training_runs_the_teacher_under_the_same_autocast(data, tmp_path):
     _record_dtypes(student.decode_head.classifier, "student", seen)
     point = trainer.distillation_modules.points["logits"]
     _record_dtypes(point.fusion, "fusion", seen)
+    mask_dtypes = set()
+    point.masking.register_forward_hook(lambda _, inputs, output: mask_dtypes.update(m.dtype for m in output if m is not None))
     trainer.train()
     assert seen == {"teacher": torch.bfloat16, "student": torch.bfloat16, "fusion": torch.bfloat16}
-    assert all(masks.dtype == torch.float32 for masks in point.last_masks.values())
+    assert mask_dtypes == {torch.float32}
     # Master weights stay float32 (autocast, not a bf16 model); the logged terms are finite.
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
