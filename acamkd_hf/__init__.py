@@ -16,6 +16,7 @@ from .losses import (
     FeatureMSELoss,
     MGDLoss,
     MultiPointDistillationLoss,
+    PKDLoss,
 )
 from .masking import AdaptiveSpatialChannelMasking
 
@@ -46,6 +47,7 @@ __all__ = [
     "FeatureMSELoss",
     "MGDLoss",
     "CWDLoss",
+    "PKDLoss",
     "DISTILLATION_LOSSES",
     "MultiPointDistillationLoss",
     *_LAZY,

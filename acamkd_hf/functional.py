@@ -22,6 +22,8 @@ __all__ = [
     "spatial_masked_loss",
     "dice_diversity",
     "feature_mse",
+    "channel_standardize",
+    "pearson_distillation",
     "channel_wise_distillation",
     "mgd_random_mask",
     "masked_generative_loss",
@@ -201,6 +203,34 @@ def feature_mse(teacher: Tensor, student: Tensor) -> Tensor:
     """
     _check_pair(teacher, student)
     return F.mse_loss(student, teacher)
+
+
+def channel_standardize(feature: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per-channel standardisation over the batch and positions: ``F_hat = (F - mean_c) / (std_c + eps)``.
+
+    Args:
+        feature: ``(B, C, H, W)``.
+        eps: added to the standard deviation (mmrazor's ``PKDLoss`` uses 1e-6).
+
+    Returns:
+        ``(B, C, H, W)``: each channel with mean 0 and (unbiased, Bessel-corrected, as ``torch.std``) standard
+        deviation ~1 over ``(B, H, W)``.
+    """
+    mean = feature.mean(dim=(0, 2, 3), keepdim=True)
+    std = feature.std(dim=(0, 2, 3), keepdim=True)
+    return (feature - mean) / (std + eps)
+
+
+def pearson_distillation(teacher: Tensor, student: Tensor, eps: float = 1e-6) -> Tensor:
+    """PKD (Cao et al., NeurIPS 2022): ``mean((F_hat_S - F_hat_T)^2) / 2`` of the per-channel standardised features
+    (:func:`channel_standardize`), i.e. about ``1 - r`` with ``r`` the Pearson correlation of each channel, averaged:
+    the imitation no longer depends on the features' scale. mmrazor's ``PKDLoss`` without the loss weight.
+
+    Args:
+        teacher, student: ``(B, C, H, W)`` (the student aligned to the teacher first).
+    """
+    _check_pair(teacher, student)
+    return F.mse_loss(channel_standardize(student, eps), channel_standardize(teacher, eps)) / 2
 
 
 def channel_wise_distillation(teacher: Tensor, student: Tensor, tau: float = 1.0) -> Tensor:

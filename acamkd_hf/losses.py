@@ -174,6 +174,33 @@ class FeatureMSELoss(nn.Module):
         return {"loss": self.weight * mse, "mse": mse}
 
 
+class PKDLoss(nn.Module):
+    """PKD baseline (Cao et al., NeurIPS 2022; mmrazor's ``PKDLoss``): ``weight * mean((F_hat_T - F_hat_S')^2) / 2``
+    with both features standardised per channel over batch and positions (``1 - Pearson r``): scale-free imitation.
+    The default weight is mmrazor's published 6 per FPN level.
+
+    Forward returns ``{"loss", "pkd"}``.
+    """
+
+    def __init__(
+        self, student_channels: int, teacher_channels: int, *, weight: float = 6.0, alignment: str = "conv1x1"
+    ) -> None:
+        super().__init__()
+        self.weight = weight
+        self.align = StudentAligner(student_channels, teacher_channels, alignment)
+
+    @classmethod
+    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> PKDLoss:
+        return cls(student_channels, teacher_channels, weight=settings.alpha, alignment=settings.alignment)
+
+    def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+        teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
+        aligned = self.align(student, teacher.shape[-2:])
+        with float32_region(aligned):
+            pkd = KD.pearson_distillation(teacher.float(), aligned.float())
+        return {"loss": self.weight * pkd, "pkd": pkd}
+
+
 class MGDLoss(nn.Module):
     """MGD baseline (Yang et al., 2022): mask the aligned student at random, regenerate the teacher feature.
 
@@ -261,6 +288,7 @@ DISTILLATION_LOSSES: dict[str, type[nn.Module]] = {
     "mse": FeatureMSELoss,
     "mgd": MGDLoss,
     "cwd": CWDLoss,
+    "pkd": PKDLoss,
 }
 
 
@@ -310,6 +338,7 @@ __all__ = [
     "FeatureMSELoss",
     "MGDLoss",
     "CWDLoss",
+    "PKDLoss",
     "DISTILLATION_LOSSES",
     "MultiPointDistillationLoss",
 ]

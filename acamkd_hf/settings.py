@@ -22,9 +22,10 @@ from .masking import MASK_KINDS
 
 #: ``--method`` values: the per-point losses of :data:`acamkd_hf.losses.DISTILLATION_LOSSES` plus ``none`` (the
 #: student trained alone under the same recipe).
-METHODS = ("acamkd", "mse", "mgd", "cwd", "none")
-#: Each method's published imitation weight, used when ``alpha`` is not given (MGD: alpha_mgd for detection).
-DEFAULT_ALPHA = {"acamkd": 1.0, "mse": 1.0, "cwd": 1.0, "mgd": 2e-5}
+METHODS = ("acamkd", "mse", "mgd", "cwd", "pkd", "none")
+#: Each method's published imitation weight, used when ``alpha`` is not given (MGD: alpha_mgd for detection; PKD:
+#: mmrazor's loss_weight 6 per FPN level).
+DEFAULT_ALPHA = {"acamkd": 1.0, "mse": 1.0, "cwd": 1.0, "mgd": 2e-5, "pkd": 6.0}
 #: The paper's number of masks for detection (segmentation: the number of classes).
 DETECTION_NUM_MASKS = 6
 
@@ -34,7 +35,7 @@ class DistillationSettings:
     """What is distilled where, and how. Defaults follow the paper; ``None`` means "resolved from the models".
 
     Args:
-        method: ``acamkd`` or a baseline (``mse``, ``mgd``, ``cwd``); ``none`` trains the student alone.
+        method: ``acamkd`` or a baseline (``mse``, ``mgd``, ``cwd``, ``pkd``); ``none`` trains the student alone.
         distillation_points: where to distil (``logits``, ``stage1``..., ``neck1``...). ``None``: the paper's points
             (logits for segmentation, every neck level for detection).
         alpha: weight of the imitation terms (ACAM-KD: ``L_c + L_s``). ``None``: the method's own
@@ -64,7 +65,7 @@ class DistillationSettings:
     )
     alpha: float | None = field(
         default=None,
-        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (1; MGD 2e-5)."},
+        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (1; MGD 2e-5; PKD 6)."},
     )
     lambda_div: float = field(default=1.0, metadata={"help": "Weight of the Dice diversity term L_div (paper: 1)."})
     num_masks: int | None = field(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from acamkd_hf.alignment import StudentAligner
 from acamkd_hf.fusion import StudentTeacherCrossAttention
-from acamkd_hf.losses import ACAMKDLoss, CWDLoss, FeatureMSELoss, MGDLoss, MultiPointDistillationLoss
+from acamkd_hf.losses import ACAMKDLoss, CWDLoss, FeatureMSELoss, MGDLoss, MultiPointDistillationLoss, PKDLoss
 from acamkd_hf.masking import AdaptiveSpatialChannelMasking
 
 
@@ -216,7 +216,18 @@ def test_baselines_share_the_interface_and_match_their_formulas():
     generated = mgd_module.generator(s)
     assert mgd["mgd"].item() == pytest.approx(((generated - t) ** 2).sum().item() / 2, rel=1e-5)
 
-    for module in (FeatureMSELoss(6, 8), MGDLoss(6, 8), CWDLoss(6, 8)):
+    pkd = PKDLoss(8, 8, alignment="identity")(student, teacher)
+    assert set(pkd) == {"loss", "pkd"}
+    # 1 - Pearson r per channel (r over batch and positions), averaged; r from numpy, not from the package.
+    import numpy as np
+
+    s_np, t_np = s.double().numpy(), t.double().numpy()
+    r = [np.corrcoef(s_np[:, c].ravel(), t_np[:, c].ravel())[0, 1] for c in range(8)]
+    n = s_np[:, 0].size
+    assert pkd["pkd"].item() == pytest.approx(np.mean([(1 - rc) * (n - 1) / n for rc in r]), rel=1e-4)
+    assert pkd["loss"].item() == pytest.approx(6.0 * pkd["pkd"].item(), rel=1e-6)  # mmrazor's published weight
+
+    for module in (FeatureMSELoss(6, 8), MGDLoss(6, 8), CWDLoss(6, 8), PKDLoss(6, 8)):
         student, teacher = _features()
         module(student, teacher)["loss"].backward()
         assert teacher.grad is None and student.grad.abs().sum() > 0

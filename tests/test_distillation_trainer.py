@@ -255,13 +255,13 @@ def test_distillation_without_a_teacher_is_refused(data, tmp_path):
 
 
 def test_unknown_method_and_switches_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="--method 'kd' is not one of: acamkd, mse, mgd, cwd, none"):
+    with pytest.raises(ValueError, match="--method 'kd' is not one of: acamkd, mse, mgd, cwd, pkd, none"):
         _args(tmp_path, method="kd")
     with pytest.raises(ValueError, match="--fusion_mode"):
         _args(tmp_path, fusion_mode="student")
 
 
-@pytest.mark.parametrize("method", ["mse", "mgd", "cwd"])
+@pytest.mark.parametrize("method", ["mse", "mgd", "cwd", "pkd"])
 def test_baselines_train_through_the_same_trainer(data, tmp_path, method):
     trainer, _ = _make(data, tmp_path, method=method, max_steps=2)
     before = _state(trainer.distillation_modules)

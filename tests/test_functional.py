@@ -134,6 +134,32 @@ def test_channel_wise_distillation_matches_formula(shape, tau):
     assert KD.channel_wise_distillation(teacher, teacher, tau).item() == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 4, 3, 3), (3, 2, 2, 6)])
+def test_pearson_distillation_matches_formula(shape):
+    """PKD: per channel, standardise each feature over (B, H, W) with the unbiased std, then mean squared
+    difference / 2 over every element; computed here with plain loops in float64."""
+    batch, channels, height, width = shape
+    g = torch.Generator().manual_seed(3)
+    teacher = torch.randn(*shape, generator=g, dtype=torch.float64) * 5 + 2
+    student = torch.randn(*shape, generator=g, dtype=torch.float64) * 0.1 - 1
+
+    def standardised(feature, c):
+        values = [feature[b, c, h, w].item() for b in range(batch) for h in range(height) for w in range(width)]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return [(v - mean) / (std + 1e-6) for v in values]
+
+    total = 0.0
+    for c in range(channels):
+        total += sum((a - b) ** 2 for a, b in zip(standardised(student, c), standardised(teacher, c)))
+    expected = total / (batch * channels * height * width) / 2
+    assert KD.pearson_distillation(teacher, student).item() == pytest.approx(expected, rel=1e-9)
+    # Scale-free: an affine change of either feature per channel (positive scale) changes nothing.
+    scale = torch.rand(1, channels, 1, 1, generator=g, dtype=torch.float64) * 100 + 0.01
+    assert KD.pearson_distillation(teacher * scale + 7, student).item() == pytest.approx(expected, rel=1e-6)
+    assert KD.pearson_distillation(teacher, teacher * scale - 3).item() == pytest.approx(0.0, abs=1e-9)
+
+
 def test_feature_mse_and_masked_generative_loss_match_formula():
     g = torch.Generator().manual_seed(5)
     teacher = torch.randn(3, 2, 4, 3, generator=g, dtype=torch.float64)

@@ -1,0 +1,50 @@
+"""The distillation settings object: one home for every option, resolved once, read whole by the losses."""
+
+from dataclasses import fields
+
+import pytest
+
+from acamkd_hf.config import DistillationArguments
+from acamkd_hf.losses import DISTILLATION_LOSSES
+from acamkd_hf.settings import DEFAULT_ALPHA, METHODS, DistillationSettings
+
+
+def test_methods_name_every_loss_and_every_loss_has_a_default_weight():
+    assert set(METHODS) == set(DISTILLATION_LOSSES) | {"none"}
+    assert set(DEFAULT_ALPHA) == set(DISTILLATION_LOSSES)
+
+
+def test_every_setting_is_a_flag_of_the_arguments_with_the_same_default(tmp_path):
+    args = DistillationArguments(output_dir=str(tmp_path))
+    argument_fields = {item.name for item in fields(DistillationArguments)}
+    for item in fields(DistillationSettings):
+        assert item.name in argument_fields
+        assert item.metadata.get("help"), f"{item.name} has no help text"
+    assert args.distillation_settings() == DistillationSettings()
+
+
+def test_resolved_fills_only_what_was_not_given():
+    resolved = DistillationSettings(method="mgd").resolved(["neck1", "neck2"], num_masks=6)
+    assert (resolved.alpha, resolved.num_masks, resolved.distillation_points) == (2e-5, 6, ["neck1", "neck2"])
+    given = DistillationSettings(method="acamkd", alpha=0.25, num_masks=3).resolved(["logits"], num_masks=19)
+    assert (given.alpha, given.num_masks) == (0.25, 3)
+    assert DistillationSettings().alpha is None  # the unresolved object is untouched
+
+
+def test_losses_are_built_from_the_whole_settings_object():
+    settings = DistillationSettings(method="cwd", cwd_tau=4.0, alpha=0.5).resolved(["logits"], num_masks=2)
+    loss = DISTILLATION_LOSSES["cwd"].from_settings(3, 5, settings)
+    assert (loss.tau, loss.weight) == (4.0, 0.5)
+    settings = DistillationSettings(mask_normalizer="sum_sq", lambda_div=0.5).resolved(["logits"], num_masks=4)
+    loss = DISTILLATION_LOSSES["acamkd"].from_settings(3, 8, settings)
+    assert (loss.mask_normalizer, loss.lambda_div, loss.masking.num_masks) == ("sum_sq", 0.5, 4)
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [({"method": "kd"}, "--method 'kd'"), ({"num_masks": 0}, "--num_masks"), ({"mgd_mask_ratio": 1.0}, "--mgd_mask_ratio"),
+     ({"mask_normalizer": "max"}, "--mask_normalizer")],
+)
+def test_bad_values_are_refused_when_the_settings_are_made(changes, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationSettings(**changes)
