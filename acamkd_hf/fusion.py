@@ -3,11 +3,22 @@
 ``Q = W_q F_T``, ``K = W_k F_S'``, ``V = W_v F_S'`` (1x1 convolutions, ``C -> C/2, C/2, C``) and
 ``F_fused = softmax(Q K^T / sqrt(C/2)) V`` over the ``HW`` tokens; one head, no residual, no norm. The fused feature
 depends on the current student, which is what makes the masks derived from it *cooperative*.
+
+Sequence reduction (ours, not the paper's; ``--fusion_kv_reduction``): the key/value source may be average-pooled
+by ``R`` per side before its projections, as SegFormer's efficient self-attention and PVT's spatial-reduction
+attention do (they use a strided conv + LayerNorm). The queries stay at full resolution, so ``F_fused`` and the
+masks keep the map's ``H x W``; the attention costs ``O(HW * HW/R^2 * C)`` instead of ``O((HW)^2 C)``. Average
+pooling rather than a strided conv: it adds no parameters (``R = 1`` is exactly the paper's fusion, and checkpoints
+stay interchangeable across ``R``), and because the 1x1 projections are affine, projecting the pooled feature equals
+pooling the projected keys and values: each reduced key/value is the mean of an ``R x R`` block of the full ones.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .functional import cross_attention_fusion
@@ -17,6 +28,32 @@ from .functional import cross_attention_fusion
 #: ``student_query``: paper Table 9 ablation (Q from the student, K/V from the teacher).
 #: ``teacher_only``: paper Table 10 "learnable teacher-only masks" (Q, K, V all from the teacher: no cooperation).
 FUSION_MODES = ("teacher_query", "student_query", "teacher_only")
+#: ``--fusion_kv_reduction auto``: the smallest ratio that leaves at most this many key/value tokens per image.
+DEFAULT_MAX_KV_TOKENS = 1024
+
+
+def kv_reduction_ratio(reduction: int | str, height: int, width: int, max_kv_tokens: int = DEFAULT_MAX_KV_TOKENS) -> int:
+    """The per-side ratio ``R`` for an ``H x W`` map: ``reduction`` itself when it is a number, else (``"auto"``) the
+    smallest ``R >= 1`` with ``ceil(H/R) * ceil(W/R) <= max_kv_tokens``."""
+    if reduction != "auto":
+        ratio = int(reduction)
+        if ratio < 1:
+            raise ValueError(f"the key/value reduction ratio must be >= 1 or 'auto', got {reduction!r}")
+        return ratio
+    if max_kv_tokens < 1:
+        raise ValueError(f"max_kv_tokens must be >= 1, got {max_kv_tokens}")
+    ratio = max(1, math.isqrt(max(1, (height * width) // max_kv_tokens)))
+    while math.ceil(height / ratio) * math.ceil(width / ratio) > max_kv_tokens:
+        ratio += 1
+    return ratio
+
+
+def reduce_tokens(feature: Tensor, ratio: int) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, ceil(H/R), ceil(W/R))``: the mean of each ``R x R`` block (blocks cut by the
+    map's edge average the positions they hold). ``R = 1`` returns ``feature`` itself."""
+    if ratio == 1:
+        return feature
+    return F.avg_pool2d(feature, kernel_size=ratio, stride=ratio, ceil_mode=True)
 
 
 class StudentTeacherCrossAttention(nn.Module):
@@ -28,10 +65,24 @@ class StudentTeacherCrossAttention(nn.Module):
         detach_student: detach ``F_S'`` where it enters the fusion (the project's documented default; the
             student then learns only through the masked imitation ``D = F_T - F_S'``, while the masks still follow
             its current state). ``False`` is the literal reading, with gradient from the masks into the student.
+        kv_reduction: ``R``, the per-side pooling of the key/value source (1 = the paper's exact fusion), or
+            ``"auto"``: the smallest ``R`` leaving at most ``max_kv_tokens`` key/value tokens (see
+            :func:`kv_reduction_ratio`; decided per call from the map's size).
+        max_kv_tokens: the token budget of ``"auto"``.
     """
 
-    def __init__(self, channels: int, mode: str = "teacher_query", detach_student: bool = True) -> None:
+    def __init__(
+        self,
+        channels: int,
+        mode: str = "teacher_query",
+        detach_student: bool = True,
+        kv_reduction: int | str = 1,
+        max_kv_tokens: int = DEFAULT_MAX_KV_TOKENS,
+    ) -> None:
         super().__init__()
+        kv_reduction_ratio(kv_reduction, 1, 1, max_kv_tokens)  # a bad value fails here, not in the first step
+        self.kv_reduction = kv_reduction
+        self.max_kv_tokens = max_kv_tokens
         if mode not in FUSION_MODES:
             raise ValueError(f"unknown fusion mode {mode!r}; choose one of {', '.join(FUSION_MODES)}")
         if channels < 2:
@@ -53,6 +104,7 @@ class StudentTeacherCrossAttention(nn.Module):
         else:  # teacher_only
             query_source, key_value_source = teacher, teacher
         batch, _, height, width = teacher.shape
+        key_value_source = reduce_tokens(key_value_source, kv_reduction_ratio(self.kv_reduction, height, width, self.max_kv_tokens))
         fused = cross_attention_fusion(
             _project_tokens(self.query, query_source),
             _project_tokens(self.key, key_value_source),

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from . import functional as KD
 from .alignment import StudentAligner
-from .fusion import StudentTeacherCrossAttention
+from .fusion import DEFAULT_MAX_KV_TOKENS, StudentTeacherCrossAttention
 from .masking import AdaptiveSpatialChannelMasking
 from .settings import DistillationSettings
 
@@ -52,6 +52,8 @@ class ACAMKDLoss(nn.Module):
             that literal reading ``L_c``, ``L_s`` scale linearly with the masks, so they can fall by shrinking every
             mask towards 0 (seen in the CPU default run); ``spatial_mask_mean`` / ``channel_mask_mean`` make that
             visible in the logs.
+        fusion_kv_reduction, fusion_max_kv_tokens: STCA-FF's key/value sequence reduction (see
+            :mod:`acamkd_hf.fusion`; 1 = the paper's exact fusion).
         mask_normalizer: denominators of ``L_c`` / ``L_s``: ``"sum"`` (the paper's, default) or ``"sum_sq"`` (scale-
             invariant: the masks cannot lower the loss by shrinking). See :data:`acamkd_hf.functional.MASK_NORMALIZERS`.
 
@@ -75,6 +77,8 @@ class ACAMKDLoss(nn.Module):
         alignment: str = "conv1x1",
         detach_masks_in_imitation: bool = False,
         mask_normalizer: str = "sum",
+        fusion_kv_reduction: int | str = 1,
+        fusion_max_kv_tokens: int = DEFAULT_MAX_KV_TOKENS,
     ) -> None:
         super().__init__()
         if mask_normalizer not in KD.MASK_NORMALIZERS:
@@ -85,7 +89,9 @@ class ACAMKDLoss(nn.Module):
         self.eps = eps
         self.detach_masks_in_imitation = detach_masks_in_imitation
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
-        self.fusion = StudentTeacherCrossAttention(teacher_channels, fusion_mode, detach_student_in_fusion)
+        self.fusion = StudentTeacherCrossAttention(
+            teacher_channels, fusion_mode, detach_student_in_fusion, fusion_kv_reduction, fusion_max_kv_tokens
+        )
         self.masking = AdaptiveSpatialChannelMasking(teacher_channels, num_masks, mask_kinds)
 
     @classmethod
@@ -104,6 +110,8 @@ class ACAMKDLoss(nn.Module):
             alignment=settings.alignment,
             detach_masks_in_imitation=settings.detach_masks_in_imitation,
             mask_normalizer=settings.mask_normalizer,
+            fusion_kv_reduction=settings.fusion_kv_reduction,
+            fusion_max_kv_tokens=settings.fusion_max_kv_tokens,
         )
 
     def _aligned_and_masks(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:

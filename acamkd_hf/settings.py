@@ -17,7 +17,7 @@ from typing import Any
 
 from .alignment import ALIGNMENT_KINDS
 from .functional import MASK_NORMALIZERS
-from .fusion import FUSION_MODES
+from .fusion import DEFAULT_MAX_KV_TOKENS, FUSION_MODES, kv_reduction_ratio
 from .masking import MASK_KINDS
 
 #: ``--method`` values: the per-point losses of :data:`acamkd_hf.losses.DISTILLATION_LOSSES` plus ``none`` (the
@@ -44,6 +44,8 @@ class DistillationSettings:
         num_masks: ``M`` per point. ``None``: the number of classes for segmentation, 6 for detection.
         mask_kinds: spatial and/or channel masks (paper Table 8).
         fusion_mode: STCA-FF's query source (Tables 9 and 10).
+        fusion_kv_reduction: ``R``, the per-side pooling of STCA-FF's key/value source, or ``"auto"``.
+        fusion_max_kv_tokens: the key/value token budget of ``"auto"``.
         detach_student_in_fusion: detach the aligned student where it enters the fusion (documented default).
         alignment: the student adapter ``f_align``.
         detach_masks_in_imitation: keep the imitation terms' gradient out of the masks.
@@ -76,6 +78,16 @@ class DistillationSettings:
     fusion_mode: str = field(
         default="teacher_query",
         metadata={"help": "STCA-FF query source (Table 9: student_query; Table 10: teacher_only).", "choices": list(FUSION_MODES)},
+    )
+    fusion_kv_reduction: str = field(
+        default="1",
+        metadata={"help": "STCA-FF key/value sequence reduction (ours, not the paper's): average-pool the key/value "
+                          "source by R per side (queries, fused feature and masks keep full size). 1 = the paper's "
+                          "exact fusion; 'auto' = the smallest R leaving at most --fusion_max_kv_tokens tokens."},
+    )
+    fusion_max_kv_tokens: int = field(
+        default=DEFAULT_MAX_KV_TOKENS,
+        metadata={"help": "Token budget per image of --fusion_kv_reduction auto."},
     )
     detach_student_in_fusion: bool = field(
         default=True,
@@ -116,6 +128,11 @@ class DistillationSettings:
                 raise ValueError(f"--{item.name} {value!r} is not one of: {', '.join(choices)}")
         if self.num_masks is not None and self.num_masks < 1:
             raise ValueError(f"--num_masks must be >= 1, got {self.num_masks}")
+        self.fusion_kv_reduction = str(self.fusion_kv_reduction)
+        try:
+            kv_reduction_ratio(self.fusion_kv_reduction, 1, 1, self.fusion_max_kv_tokens)
+        except ValueError as error:
+            raise ValueError(f"--fusion_kv_reduction / --fusion_max_kv_tokens: {error}") from None
         if not 0.0 <= self.mgd_mask_ratio < 1.0:
             raise ValueError(f"--mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}")
 

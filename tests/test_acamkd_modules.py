@@ -59,6 +59,67 @@ def test_fusion_equals_naive_attention_for_each_mode(mode, query_from, key_value
     torch.testing.assert_close(fusion(teacher, student), expected, atol=1e-5, rtol=1e-5)
 
 
+def _block_means(feature, ratio):
+    """Mean of each ratio x ratio block (blocks cut by the edge: the positions they hold), by explicit loops."""
+    batch, channels, height, width = feature.shape
+    rows, cols = -(-height // ratio), -(-width // ratio)
+    out = torch.zeros(batch, channels, rows, cols, dtype=feature.dtype)
+    for i in range(rows):
+        for j in range(cols):
+            block = feature[:, :, i * ratio : (i + 1) * ratio, j * ratio : (j + 1) * ratio]
+            out[:, :, i, j] = block.sum(dim=(2, 3)) / (block.shape[2] * block.shape[3])
+    return out
+
+
+@pytest.mark.parametrize("ratio,size", [(1, (5, 7)), (2, (6, 8)), (2, (5, 7)), (3, (7, 10)), (4, (4, 4))])
+def test_reduced_fusion_equals_naive_attention_over_block_mean_keys_and_values(ratio, size):
+    """Sequence reduction R: queries at full resolution; keys/values from the R x R block means of the student
+    (computed here by loops); the result keeps the full map size. R = 1 is the paper's exact fusion."""
+    torch.manual_seed(0)
+    fusion = StudentTeacherCrossAttention(8, kv_reduction=ratio)
+    teacher, student = torch.randn(2, 8, *size), torch.randn(2, 8, *size)
+
+    def conv(layer, x):
+        return torch.einsum("oc,bchw->bohw", layer.weight[:, :, 0, 0], x) + layer.bias.view(1, -1, 1, 1)
+
+    reduced = _block_means(student, ratio)
+    query = conv(fusion.query, teacher)
+    q = query.flatten(2).transpose(1, 2)
+    k = conv(fusion.key, reduced).flatten(2).transpose(1, 2)
+    v = conv(fusion.value, reduced).flatten(2).transpose(1, 2)
+    expected = (torch.softmax(q @ k.transpose(1, 2) / math.sqrt(4), dim=-1) @ v).transpose(1, 2).reshape(2, 8, *size)
+    got = fusion(teacher, student)
+    assert got.shape == (2, 8, *size)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reduced_fusion_keeps_gradients_and_the_fused_kernel():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 16, 9, 12, requires_grad=True)
+    student = torch.randn(2, 16, 9, 12, requires_grad=True)
+    fusion = StudentTeacherCrossAttention(16, mode="teacher_query", detach_student=False, kv_reduction="auto", max_kv_tokens=20)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # a fall-back to the O(N^2) math kernel would be an error
+        fusion(teacher, student).square().sum().backward()
+    assert teacher.grad.abs().sum() > 0 and student.grad.abs().sum() > 0
+    for name, parameter in fusion.named_parameters():
+        if name != "key.bias":  # softmax ignores it (a constant per query row)
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_auto_reduction_picks_the_smallest_ratio_within_the_token_budget():
+    from acamkd_hf.fusion import kv_reduction_ratio
+
+    for height, width, budget in [(64, 128, 1024), (128, 256, 1024), (16, 32, 512), (33, 65, 100), (7, 7, 1)]:
+        ratio = kv_reduction_ratio("auto", height, width, budget)
+        tokens = lambda r: -(-height // r) * -(-width // r)  # noqa: E731
+        assert tokens(ratio) <= budget and (ratio == 1 or tokens(ratio - 1) > budget)
+    assert kv_reduction_ratio("4", 64, 128) == 4
+    with pytest.raises(ValueError, match=">= 1 or 'auto'"):
+        kv_reduction_ratio(0, 4, 4)
+
+
 def test_fusion_depends_on_the_student_except_in_teacher_only_mode():
     torch.manual_seed(0)
     teacher = torch.randn(1, 8, 4, 4)

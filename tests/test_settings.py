@@ -38,12 +38,16 @@ def test_losses_are_built_from_the_whole_settings_object():
     settings = DistillationSettings(mask_normalizer="sum_sq", lambda_div=0.5).resolved(["logits"], num_masks=4)
     loss = DISTILLATION_LOSSES["acamkd"].from_settings(3, 8, settings)
     assert (loss.mask_normalizer, loss.lambda_div, loss.masking.num_masks) == ("sum_sq", 0.5, 4)
+    settings = DistillationSettings(fusion_kv_reduction="auto", fusion_max_kv_tokens=64).resolved(["logits"], num_masks=4)
+    loss = DISTILLATION_LOSSES["acamkd"].from_settings(3, 8, settings)
+    assert (loss.fusion.kv_reduction, loss.fusion.max_kv_tokens) == ("auto", 64)
 
 
 @pytest.mark.parametrize(
     "changes,message",
     [({"method": "kd"}, "--method 'kd'"), ({"num_masks": 0}, "--num_masks"), ({"mgd_mask_ratio": 1.0}, "--mgd_mask_ratio"),
-     ({"mask_normalizer": "max"}, "--mask_normalizer")],
+     ({"mask_normalizer": "max"}, "--mask_normalizer"), ({"fusion_kv_reduction": "fast"}, "--fusion_kv_reduction"),
+     ({"fusion_kv_reduction": "auto", "fusion_max_kv_tokens": 0}, "--fusion_max_kv_tokens")],
 )
 def test_bad_values_are_refused_when_the_settings_are_made(changes, message):
     with pytest.raises(ValueError, match=message):
