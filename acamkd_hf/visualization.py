@@ -38,6 +38,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from transformers import TrainerCallback
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import logging
 
 from .functional import dice_diversity
@@ -52,8 +53,8 @@ MASKS_FILE = "masks.safetensors"
 #: height in pixels of the title band on top of every rendered PNG
 HEADER_HEIGHT = 14
 #: ImageNet mean / std: what the project's image processors normalise with, used when the processor does not say
-DEFAULT_IMAGE_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_IMAGE_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
+DEFAULT_IMAGE_STD = tuple(IMAGENET_DEFAULT_STD)
 
 # viridis at 0, 1/4, 1/2, 3/4, 1 (RGB); intermediate values are interpolated linearly
 _VIRIDIS_ANCHORS = np.array(

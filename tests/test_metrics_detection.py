@@ -1,4 +1,4 @@
-"""COCO mAP: pycocotools wiring, the streaming Trainer metric, the offline `evaluate` module.
+"""COCO mAP: pycocotools wiring, the streaming Trainer metric.
 
 Golden values are worked out by hand in this file (IoUs from box arithmetic, APs from COCO's 101-point
 interpolation), or computed by calling pycocotools directly with predictions decoded here in numpy.
@@ -10,10 +10,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +19,6 @@ from transformers import DetrImageProcessor, Trainer, TrainingArguments
 from transformers.utils import ModelOutput
 
 from acamkd_hf.metrics import (
-    COCO_MAP_METRIC_PATH,
     COCO_METRIC_KEYS,
     CocoDetectionMetrics,
     coco_eval,
@@ -168,6 +163,20 @@ def test_precision_interpolation_matches_hand_computation():
     assert result == pytest.approx(direct_cocoeval(gt, detections))
 
 
+def test_max_detections_limits_what_is_scored():
+    # Twelve boxes of one category, all detected exactly, scores descending. At 10 detections per image only the ten
+    # best count: recall 10/12 at precision 1, i.e. the 84 recall points 0 ... 0.83 of 101 at 1, the rest at 0.
+    boxes = [(1, 7, [10 + 25 * (k % 6), 10 + 25 * (k // 6), 20, 20]) for k in range(12)]
+    gt = gt_dict([(1, 300, 300)], boxes)
+    detections = [
+        {"image_id": 1, "category_id": 7, "bbox": box, "score": 0.9 - 0.01 * k} for k, (_, _, box) in enumerate(boxes)
+    ]
+    assert coco_eval(gt, detections)["map"] == pytest.approx(1.0)
+    result = coco_eval(gt, detections, max_detections=10)
+    assert result["map"] == pytest.approx(84 / 101) and result["map_50"] == pytest.approx(84 / 101)
+    assert result["mar_100"] == pytest.approx(10 / 12)
+
+
 def test_crowd_regions_are_ignored_not_missed():
     # a crowd box: a detection on it is neither a TP nor a FP, and nobody must detect it
     gt = gt_dict([(1, 200, 200)], [(1, 3, [10, 10, 30, 30]), (1, 3, [100, 100, 60, 60])], iscrowd=[1])
@@ -240,9 +249,9 @@ def test_label_forms_duplicates_and_seen_images():
     assert metric.compute()["map"] == pytest.approx(1.0)
     metric.reset()
 
-    # (B, 3) id tensor form, and the multi-process gathered dict form (one id per rank, rank-major rows)
+    # (B,) id tensor form, and the multi-process gathered dict form (one id per rank, rank-major rows)
     ids = detection_labels_for_metrics(targets)
-    assert ids.tolist() == [[1, height, width], [2, height, width]]
+    assert ids.tolist() == [1, 2]
     gathered = [{"image_id": torch.tensor([1, 2])}]  # rank 0 had image 1, rank 1 image 2, batch 1 per rank
     metric.update((logits, pred), gathered)
     assert metric.compute()["map"] == pytest.approx(1.0)
@@ -418,75 +427,3 @@ def test_real_detr_outputs_through_trainer(tmp_path):
     )
     for key in COCO_METRIC_KEYS:
         assert result[f"eval_{key}"] == pytest.approx(direct[key], abs=1e-6), key
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The `evaluate` module
-
-
-def _module_inputs(gt: dict, results: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Per-image COCO predictions / references for the evaluate module."""
-    predictions, references = [], []
-    for image in gt["images"]:
-        i = image["id"]
-        anns = [a for a in gt["annotations"] if a["image_id"] == i]
-        dets = [r for r in results if r["image_id"] == i]
-        references.append({"image_id": i, "bbox": [a["bbox"] for a in anns],
-                           "category_id": [a["category_id"] for a in anns], "area": [a["area"] for a in anns],
-                           "iscrowd": [a["iscrowd"] for a in anns]})  # fmt: skip
-        predictions.append({"image_id": i, "bbox": [d["bbox"] for d in dets], "score": [d["score"] for d in dets],
-                            "category_id": [d["category_id"] for d in dets]})  # fmt: skip
-    return predictions, references
-
-
-def test_evaluate_module_gives_the_same_numbers():
-    import evaluate
-
-    gt, images, sizes, label_to_category, logits, pred = _random_case(3, num_images=6)
-    results = decode_detr_numpy(logits.numpy(), pred.numpy(), sizes, label_to_category, [i for i, _, _ in images])
-    predictions, references = _module_inputs(gt, results)
-    metric = evaluate.load(COCO_MAP_METRIC_PATH)
-    metric.add_batch(predictions=predictions[:4], references=references[:4])
-    metric.add_batch(predictions=predictions[4:], references=references[4:])
-    out = metric.compute()
-    direct = direct_cocoeval(gt, results)
-    assert 0.05 < direct["map"] < 0.95
-    assert out == pytest.approx(direct, abs=1e-9)
-
-
-def test_evaluate_module_loads_offline_by_path(tmp_path):
-    """A fresh interpreter with every HF offline switch and an empty HF home: the module loads by path."""
-    script = textwrap.dedent(
-        f"""
-        import json
-        import evaluate
-        metric = evaluate.load({COCO_MAP_METRIC_PATH!r})
-        # the hand case of test_precision_interpolation_matches_hand_computation, plus the 0.625-IoU shift
-        metric.add_batch(
-            predictions=[{{"image_id": 1, "bbox": [[10, 10, 40, 40], [200, 200, 40, 40], [100, 100, 40, 40]],
-                           "score": [0.9, 0.8, 0.7], "category_id": [7, 7, 7]}}],
-            references=[{{"image_id": 1, "bbox": [[10, 10, 40, 40], [100, 100, 40, 40]], "category_id": [7, 7],
-                          "area": [], "iscrowd": []}}],
-        )
-        print("RESULT" + json.dumps(metric.compute()))
-        metric.add_batch(
-            predictions=[{{"image_id": 4, "bbox": [[23, 30, 13, 20]], "score": [0.8], "category_id": [3]}}],
-            references=[{{"image_id": 4, "bbox": [[20, 30, 13, 20]], "category_id": [3], "area": [260.0],
-                          "iscrowd": [0]}}],
-        )
-        print("RESULT" + json.dumps(metric.compute()))
-        """
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_EVALUATE_OFFLINE="1",
-               HF_HOME=str(tmp_path / "hf_home"), HF_ENDPOINT="http://127.0.0.1:9")  # fmt: skip
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run(
-        [sys.executable, "-c", script], check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line[len("RESULT") :] for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    first, second = (json.loads(line) for line in lines)
-    assert first["map"] == pytest.approx((51 + 50 * 2 / 3) / 101)
-    assert first["mar_100"] == pytest.approx(1.0)
-    assert second["map"] == pytest.approx(0.3) and second["map_50"] == pytest.approx(1.0)
-    assert second["map_75"] == pytest.approx(0.0) and second["map_large"] == -1.0

@@ -27,13 +27,8 @@ costs decides when it runs. Per file, on the 2-core development machine, warm pa
   whose error carries the message to the main process) instead of a bare PIL error from the dataset's decoder.
   `lazily_decoded` is what makes the datasets hand the transforms the file instead of a decoded image.
 
-Label values (`check_label_values`): a map with values beyond the classes that are not the ignore index would make
-cross-entropy index out of range (a CUDA device assert, or garbage on CPU). Checked per example in
-`SegmentationTransforms` (vectorised compares on the 8-bit map: 0.4 ms for 2048x1024 with ignore pixels, 0.06 ms
-without, next to its 11 ms decode), skipped when
-the label lookup table can only produce valid values (Cityscapes), and at load time on the first examples of each
-split (`check_first_label_maps`), which catches the usual, systematic mistakes (e.g. ADE20K's 0..150 read as 150
-classes without reduce_labels) before anything trains.
+Label values: `check_first_label_maps` runs `labels.check_label_values` on the first label maps of each split at
+load time (see `acamkd_hf.data.labels` for what is checked where, and what it costs).
 """
 
 from __future__ import annotations
@@ -48,14 +43,14 @@ import datasets
 import numpy as np
 import PIL.Image
 
+from .labels import check_label_values, label_array, lookup_is_safe
+
 __all__ = [
     "check_first_label_maps",
     "check_image_files",
-    "check_label_values",
     "decode_image",
     "describe_source",
     "lazily_decoded",
-    "lookup_is_safe",
 ]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,7 +60,7 @@ _JPEG_END = b"\xff\xd9"  # EOI; never inside entropy-coded data (0xFF is stuffed
 _TAIL_BYTES = 64
 _THREADS = 8
 _CHUNK = 4096  # files per thread-pool round (bounds the number of pending futures on 118k files)
-_SHOWN = 10  # bad files / values listed in one message
+_SHOWN = 10  # bad files listed in one message
 _DECODER = datasets.Image()
 
 
@@ -175,38 +170,6 @@ def lazily_decoded(dataset: datasets.Dataset, columns: Iterable[str] = ("image",
     return dataset
 
 
-def lookup_is_safe(lookup: np.ndarray | None, num_labels: int, ignore_index: int) -> bool:
-    """True when every value of the (256,) lookup table is a class id or the ignore index: its output needs no check."""
-    if lookup is None:
-        return False
-    lookup = np.asarray(lookup)
-    return bool(np.all((lookup < num_labels) | (lookup == ignore_index)))
-
-
-def _label_values_error(source: str, values: np.ndarray, num_labels: int, ignore_index: int) -> ValueError:
-    shown = ", ".join(str(int(v)) for v in values[:_SHOWN])
-    if len(values) > _SHOWN:
-        shown += f" (and {len(values) - _SHOWN} more)"
-    return ValueError(
-        f"the label map {source} has values {shown} outside the {num_labels} classes (0..{num_labels - 1}) and the "
-        f"ignore index {ignore_index}. Map them to class ids or to {ignore_index}: give an id2label that names every "
-        f"class value (--id2label), use reduce_labels (--reduce_labels true) for maps whose 0 means 'other', or fix "
-        "the map."
-    )
-
-
-def check_label_values(label: np.ndarray, num_labels: int, ignore_index: int, source: str) -> None:
-    """Every value of `label` (class ids after any lookup) must be in 0..num_labels-1 or be `ignore_index`; else a
-    ValueError naming `source`, the values, the number of classes and the ignore index."""
-    if label.size == 0 or label.max() < num_labels and (label.dtype.kind == "u" or label.min() >= 0):
-        return
-    outside = (label >= num_labels) & (label != ignore_index)
-    if label.dtype.kind != "u":
-        outside |= label < 0
-    if outside.any():
-        raise _label_values_error(source, np.unique(label[outside]), num_labels, ignore_index)
-
-
 def check_first_label_maps(
     dataset: datasets.Dataset,
     split: str,
@@ -220,10 +183,8 @@ def check_first_label_maps(
     when it is read."""
     if lookup_is_safe(lookup, num_labels, ignore_index):
         return
-    from .transforms import _label_array  # the same conversion as in training
-
     head = lazily_decoded(dataset.select_columns(["label"]).select(range(min(count, len(dataset)))), ["label"])
     for index, item in enumerate(head["label"]):
         source = f"{describe_source(item)} (example {index} of the {split!r} split)"
-        array = _label_array(decode_image(item, "label map"), lookup, source=source)
+        array = label_array(decode_image(item, "label map"), lookup, source)  # the same conversion as in training
         check_label_values(array, num_labels, ignore_index, source)

@@ -4,13 +4,14 @@ Everything ends up as a `SegmentationData`: a `DatasetDict` with splits "train" 
 columns `image` and `label` (both `datasets.Image`, decoded to PIL on access), the class names, and an optional
 per-pixel lookup table that turns the stored label map into class ids (Cityscapes stores labelIds; training uses
 the 19 trainIds). The table is applied in `SegmentationTransforms`, so the dataset stays a thin index of files.
+
+The Cityscapes classes and lookup tables live in `labels`, what any `datasets` dataset needs (loading, split and
+column names, id2label.json) in `hub_datasets`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,59 +20,29 @@ import datasets
 import numpy as np
 
 from .checks import check_first_label_maps, check_image_files
+from .hub_datasets import (
+    VALIDATION_SPLITS,
+    find_id2label_file,
+    load_dataset_dict,
+    pick_column,
+    read_id2label_json,
+    renamed_classes,
+    require_split,
+)
+from .labels import (
+    CITYSCAPES_TRAIN_CLASSES,
+    IGNORE_INDEX,
+    LABEL_ID_TO_TRAIN_ID,
+    ClassNames,
+    reduce_labels_lookup,
+)
 
 __all__ = [
-    "CITYSCAPES_LABEL_IDS",
-    "CITYSCAPES_TRAIN_CLASSES",
-    "IGNORE_INDEX",
-    "LABEL_ID_TO_TRAIN_ID",
     "SegmentationData",
     "is_cityscapes_layout",
     "load_cityscapes",
     "load_segmentation_data",
-    "reduce_labels_lookup",
 ]
-
-IGNORE_INDEX = 255
-
-# The 19 evaluation classes of Cityscapes, in trainId order (trainId i is CITYSCAPES_TRAIN_CLASSES[i]).
-CITYSCAPES_TRAIN_CLASSES: tuple[str, ...] = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
-
-# labelId of each trainId, from the official table (cityscapesscripts/helpers/labels.py). Every labelId not listed
-# here (unlabeled 0, ego vehicle 1, ..., license plate -1) has trainId 255 (ignored in training and evaluation).
-CITYSCAPES_LABEL_IDS: tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-
-
-def _build_label_id_to_train_id() -> np.ndarray:
-    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for train_id, label_id in enumerate(CITYSCAPES_LABEL_IDS):
-        table[label_id] = train_id
-    table.flags.writeable = False  # the one home of this mapping: nobody patches it in place
-    return table
-
-
-# uint8 (256,): `LABEL_ID_TO_TRAIN_ID[label_id_map]` turns a stored `*_gtFine_labelIds.png` into trainIds.
-LABEL_ID_TO_TRAIN_ID: np.ndarray = _build_label_id_to_train_id()
 
 _SPLITS = {"train": "train", "val": "validation"}  # folder name on disk -> split name exposed
 _IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -79,11 +50,10 @@ _LABEL_SUFFIX = "_gtFine_labelIds.png"
 
 _IMAGE_COLUMNS = ("image", "pixel_values", "img")
 _LABEL_COLUMNS = ("label", "annotation", "semantic_map", "segmentation", "seg_map", "mask", "labels")
-_VALIDATION_SPLITS = ("validation", "val", "valid")
 
 
 @dataclass
-class SegmentationData:
+class SegmentationData(ClassNames):
     """A segmentation dataset ready for `SegmentationTransforms`.
 
     dataset: splits "train" and "validation" (a split may be missing only when the source has none); columns
@@ -98,14 +68,6 @@ class SegmentationData:
     id2label: dict[int, str]
     label_lookup: np.ndarray | None
     ignore_index: int = IGNORE_INDEX
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in self.id2label.items()}
 
 
 def _pair_features() -> datasets.Features:
@@ -180,7 +142,7 @@ def load_cityscapes(root: str | Path) -> SegmentationData:
     if class_file.is_file():
         # Optional, not part of the official layout: a subset of the trainIds (the synthetic generator writes one)
         # so that models get a head of the right size. trainIds beyond the subset become ignore pixels.
-        id2label = _read_id2label_json(class_file)
+        id2label = read_id2label_json(class_file)
         num = len(id2label)
         if sorted(id2label) != list(range(num)) or num > len(CITYSCAPES_TRAIN_CLASSES):
             raise ValueError(f"{class_file}: keys must be the trainIds 0..K-1 with K <= 19, got {sorted(id2label)}")
@@ -220,82 +182,6 @@ def _check_pairs(root: Path, splits: dict[str, dict[str, list[str]]]) -> None:
         )
 
 
-def load_dataset_dict(name_or_path: str, **load_dataset_kwargs) -> datasets.DatasetDict:
-    """``datasets.load_dataset`` (Hub id or local folder) that must give named splits, not one split or a stream."""
-    try:
-        loaded = datasets.load_dataset(name_or_path, **load_dataset_kwargs)
-    except ValueError as error:
-        # datasets refuses a split without examples with 'Instruction "<split>" corresponds to no data!'
-        empty = re.fullmatch(r'Instruction "(.+)" corresponds to no data!', str(error))
-        if empty is None:
-            raise
-        raise ValueError(
-            f"the {empty.group(1)!r} split of {name_or_path} has no examples. Add examples to it, or leave out its "
-            "files and name the splits to use (--train_split / --validation_split, or --validation_fraction to hold "
-            "out part of the training split)."
-        ) from error
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise ValueError(
-            f"{name_or_path} loaded as a {type(loaded).__name__}; a DatasetDict with a train and a validation split "
-            "is needed (do not pass split=... or streaming=True)"
-        )
-    return loaded
-
-
-def renamed_classes(id2label: dict, existing: dict[int, str], what: str) -> dict[int, str]:
-    """``id2label`` given for a set that names its own classes may only rename them (same ids)."""
-    renamed = {int(k): str(v) for k, v in id2label.items()}
-    if sorted(renamed) != sorted(existing):
-        raise ValueError(f"id2label for {what} can only rename its classes {sorted(existing)}, got keys {sorted(renamed)}")
-    return dict(sorted(renamed.items()))
-
-
-def reduce_labels_lookup(ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """uint8 (256,) table for maps whose 0 means "background / other" (ADE20K style): 0 -> ignore, k -> k - 1.
-
-    Same convention as `do_reduce_labels=True` in the HF image processors.
-    """
-    table = np.arange(256, dtype=np.int64) - 1
-    table[0] = ignore_index
-    table[255] = ignore_index
-    return table.astype(np.uint8)
-
-
-def _pick_column(names: list[str], candidates: tuple[str, ...], what: str, override: str | None) -> str:
-    if override is not None:
-        if override not in names:
-            raise ValueError(f"{what} column {override!r} not in the dataset columns {names}")
-        return override
-    for name in candidates:
-        if name in names:
-            return name
-    raise ValueError(
-        f"could not find the {what} column among {names} (looked for {list(candidates)}); "
-        f"pass {what}_column=... explicitly"
-    )
-
-
-def _read_id2label_file(name_or_path: str, revision: str | None, token: Any) -> dict[int, str] | None:
-    """id2label.json next to the data: the convention of the HF semantic-segmentation examples and datasets."""
-    local = Path(name_or_path)
-    if local.is_dir():
-        candidate = local / "id2label.json"
-        return _read_id2label_json(candidate) if candidate.is_file() else None
-    # A Hub dataset repo: fetch only that small file. Offline, missing or gated -> None, so that the caller's
-    # error can ask for id2label explicitly.
-    try:
-        from huggingface_hub import hf_hub_download
-
-        downloaded = hf_hub_download(name_or_path, "id2label.json", repo_type="dataset", revision=revision, token=token)
-    except Exception:  # noqa: BLE001 - any failure just means "no metadata file"
-        return None
-    return _read_id2label_json(downloaded)
-
-
-def _read_id2label_json(path: str | Path) -> dict[int, str]:
-    return {int(k): str(v) for k, v in json.loads(Path(path).read_text()).items()}
-
-
 def load_segmentation_data(
     name_or_path: str | os.PathLike,
     *,
@@ -332,7 +218,7 @@ def load_segmentation_data(
     """
     name_or_path = os.fspath(name_or_path)
     if isinstance(id2label, (str, os.PathLike)):
-        id2label = _read_id2label_json(id2label)
+        id2label = read_id2label_json(id2label)
     half = [name for name in ("leftImg8bit", "gtFine") if os.path.isdir(os.path.join(name_or_path, name))]
     if len(half) == 1:
         missing = "gtFine" if half == ["leftImg8bit"] else "leftImg8bit"
@@ -351,8 +237,7 @@ def load_segmentation_data(
     loaded = load_dataset_dict(name_or_path, **load_dataset_kwargs)
 
     available = list(loaded.keys())
-    if train_split not in loaded:
-        raise ValueError(f"no {train_split!r} split in {name_or_path}; available splits: {available}")
+    require_split(loaded, train_split, name_or_path)
     if validation_fraction is not None:
         if validation_split is not None:
             raise ValueError("give either validation_split or validation_fraction, not both")
@@ -360,22 +245,30 @@ def load_segmentation_data(
         loaded = datasets.DatasetDict({train_split: held_out["train"], "validation": held_out["test"]})
         validation_split = "validation"
     elif validation_split is None:
-        validation_split = next((s for s in _VALIDATION_SPLITS if s in loaded), None)
+        validation_split = next((s for s in VALIDATION_SPLITS if s in loaded), None)
         if validation_split is None:
             raise ValueError(
-                f"no validation split in {name_or_path} (looked for {list(_VALIDATION_SPLITS)}); available "
+                f"no validation split in {name_or_path} (looked for {list(VALIDATION_SPLITS)}); available "
                 f"splits: {available}; name one with --validation_split (validation_split=... in Python) or hold out part of "
                 f"the training split with --validation_fraction 0.1"
             )
-    elif validation_split not in loaded:
-        raise ValueError(f"no {validation_split!r} split in {name_or_path}; available splits: {available}")
+    else:
+        require_split(loaded, validation_split, name_or_path)
 
     columns = loaded[train_split].column_names
-    image_col = _pick_column(columns, _IMAGE_COLUMNS, "image", image_column)
-    label_col = _pick_column([c for c in columns if c != image_col], _LABEL_COLUMNS, "label", label_column)
+    image_col = pick_column(
+        columns, _IMAGE_COLUMNS, "image column", override=image_column, hint="; pass image_column=... explicitly"
+    )
+    label_col = pick_column(
+        [c for c in columns if c != image_col],
+        _LABEL_COLUMNS,
+        "label column",
+        override=label_column,
+        hint="; pass label_column=... explicitly",
+    )
 
     if id2label is None:
-        id2label = _read_id2label_file(
+        id2label = find_id2label_file(
             name_or_path, load_dataset_kwargs.get("revision"), load_dataset_kwargs.get("token")
         )
     if id2label is None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .cityscapes import CITYSCAPES_LABEL_IDS, CITYSCAPES_TRAIN_CLASSES
+from .labels import CITYSCAPES_LABEL_IDS, CITYSCAPES_TRAIN_CLASSES
 
 __all__ = ["SYNTHETIC_TEXTURES", "make_synthetic_cityscapes"]
 

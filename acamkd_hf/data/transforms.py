@@ -17,15 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .checks import check_label_values, decode_image, describe_source, lookup_is_safe
-from .cityscapes import IGNORE_INDEX
+from .checks import decode_image, describe_source
+from .labels import IGNORE_INDEX, check_label_values, label_array, lookup_is_safe
 
 __all__ = ["SegmentationTransforms", "collate_segmentation"]
-
-# ImageNet statistics: the fallback when an image processor has no image_mean / image_std.
-_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 def _to_image_tensor(image: Any) -> torch.Tensor:
@@ -36,31 +33,6 @@ def _to_image_tensor(image: Any) -> torch.Tensor:
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     return torch.from_numpy(array).permute(2, 0, 1).float()
-
-
-def _to_label_tensor(label: Any, lookup: np.ndarray | None, source: str = "") -> torch.Tensor:
-    """PIL / array label map -> long (H, W), through `lookup` (uint8 (256,)) when given. `source` names the map in
-    errors."""
-    return torch.from_numpy(np.ascontiguousarray(_label_array(label, lookup, source))).long()
-
-
-def _label_array(label: Any, lookup: np.ndarray | None, source: str = "") -> np.ndarray:
-    """PIL / array label map -> (H, W) array of class ids in its stored dtype (uint8 for 8-bit maps, where checking
-    the values costs a tenth of what it costs on int64), through `lookup` when given."""
-    array = np.array(label)  # writable copy, as above
-    if array.ndim == 3:  # a map saved as RGB with equal channels (some Hub datasets do this)
-        array = array[:, :, 0]
-    if lookup is not None:
-        if array.dtype != np.uint8:
-            if array.min() < 0 or array.max() > 255:
-                raise ValueError(
-                    f"the label map {source or describe_source(label)} has values from {array.min()} to {array.max()}, "
-                    "outside [0, 255], which a uint8 label lookup table cannot map. Store class ids (and the ignore "
-                    "index) as 8-bit values, or leave out the lookup (label_lookup=None, no reduce_labels)."
-                )
-            array = array.astype(np.uint8)
-        array = lookup[array]
-    return array
 
 
 class SegmentationTransforms:
@@ -126,8 +98,9 @@ class SegmentationTransforms:
         do_rescale = getattr(image_processor, "do_rescale", True)
         self.rescale_factor = float(getattr(image_processor, "rescale_factor", 1 / 255)) if do_rescale else 1.0
         if getattr(image_processor, "do_normalize", True):
-            mean = getattr(image_processor, "image_mean", None) or _DEFAULT_MEAN
-            std = getattr(image_processor, "image_std", None) or _DEFAULT_STD
+            # ImageNet statistics: the fallback when the processor has no image_mean / image_std
+            mean = getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN
+            std = getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD
         else:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(3, 1, 1).clone()
@@ -180,10 +153,10 @@ class SegmentationTransforms:
         for image, label in zip(batch["image"], batch["label"], strict=True):
             image_name, label_name = describe_source(image), describe_source(label)
             image_t = _to_image_tensor(decode_image(image, "image"))
-            label_array = _label_array(decode_image(label, "label map"), self.label_lookup, label_name)
+            label_ids = label_array(decode_image(label, "label map"), self.label_lookup, label_name)
             if self.check_labels:
-                check_label_values(label_array, self.num_labels, self.ignore_index, label_name)
-            label_t = torch.from_numpy(np.ascontiguousarray(label_array)).long()
+                check_label_values(label_ids, self.num_labels, self.ignore_index, label_name)
+            label_t = torch.from_numpy(np.ascontiguousarray(label_ids)).long()
             if image_t.shape[-2:] != label_t.shape:
                 (ih, iw), (lh, lw) = image_t.shape[-2:], label_t.shape
                 raise ValueError(

@@ -1,7 +1,14 @@
-"""Evaluation metrics: streaming segmentation mIoU (+ its offline `evaluate` module)."""
+"""Evaluation metrics, streamed batch by batch through `Trainer(batch_eval_metrics=True)`: segmentation mIoU from a
+confusion matrix (`segmentation`), COCO bbox mAP with pycocotools (`detection`)."""
 
+from .detection import (
+    COCO_METRIC_KEYS,
+    CocoDetectionMetrics,
+    coco_eval,
+    detection_labels_for_metrics,
+    load_coco_ground_truth,
+)
 from .segmentation import (
-    MEAN_IOU_METRIC_PATH,
     ConfusionMatrix,
     StreamingSegmentationMetrics,
     confusion_matrix,
@@ -9,28 +16,13 @@ from .segmentation import (
 )
 
 __all__ = [
-    "MEAN_IOU_METRIC_PATH",
-    "ConfusionMatrix",
-    "StreamingSegmentationMetrics",
-    "confusion_matrix",
-    "metrics_from_confusion_matrix",
-]
-
-# Detection: COCO mAP (pycocotools) streamed through Trainer, + its offline `evaluate` module.
-from .detection import (
-    COCO_MAP_METRIC_PATH,
-    COCO_METRIC_KEYS,
-    CocoDetectionMetrics,
-    coco_eval,
-    detection_labels_for_metrics,
-    load_coco_ground_truth,
-)
-
-__all__ += [
-    "COCO_MAP_METRIC_PATH",
     "COCO_METRIC_KEYS",
     "CocoDetectionMetrics",
+    "ConfusionMatrix",
+    "StreamingSegmentationMetrics",
     "coco_eval",
+    "confusion_matrix",
     "detection_labels_for_metrics",
     "load_coco_ground_truth",
+    "metrics_from_confusion_matrix",
 ]

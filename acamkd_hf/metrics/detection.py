@@ -23,7 +23,6 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "COCO_MAP_METRIC_PATH",
     "COCO_METRIC_KEYS",
     "CocoDetectionMetrics",
     "coco_eval",
@@ -31,11 +30,10 @@ __all__ = [
     "load_coco_ground_truth",
 ]
 
-# Folder of the `evaluate` module: `evaluate.load(COCO_MAP_METRIC_PATH)` works offline (no Hub involved).
-COCO_MAP_METRIC_PATH: str = str(Path(__file__).resolve().parent / "coco_map")
-
 #: The keys every COCO evaluation here returns (floats).
 COCO_METRIC_KEYS: tuple[str, ...] = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+# Where each key is in `COCOeval.stats` (bbox): AP, AP50, AP75, AP_S, AP_M, AP_L, AR@1, AR@10, AR@100, AR_S, AR_M, AR_L.
+_STATS_INDEX: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 8)
 
 
 def load_coco_ground_truth(ground_truth: Any):
@@ -63,39 +61,6 @@ def load_coco_ground_truth(ground_truth: Any):
     )
 
 
-def _summary(cocoeval) -> dict[str, float]:
-    """`COCOeval.summarize()`'s numbers for COCO_METRIC_KEYS, without its printing.
-
-    AP at the last (largest) maxDets, averaged over IoU 0.50:0.95 (or at 0.50 / 0.75), recall points and the
-    categories that have ground truth; -1 where nothing defines it (no ground truth in that size range).
-    """
-    params = cocoeval.params
-    precision = cocoeval.eval["precision"]  # (T iou thresholds, R recall points, K categories, A areas, M maxDets)
-    recall = cocoeval.eval["recall"]  # (T, K, A, M)
-    area = {label: i for i, label in enumerate(params.areaRngLbl)}
-    last = len(params.maxDets) - 1
-
-    def mean(values: np.ndarray) -> float:
-        valid = values[values > -1]
-        return float(valid.mean()) if valid.size else -1.0
-
-    def ap(area_label: str = "all", iou: float | None = None) -> float:
-        values = precision[..., area[area_label], last]
-        if iou is not None:
-            values = values[np.isclose(params.iouThrs, iou)]
-        return mean(values)
-
-    return {
-        "map": ap(),
-        "map_50": ap(iou=0.5),
-        "map_75": ap(iou=0.75),
-        "map_small": ap("small"),
-        "map_medium": ap("medium"),
-        "map_large": ap("large"),
-        "mar_100": mean(recall[:, :, area["all"], last]),
-    }
-
-
 def coco_eval(
     ground_truth: Any,
     detections: Any,
@@ -114,9 +79,10 @@ def coco_eval(
     max_detections: COCOeval's `maxDets` become [1, 10, max_detections]; `mar_100` is the recall at that last value
         (COCO's AR@100 with the default).
 
-    Returns {"map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"}, the numbers
-    `COCOeval.summarize()` prints (-1 where undefined). With no detections at all: every value 0.0 and a warning
-    (pycocotools' `loadRes` cannot take an empty result list).
+    Returns {"map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"}: `COCOeval.stats` 0-5
+    and 8, the numbers `COCOeval.summarize()` prints (-1 where undefined), all at `max_detections` detections per
+    image. With no detections at all: every value 0.0 and a warning (pycocotools' `loadRes` cannot take an empty
+    result list).
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -138,7 +104,7 @@ def coco_eval(
     if unknown:
         raise ValueError(f"detections for image ids not in the ground truth: {sorted(unknown)[:10]}")
 
-    with contextlib.redirect_stdout(io.StringIO()):  # loadRes / evaluate / accumulate print progress
+    with contextlib.redirect_stdout(io.StringIO()):  # loadRes / evaluate / accumulate / summarize print
         coco_dt = coco_gt.loadRes(results)
         cocoeval = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
@@ -146,22 +112,23 @@ def coco_eval(
         cocoeval.params.maxDets = [1, 10, int(max_detections)]
         cocoeval.evaluate()
         cocoeval.accumulate()
-    return _summary(cocoeval)
+        # summarize() finds the maxDets slot by value and reads AP (stats[0]) at 100 whatever maxDets holds, so the
+        # last slot (the largest: evaluate() sorts maxDets) is named 100 for it; nothing changes with the default 100.
+        cocoeval.params.maxDets = [1, 10, 100]
+        cocoeval.summarize()
+    return {key: float(cocoeval.stats[index]) for key, index in zip(COCO_METRIC_KEYS, _STATS_INDEX, strict=True)}
 
 
 def detection_labels_for_metrics(labels: list[Mapping[str, Any]]) -> torch.Tensor:
-    """List of target dicts -> long (B, 3) rows [image_id, orig_h, orig_w]: all `CocoDetectionMetrics` needs.
+    """List of target dicts -> long (B,) image ids: all `CocoDetectionMetrics` needs (the original image sizes come
+    from the ground truth).
 
     A fixed-shape tensor is what `Trainer` can gather across processes (its gather concatenates every tensor of a
     nested structure across ranks, so per-image dicts with different box counts cannot be gathered). Return this
     from `prediction_step` as the labels in multi-process evaluation.
     """
-    rows = []
-    for target in labels:
-        image_id = torch.as_tensor(target["image_id"]).reshape(-1)[0]
-        size = torch.as_tensor(target["orig_size"]).reshape(-1) if "orig_size" in target else torch.zeros(2)
-        rows.append(torch.stack([image_id.long().cpu(), size[0].long().cpu(), size[-1].long().cpu()]))
-    return torch.stack(rows) if rows else torch.zeros((0, 3), dtype=torch.long)
+    ids = [torch.as_tensor(target["image_id"]).reshape(-1)[0].long().cpu() for target in labels]
+    return torch.stack(ids) if ids else torch.zeros((0,), dtype=torch.long)
 
 
 def _to_tensor(value: Any) -> torch.Tensor:
@@ -205,7 +172,8 @@ def _describe(value: Any) -> str:
 def _image_ids(label_ids: Any, num_rows: int) -> list[int]:
     """Image id of each prediction row, out of what `Trainer` hands over as `label_ids`.
 
-    - a (B, k) tensor / array whose column 0 is the image id (`detection_labels_for_metrics`), or a (B,) one;
+    - a (B,) tensor / array of image ids (`detection_labels_for_metrics`), or a (B, k) one whose column 0 is the
+      image id;
     - a list of target dicts with `image_id`. Only `image_id` is read: `Trainer`'s gather truncates *every* tensor
       of the last batch to the number of remaining samples, so `orig_size` (2,) arrives as (1,) there, while the
       image id (1,) survives. Sizes come from the ground truth instead. If the dicts went through a multi-process
@@ -254,7 +222,8 @@ class CocoDetectionMetrics:
       (loss, logits, pred_boxes); for DETR's own output `(loss_dict, logits, pred_boxes, last_hidden_state, ...)`.
       Both are handled (see `_split_predictions`), as is an object or dict with `logits` / `pred_boxes`.
     - `eval_pred.label_ids`: the batch's `labels` as collated (a list of target dicts, each with `image_id`), or a
-      (B, k) tensor whose column 0 is the image id (`detection_labels_for_metrics`, needed with several processes).
+      (B,) tensor of image ids (`detection_labels_for_metrics`, needed with several processes; a (B, k) one whose
+      column 0 is the image id is read too).
     - `compute_result` is True on the last batch: the accumulated metrics are returned and the state is reset.
     Without `batch_eval_metrics`, `Trainer` calls it once with everything; with `eval_do_concat_batches=False` that
     is a list of per-batch predictions and a list of per-batch label lists, which is handled too.

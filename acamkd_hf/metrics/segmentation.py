@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,16 +16,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "MEAN_IOU_METRIC_PATH",
     "ConfusionMatrix",
     "StreamingSegmentationMetrics",
     "confusion_matrix",
     "metrics_from_confusion_matrix",
 ]
-
-# Folder of the `evaluate` module: `evaluate.load(MEAN_IOU_METRIC_PATH)` works offline (no Hub involved).
-MEAN_IOU_METRIC_PATH: str = str(Path(__file__).resolve().parent / "mean_iou")
-
 
 def confusion_matrix(
     predictions: torch.Tensor, references: torch.Tensor, num_classes: int, ignore_index: int = 255
