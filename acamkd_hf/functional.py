@@ -80,32 +80,52 @@ def cross_attention_fusion(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 # ASCM: adaptive spatial-channel masking (selection units)
 # --------------------------------------------------------------------------------------------------------------
-def channel_selection(fused: Tensor, channel_units: Tensor) -> Tensor:
+#: How the selection units' scores become masks: ``"sigmoid"`` = the paper's (each mask in (0, 1) on its own; the
+#: masks can all shrink together); ``"softmax"`` = ours: a softmax across the ``M`` masks, at each position for the
+#: spatial masks and for each channel for the channel masks, so the masks partition the map (the channels): they sum
+#: to 1 everywhere and cannot all vanish ("each mask corresponding to one semantic category", paper Sec. 3.3).
+MASK_ACTIVATIONS = ("sigmoid", "softmax")
+
+
+def _activate(scores: Tensor, activation: str) -> Tensor:
+    """``scores`` ``(B, M, ...)`` -> masks: elementwise sigmoid, or softmax over the mask dimension ``M``."""
+    if activation == "sigmoid":
+        return torch.sigmoid(scores)
+    if activation == "softmax":
+        return torch.softmax(scores, dim=1)
+    raise ValueError(f"unknown mask activation {activation!r}; choose one of {', '.join(MASK_ACTIVATIONS)}")
+
+
+def channel_selection(fused: Tensor, channel_units: Tensor, activation: str = "sigmoid") -> Tensor:
     """Channel masks ``M^c = sigma(m_c v^T)`` with ``v = GAP(F_fused)``.
 
     Args:
         fused: ``(B, C, H, W)`` fused feature.
         channel_units: ``(M, 1)`` learnable ``m_c``.
+        activation: ``"sigmoid"`` (the paper's) or ``"softmax"`` across the ``M`` masks for each channel
+            (:data:`MASK_ACTIVATIONS`).
 
     Returns:
-        ``(B, M, C)`` masks in (0, 1); entry ``[b, m, k] = sigma(m_c[m] * v_b[k])`` (the paper's literal outer
-        product; each mask is monotone in ``v_k``, so channel masks cannot partition the channels).
+        ``(B, M, C)`` masks in (0, 1); with the sigmoid, entry ``[b, m, k] = sigma(m_c[m] * v_b[k])`` (the paper's
+        literal outer product; each mask is monotone in ``v_k``, so sigmoid channel masks cannot partition the
+        channels); with the softmax, ``exp(m_c[m] v_b[k]) / sum_j exp(m_c[j] v_b[k])``.
     """
     pooled = fused.mean(dim=(2, 3))  # v: (B, C)
-    return torch.sigmoid(channel_units.view(1, -1, 1) * pooled.unsqueeze(1))
+    return _activate(channel_units.view(1, -1, 1) * pooled.unsqueeze(1), activation)
 
 
-def spatial_selection(fused: Tensor, spatial_units: Tensor) -> Tensor:
+def spatial_selection(fused: Tensor, spatial_units: Tensor, activation: str = "sigmoid") -> Tensor:
     """Spatial masks ``M^s = sigma(m_s z)`` with ``z = F_fused`` flattened to ``C x HW``.
 
     Args:
         fused: ``(B, C, H, W)`` fused feature.
         spatial_units: ``(M, C)`` learnable ``m_s`` ("receptive tokens").
+        activation: ``"sigmoid"`` (the paper's) or ``"softmax"`` across the ``M`` masks at each position.
 
     Returns:
-        ``(B, M, H, W)`` masks in (0, 1).
+        ``(B, M, H, W)`` masks in (0, 1) (with the softmax they sum to 1 over ``M`` at every position).
     """
-    return torch.sigmoid(torch.einsum("mc,bchw->bmhw", spatial_units, fused))
+    return _activate(torch.einsum("mc,bchw->bmhw", spatial_units, fused), activation)
 
 
 # --------------------------------------------------------------------------------------------------------------

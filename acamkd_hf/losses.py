@@ -30,6 +30,14 @@ def float32_region(like: Tensor) -> torch.autocast:
     return torch.autocast(device_type=like.device.type, enabled=False)
 
 
+def _imitated_pair(teacher: Tensor, aligned: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
+    """``(F_T, F_S')`` in float32 as the imitation compares them: raw, or each standardised per channel."""
+    teacher32, aligned32 = teacher.float(), aligned.float()
+    if standardize:
+        return KD.channel_standardize(teacher32), KD.channel_standardize(aligned32)
+    return teacher32, aligned32
+
+
 class ACAMKDLoss(nn.Module):
     """ACAM-KD at one distillation point: ``alpha (L_c + L_s) + lambda L_div``.
 
@@ -54,11 +62,16 @@ class ACAMKDLoss(nn.Module):
             visible in the logs.
         fusion_kv_reduction, fusion_max_kv_tokens: STCA-FF's key/value sequence reduction (see
             :mod:`acamkd_hf.fusion`; 1 = the paper's exact fusion).
+        mask_activation: ``"sigmoid"`` (the paper's) or ``"softmax"`` across the masks (a partition that cannot
+            collapse), see :data:`acamkd_hf.functional.MASK_ACTIVATIONS`.
+        imitation_standardize: compare per-channel standardised features (:func:`acamkd_hf.functional.channel_standardize`,
+            PKD's normalisation) instead of raw ones; the masks and the fusion still see the raw features.
         mask_normalizer: denominators of ``L_c`` / ``L_s``: ``"sum"`` (the paper's, default) or ``"sum_sq"`` (scale-
             invariant: the masks cannot lower the loss by shrinking). See :data:`acamkd_hf.functional.MASK_NORMALIZERS`.
 
-    Forward returns ``{"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean"}`` (a
-    disabled mask kind contributes 0; the two means are diagnostics, not part of the loss). :meth:`masks` returns the
+    Forward returns ``{"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean",
+    "spatial_mask_dice", "channel_mask_dice"}`` (a disabled mask kind contributes 0; the means and Dice overlaps are
+    diagnostics, not part of the loss). :meth:`masks` returns the
     masks of a batch without the losses.
     """
 
@@ -79,8 +92,11 @@ class ACAMKDLoss(nn.Module):
         mask_normalizer: str = "sum",
         fusion_kv_reduction: int | str = 1,
         fusion_max_kv_tokens: int = DEFAULT_MAX_KV_TOKENS,
+        mask_activation: str = "sigmoid",
+        imitation_standardize: bool = False,
     ) -> None:
         super().__init__()
+        self.imitation_standardize = imitation_standardize
         if mask_normalizer not in KD.MASK_NORMALIZERS:
             raise ValueError(f"unknown mask normalizer {mask_normalizer!r}; choose one of {', '.join(KD.MASK_NORMALIZERS)}")
         self.mask_normalizer = mask_normalizer
@@ -92,7 +108,7 @@ class ACAMKDLoss(nn.Module):
         self.fusion = StudentTeacherCrossAttention(
             teacher_channels, fusion_mode, detach_student_in_fusion, fusion_kv_reduction, fusion_max_kv_tokens
         )
-        self.masking = AdaptiveSpatialChannelMasking(teacher_channels, num_masks, mask_kinds)
+        self.masking = AdaptiveSpatialChannelMasking(teacher_channels, num_masks, mask_kinds, activation=mask_activation)
 
     @classmethod
     def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> ACAMKDLoss:
@@ -112,6 +128,8 @@ class ACAMKDLoss(nn.Module):
             mask_normalizer=settings.mask_normalizer,
             fusion_kv_reduction=settings.fusion_kv_reduction,
             fusion_max_kv_tokens=settings.fusion_max_kv_tokens,
+            mask_activation=settings.mask_activation,
+            imitation_standardize=settings.imitation_standardize,
         )
 
     def _aligned_and_masks(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -134,51 +152,66 @@ class ACAMKDLoss(nn.Module):
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned, spatial_masks, channel_masks = self._aligned_and_masks(student, teacher)
         with float32_region(aligned):
-            teacher32, aligned32 = teacher.float(), aligned.float()
+            teacher32, aligned32 = _imitated_pair(teacher, aligned, self.imitation_standardize)
             zero = teacher32.new_zeros(())
             channel = spatial = diversity = zero
             # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
             imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
+            dice = {}
             if channel_masks is not None:
                 channel = KD.channel_masked_loss(
                     teacher32, aligned32, imitation(channel_masks), self.eps, self.mask_normalizer
                 )
-                diversity = diversity + KD.dice_diversity(channel_masks)
+                dice["channel"] = KD.dice_diversity(channel_masks)
             if spatial_masks is not None:
                 spatial = KD.spatial_masked_loss(
                     teacher32, aligned32, imitation(spatial_masks), self.eps, self.mask_normalizer
                 )
-                diversity = diversity + KD.dice_diversity(spatial_masks.flatten(2))
+                dice["spatial"] = KD.dice_diversity(spatial_masks.flatten(2))
+            diversity = sum(dice.values(), zero)
             loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
-            means = {
-                f"{name}_mask_mean": masks.detach().mean() if masks is not None else zero
-                for name, masks in (("spatial", spatial_masks), ("channel", channel_masks))
-            }
-        return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity, **means}
+            # Diagnostics (not part of the loss): each kind's mean mask value and Dice overlap between its masks
+            # (1 = all masks alike, 0 = disjoint): collapse and lack of diversity show in the logs.
+            stats = {}
+            for name, masks in (("spatial", spatial_masks), ("channel", channel_masks)):
+                stats[f"{name}_mask_mean"] = masks.detach().mean() if masks is not None else zero
+                stats[f"{name}_mask_dice"] = dice[name].detach() if masks is not None else zero
+        return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity, **stats}
 
 
 class FeatureMSELoss(nn.Module):
-    """FitNet-style baseline (the paper's "no mask" row): ``weight * mean((F_T - f_align(F_S))^2)``.
+    """FitNet-style baseline (the paper's "no mask" row): ``weight * mean((F_T - f_align(F_S))^2)``; with
+    ``standardize``, of the per-channel standardised features (then twice PKD's loss).
 
     Forward returns ``{"loss", "mse"}``.
     """
 
     def __init__(
-        self, student_channels: int, teacher_channels: int, *, weight: float = 1.0, alignment: str = "conv1x1"
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        *,
+        weight: float = 1.0,
+        alignment: str = "conv1x1",
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         self.weight = weight
+        self.standardize = standardize
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
 
     @classmethod
     def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> FeatureMSELoss:
-        return cls(student_channels, teacher_channels, weight=settings.alpha, alignment=settings.alignment)
+        return cls(
+            student_channels, teacher_channels, weight=settings.alpha, alignment=settings.alignment,
+            standardize=settings.imitation_standardize,
+        )
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
         with float32_region(aligned):
-            mse = KD.feature_mse(teacher.float(), aligned.float())
+            mse = KD.feature_mse(*_imitated_pair(teacher, aligned, self.standardize))
         return {"loss": self.weight * mse, "mse": mse}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import channel_selection, spatial_selection
+from .functional import MASK_ACTIVATIONS, channel_selection, spatial_selection
 
 #: Paper Table 8: spatial masks only, channel masks only, or both (the default).
 MASK_KINDS = ("both", "spatial", "channel")
@@ -24,10 +24,17 @@ class AdaptiveSpatialChannelMasking(nn.Module):
         num_masks: ``M`` (6 for detection, the number of classes for segmentation in the paper).
         kinds: one of :data:`MASK_KINDS`; a disabled kind has no parameters and yields ``None``.
         init_std: standard deviation of the normal initialisation of ``m_c`` and ``m_s``.
+        activation: ``"sigmoid"`` (the paper's) or ``"softmax"`` across the masks (a partition that cannot
+            collapse), see :data:`acamkd_hf.functional.MASK_ACTIVATIONS`.
     """
 
-    def __init__(self, channels: int, num_masks: int, kinds: str = "both", init_std: float = 0.01) -> None:
+    def __init__(
+        self, channels: int, num_masks: int, kinds: str = "both", init_std: float = 0.01, activation: str = "sigmoid"
+    ) -> None:
         super().__init__()
+        if activation not in MASK_ACTIVATIONS:
+            raise ValueError(f"unknown mask activation {activation!r}; choose one of {', '.join(MASK_ACTIVATIONS)}")
+        self.activation = activation
         if kinds not in MASK_KINDS:
             raise ValueError(f"unknown mask kinds {kinds!r}; choose one of {', '.join(MASK_KINDS)}")
         if num_masks < 1:
@@ -42,6 +49,6 @@ class AdaptiveSpatialChannelMasking(nn.Module):
 
     def forward(self, fused: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """``F_fused`` ``(B, C, H, W)`` -> (spatial masks ``(B, M, H, W)`` or None, channel masks ``(B, M, C)`` or None)."""
-        spatial = spatial_selection(fused, self.spatial_units) if self.spatial_units is not None else None
-        channel = channel_selection(fused, self.channel_units) if self.channel_units is not None else None
+        spatial = spatial_selection(fused, self.spatial_units, self.activation) if self.spatial_units is not None else None
+        channel = channel_selection(fused, self.channel_units, self.activation) if self.channel_units is not None else None
         return spatial, channel

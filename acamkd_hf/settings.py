@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .alignment import ALIGNMENT_KINDS
-from .functional import MASK_NORMALIZERS
+from .functional import MASK_ACTIVATIONS, MASK_NORMALIZERS
 from .fusion import DEFAULT_MAX_KV_TOKENS, FUSION_MODES, kv_reduction_ratio
 from .masking import MASK_KINDS
 
@@ -25,9 +25,29 @@ from .masking import MASK_KINDS
 METHODS = ("acamkd", "mse", "mgd", "cwd", "pkd", "none")
 #: Each method's published imitation weight, used when ``alpha`` is not given (MGD: alpha_mgd for detection; PKD:
 #: mmrazor's loss_weight 6 per FPN level).
-DEFAULT_ALPHA = {"acamkd": 1.0, "mse": 1.0, "cwd": 1.0, "mgd": 2e-5, "pkd": 6.0}
+#: ACAM-KD's comes from its variant (:data:`ACAMKD_VARIANTS`).
+DEFAULT_ALPHA = {"mse": 1.0, "cwd": 1.0, "mgd": 2e-5, "pkd": 6.0}
 #: The paper's number of masks for detection (segmentation: the number of classes).
 DETECTION_NUM_MASKS = 6
+
+#: ``--acamkd_variant``: what the ACAM-KD settings left unset (``None``) become. ``paper`` is the spec's literal
+#: reading (sum-M normaliser, sigmoid masks trained by the total loss, raw features, alpha = lambda = 1);
+#: ``recommended`` is the project's default, chosen on the quality benchmark (docs/results.md). A flag given
+#: explicitly always wins over the variant.
+ACAMKD_VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "alpha": 1.0,
+        "lambda_div": 1.0,
+        "mask_normalizer": "sum",
+        "mask_activation": "sigmoid",
+        "detach_masks_in_imitation": False,
+        "imitation_standardize": False,
+    },
+}
+ACAMKD_VARIANTS["recommended"] = dict(ACAMKD_VARIANTS["paper"])
+#: The same settings for the other methods when not given (only ``imitation_standardize`` applies to them).
+BASELINE_DEFAULTS: dict[str, Any] = {"lambda_div": 1.0, "mask_normalizer": "sum", "mask_activation": "sigmoid",
+                                     "detach_masks_in_imitation": False, "imitation_standardize": False}
 
 
 @dataclass
@@ -40,6 +60,7 @@ class DistillationSettings:
             (logits for segmentation, every neck level for detection).
         alpha: weight of the imitation terms (ACAM-KD: ``L_c + L_s``). ``None``: the method's own
             (:data:`DEFAULT_ALPHA`).
+        acamkd_variant: what the ACAM-KD settings left ``None`` become (:data:`ACAMKD_VARIANTS`).
         lambda_div: weight of the Dice diversity term ``L_div`` (paper: 1).
         num_masks: ``M`` per point. ``None``: the number of classes for segmentation, 6 for detection.
         mask_kinds: spatial and/or channel masks (paper Table 8).
@@ -50,6 +71,8 @@ class DistillationSettings:
         alignment: the student adapter ``f_align``.
         detach_masks_in_imitation: keep the imitation terms' gradient out of the masks.
         mask_normalizer: denominator of ``L_c`` / ``L_s`` (``sum``: the paper's; ``sum_sq``: scale-invariant).
+        mask_activation: ``sigmoid`` (the paper's) or ``softmax`` across the masks (a partition).
+        imitation_standardize: per-channel standardisation of both features before the imitation (PKD's).
         distillation_eps: normaliser guard of ``L_c`` and ``L_s``.
         cwd_tau: CWD's temperature.
         mgd_mask_ratio: MGD's fraction of masked positions.
@@ -67,9 +90,19 @@ class DistillationSettings:
     )
     alpha: float | None = field(
         default=None,
-        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (1; MGD 2e-5; PKD 6)."},
+        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (ACAM-KD: its variant's; "
+                          "MSE, CWD 1; MGD 2e-5; PKD 6)."},
     )
-    lambda_div: float = field(default=1.0, metadata={"help": "Weight of the Dice diversity term L_div (paper: 1)."})
+    acamkd_variant: str = field(
+        default="recommended",
+        metadata={"help": "ACAM-KD settings not given explicitly: 'recommended' (the project's default, chosen on the "
+                          "quality benchmark, docs/results.md) or 'paper' (the spec's literal losses: sum-M "
+                          "normaliser, sigmoid masks trained by the total loss, raw features, alpha = lambda = 1).",
+                  "choices": list(ACAMKD_VARIANTS)},
+    )
+    lambda_div: float | None = field(
+        default=None, metadata={"help": "Weight of the Dice diversity term L_div (paper: 1). Default: the variant's."}
+    )
     num_masks: int | None = field(
         default=None,
         metadata={"help": "Masks M per point. Default: the number of classes for segmentation (paper), 6 for detection."},
@@ -94,16 +127,28 @@ class DistillationSettings:
         metadata={"help": "Detach the aligned student where it enters the fusion (documented default; False = literal)."},
     )
     alignment: str = field(default="conv1x1", metadata={"help": "Student adapter f_align.", "choices": list(ALIGNMENT_KINDS)})
-    detach_masks_in_imitation: bool = field(
-        default=False,
+    detach_masks_in_imitation: bool | None = field(
+        default=None,
         metadata={"help": "Keep the imitation terms' gradient out of the masks (they then learn from the Dice term "
-                          "only). Default False = the spec; see distill/<point>/*_mask_mean in the logs."},
+                          "only). Paper: False. Default: the variant's; see distill/<point>/*_mask_mean in the logs."},
     )
-    mask_normalizer: str = field(
-        default="sum",
+    mask_normalizer: str | None = field(
+        default=None,
         metadata={"help": "Denominator of L_c / L_s: 'sum' (the paper's sum of the mask; the masks can shrink towards 0, "
-                          "see docs/results.md) or 'sum_sq' (sum of the squared mask: scale-invariant, the masks stay "
-                          "alive).", "choices": list(MASK_NORMALIZERS)},
+                          "see docs/results.md) or 'sum_sq' (sum of the squared mask: scale-invariant). Default: the "
+                          "variant's.", "choices": list(MASK_NORMALIZERS)},
+    )
+    mask_activation: str | None = field(
+        default=None,
+        metadata={"help": "Masks from the selection units' scores: 'sigmoid' (the paper's; the masks can all shrink) "
+                          "or 'softmax' across the M masks (ours: they partition the map and cannot all vanish). "
+                          "Default: the variant's.", "choices": list(MASK_ACTIVATIONS)},
+    )
+    imitation_standardize: bool | None = field(
+        default=None,
+        metadata={"help": "Standardise teacher and aligned student per channel over batch and positions before the "
+                          "imitation (as PKD does; ours, not the paper's): one weight serves logits, features and "
+                          "necks. acamkd and mse. Default: the variant's (other methods: False)."},
     )
     distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
     cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
@@ -124,7 +169,7 @@ class DistillationSettings:
         for item in fields(DistillationSettings):
             choices = item.metadata.get("choices")
             value = getattr(self, item.name)
-            if choices is not None and value not in choices:
+            if choices is not None and value is not None and value not in choices:
                 raise ValueError(f"--{item.name} {value!r} is not one of: {', '.join(choices)}")
         if self.num_masks is not None and self.num_masks < 1:
             raise ValueError(f"--num_masks must be >= 1, got {self.num_masks}")
@@ -146,13 +191,17 @@ class DistillationSettings:
         return self.method != "none"
 
     def resolved(self, points: list[str], num_masks: int) -> DistillationSettings:
-        """A copy with every model-dependent default filled in: the points, ``M`` (``num_masks`` when none was
-        given) and the method's ``alpha``. The copy is what the losses are built from and what the run records."""
+        """A copy with every default filled in: the points, ``M`` (``num_masks`` when none was given), and each
+        setting left ``None`` from the ACAM-KD variant (method ``acamkd``) or the method's own (``alpha``:
+        :data:`DEFAULT_ALPHA`). The copy is what the losses are built from and what the run records."""
+        defaults = dict(ACAMKD_VARIANTS[self.acamkd_variant]) if self.method == "acamkd" else dict(BASELINE_DEFAULTS)
+        defaults.setdefault("alpha", DEFAULT_ALPHA.get(self.method))
+        unset = {name: value for name, value in defaults.items() if getattr(self, name) is None}
         return replace(
             self,
             distillation_points=list(points),
             num_masks=self.num_masks if self.num_masks is not None else num_masks,
-            alpha=self.alpha if self.alpha is not None else DEFAULT_ALPHA.get(self.method),
+            **unset,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,4 +217,4 @@ def default_num_masks(model: Any) -> int:
     if config is not None and "ForObjectDetection" in type(model).__name__:
         return DETECTION_NUM_MASKS
     return int(getattr(config, "num_labels", DETECTION_NUM_MASKS))
-__all__ = ["DistillationSettings", "METHODS", "DEFAULT_ALPHA", "DETECTION_NUM_MASKS", "default_num_masks"]
+__all__ = ["DistillationSettings", "METHODS", "DEFAULT_ALPHA", "ACAMKD_VARIANTS", "DETECTION_NUM_MASKS", "default_num_masks"]

@@ -189,7 +189,9 @@ def test_acamkd_terms_are_consistent_with_their_weights():
     loss = ACAMKDLoss(6, 8, num_masks=4, alpha=0.3, lambda_div=2.0)
     student, teacher = _features()
     out = loss(student, teacher)
-    assert set(out) == {"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean"}
+    assert set(out) == {"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean",
+                        "spatial_mask_dice", "channel_mask_dice"}
+    torch.testing.assert_close(out["spatial_mask_dice"] + out["channel_mask_dice"], out["diversity"])
     assert out["spatial_mask_mean"].item() == pytest.approx(loss.masks(student, teacher)["spatial"].mean().item())
     expected = 0.3 * (out["channel"] + out["spatial"]) + 2.0 * out["diversity"]
     torch.testing.assert_close(out["loss"], expected)
@@ -303,7 +305,8 @@ def test_multi_point_sums_points_and_names_every_term():
     s2, t2 = _features(student_channels=4, teacher_hw=(3, 5), seed=1)
     out = container({"neck1": s1, "neck2": s2}, {"neck1": t1, "neck2": t2})
     assert set(out) == {"loss", "neck1/loss", "neck1/channel", "neck1/spatial", "neck1/diversity", "neck2/loss", "neck2/mse",
-                        "neck1/spatial_mask_mean", "neck1/channel_mask_mean"}
+                        "neck1/spatial_mask_mean", "neck1/channel_mask_mean",
+                        "neck1/spatial_mask_dice", "neck1/channel_mask_dice"}
     torch.testing.assert_close(out["loss"], out["neck1/loss"] + out["neck2/loss"])
     with pytest.raises(KeyError, match="neck2 \\(teacher\\)"):
         container({"neck1": s1, "neck2": s2}, {"neck1": t1})
@@ -351,3 +354,58 @@ def test_points_that_cannot_be_aligned_are_refused_naming_the_point():
         build((64, 32, 32), (256, 32, 32), alignment="identity")
     with pytest.raises(ValueError, match=r"'neck2'.*student's feature has shape \(B, 100, 256\), not a \(B, C, H, W\) map"):
         build((100, 256), (256, 32, 32))
+
+
+# ------------------------------------------------------------------------------------------ masks that cannot collapse
+def _optimise_masks_alone(activation, normalizer="sum", steps=300):
+    """Many Adam steps of the selection units alone on a fixed pair of features (the imitation terms only): what
+    the masks become when they learn from the loss they weight."""
+    torch.manual_seed(0)
+    loss = ACAMKDLoss(8, 8, num_masks=4, alignment="identity", lambda_div=0.0, mask_normalizer=normalizer,
+                      mask_activation=activation)
+    student, teacher = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    optimizer = torch.optim.Adam(loss.masking.parameters(), lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss(student, teacher)["loss"].backward()
+        optimizer.step()
+    return {kind: masks.detach() for kind, masks in loss.masks(student, teacher).items()}
+
+
+def test_sigmoid_masks_collapse_under_the_paper_normaliser_and_softmax_masks_cannot():
+    """The paper's sigmoid masks with the sum-M normaliser shrink towards 0 when the selection units learn from the
+    imitation (the measured collapse); softmax masks partition the map (and the channels), so their mean is 1/M at
+    every step: the floor stated here is 1/M (= 0.25) up to rounding."""
+    collapsed = _optimise_masks_alone("sigmoid")
+    assert collapsed["spatial"].mean() < 0.05  # the test can fail (channel masks sigma(m_c v_k) shrink only where
+    # the pooled v_k share a sign, so their mean moves less: 0.38 here)
+    partition = _optimise_masks_alone("softmax")
+    for kind, masks in partition.items():
+        assert masks.mean().item() == pytest.approx(0.25, abs=1e-6), kind
+        torch.testing.assert_close(masks.sum(dim=1), torch.ones_like(masks.sum(dim=1)))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_standardised_acamkd_equals_the_formula_on_standardised_features(activation):
+    """imitation_standardize: L_c and L_s of the per-channel standardised features (mean 0, unbiased std 1 over
+    batch and positions, computed here with numpy), on the module's own masks; sum-M normaliser."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    loss = ACAMKDLoss(8, 8, num_masks=3, alignment="identity", imitation_standardize=True, mask_activation=activation)
+    student, teacher = _features(student_channels=8, student_hw=(6, 10))
+    out = loss(student, teacher)
+    masks = {kind: value.detach().double().numpy() for kind, value in loss.masks(student, teacher).items()}
+
+    def standardised(x):
+        x = x.detach().double().numpy()
+        mean = x.mean(axis=(0, 2, 3), keepdims=True)
+        std = x.std(axis=(0, 2, 3), ddof=1, keepdims=True)
+        return (x - mean) / (std + 1e-6)
+
+    d2 = (standardised(teacher) - standardised(student)) ** 2  # (B, C, H, W)
+    channel, spatial = masks["channel"], masks["spatial"]  # (B, M, C), (B, M, H, W)
+    l_c = np.einsum("bmc,bchw->bm", channel**2, d2) / (60 * channel.sum(2) + 1e-6)
+    l_s = np.einsum("bmhw,bchw->bm", spatial**2, d2) / (8 * spatial.sum((2, 3)) + 1e-6)
+    assert out["channel"].item() == pytest.approx(l_c.mean(), rel=1e-5)
+    assert out["spatial"].item() == pytest.approx(l_s.mean(), rel=1e-5)

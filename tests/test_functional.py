@@ -198,6 +198,28 @@ def test_selection_units_match_formula(batch, channels, height, width, num_masks
             assert spatial[b, m, h, w].item() == pytest.approx(sig(z), rel=1e-10)
 
 
+@pytest.mark.parametrize("batch,channels,height,width,num_masks", SHAPES)
+def test_softmax_selection_matches_formula(batch, channels, height, width, num_masks):
+    """activation="softmax": the same scores as the paper's, normalised across the M masks (exp / sum of exp)."""
+    g = torch.Generator().manual_seed(8)
+    fused = torch.randn(batch, channels, height, width, generator=g, dtype=torch.float64)
+    m_c = torch.randn(num_masks, 1, generator=g, dtype=torch.float64)
+    m_s = torch.randn(num_masks, channels, generator=g, dtype=torch.float64)
+    channel = KD.channel_selection(fused, m_c, activation="softmax")
+    spatial = KD.spatial_selection(fused, m_s, activation="softmax")
+    for b in range(batch):
+        for k in range(channels):
+            v_k = sum(fused[b, k, h, w].item() for h in range(height) for w in range(width)) / (height * width)
+            exps = [math.exp(m_c[m, 0].item() * v_k) for m in range(num_masks)]
+            for m in range(num_masks):
+                assert channel[b, m, k].item() == pytest.approx(exps[m] / sum(exps), rel=1e-10)
+        for h, w in itertools.product(range(height), range(width)):
+            z = [sum(m_s[m, k].item() * fused[b, k, h, w].item() for k in range(channels)) for m in range(num_masks)]
+            exps = [math.exp(value - max(z)) for value in z]
+            for m in range(num_masks):
+                assert spatial[b, m, h, w].item() == pytest.approx(exps[m] / sum(exps), rel=1e-10)
+
+
 @pytest.mark.parametrize("d,value_channels", [(4, 8), (8, 8), (6, 3), (4, 10), (9, 19), (12, 30)])
 def test_cross_attention_fusion_equals_naive_softmax_attention(d, value_channels):
     g = torch.Generator().manual_seed(7)

@@ -6,12 +6,26 @@ import pytest
 
 from acamkd_hf.config import DistillationArguments
 from acamkd_hf.losses import DISTILLATION_LOSSES
-from acamkd_hf.settings import DEFAULT_ALPHA, METHODS, DistillationSettings
+from acamkd_hf.settings import ACAMKD_VARIANTS, DEFAULT_ALPHA, METHODS, DistillationSettings
 
 
 def test_methods_name_every_loss_and_every_loss_has_a_default_weight():
     assert set(METHODS) == set(DISTILLATION_LOSSES) | {"none"}
-    assert set(DEFAULT_ALPHA) == set(DISTILLATION_LOSSES)
+    assert set(DEFAULT_ALPHA) == set(DISTILLATION_LOSSES) - {"acamkd"}
+    for method in DISTILLATION_LOSSES:
+        resolved = DistillationSettings(method=method).resolved(["logits"], num_masks=2)
+        assert resolved.alpha is not None and resolved.alpha > 0, method
+        assert all(value is not None for value in resolved.to_dict().values()), method
+
+
+def test_paper_variant_is_the_spec_and_explicit_flags_win_over_the_variant():
+    paper = DistillationSettings(acamkd_variant="paper").resolved(["logits"], num_masks=19)
+    assert (paper.alpha, paper.lambda_div, paper.mask_normalizer, paper.mask_activation) == (1.0, 1.0, "sum", "sigmoid")
+    assert (paper.detach_masks_in_imitation, paper.imitation_standardize) == (False, False)
+    assert (paper.fusion_mode, paper.detach_student_in_fusion, paper.num_masks) == ("teacher_query", True, 19)
+    mixed = DistillationSettings(acamkd_variant="paper", mask_normalizer="sum_sq", alpha=0.5).resolved(["x"], 2)
+    assert (mixed.mask_normalizer, mixed.alpha, mixed.mask_activation) == ("sum_sq", 0.5, "sigmoid")
+    assert set(ACAMKD_VARIANTS) == {"paper", "recommended"}
 
 
 def test_every_setting_is_a_flag_of_the_arguments_with_the_same_default(tmp_path):
@@ -35,9 +49,14 @@ def test_losses_are_built_from_the_whole_settings_object():
     settings = DistillationSettings(method="cwd", cwd_tau=4.0, alpha=0.5).resolved(["logits"], num_masks=2)
     loss = DISTILLATION_LOSSES["cwd"].from_settings(3, 5, settings)
     assert (loss.tau, loss.weight) == (4.0, 0.5)
-    settings = DistillationSettings(mask_normalizer="sum_sq", lambda_div=0.5).resolved(["logits"], num_masks=4)
+    settings = DistillationSettings(
+        mask_normalizer="sum_sq", lambda_div=0.5, mask_activation="softmax", imitation_standardize=True
+    ).resolved(["logits"], num_masks=4)
     loss = DISTILLATION_LOSSES["acamkd"].from_settings(3, 8, settings)
     assert (loss.mask_normalizer, loss.lambda_div, loss.masking.num_masks) == ("sum_sq", 0.5, 4)
+    assert (loss.masking.activation, loss.imitation_standardize) == ("softmax", True)
+    mse = DISTILLATION_LOSSES["mse"].from_settings(3, 8, DistillationSettings(method="mse", imitation_standardize=True).resolved(["x"], 2))
+    assert mse.standardize
     settings = DistillationSettings(fusion_kv_reduction="auto", fusion_max_kv_tokens=64).resolved(["logits"], num_masks=4)
     loss = DISTILLATION_LOSSES["acamkd"].from_settings(3, 8, settings)
     assert (loss.fusion.kv_reduction, loss.fusion.max_kv_tokens) == ("auto", 64)
