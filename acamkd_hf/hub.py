@@ -1,10 +1,11 @@
 """The model card of a distilled student, and its push to the Hugging Face Hub.
 
-A run of ``scripts/distill.py`` leaves ``run_config.json`` (every setting) and ``metrics.json`` (every number it
-measured) in the student's folder. :func:`build_model_card` renders ``model_cards/distilled_student.md`` from them
-with ``huggingface_hub.ModelCard``: ``model-index`` holds the measured metrics; the text names the teacher, the
-method with every distillation setting, the training budget, the student trained alone when the run measured it,
-usage, limitations and the paper. :func:`push_student` uploads exactly the student folder's files
+A run of ``acamkd-distill`` (``scripts/distill.py``) leaves ``run_config.json`` (every setting) and ``metrics.json``
+(every number it measured) in the student's folder. :func:`model_card` renders ``model_cards/distilled_student.md``
+from those two records with ``huggingface_hub.ModelCard``: ``model-index`` holds the measured metrics; the text names
+the teacher, the method with every distillation setting, the training budget, the student trained alone when the
+run measured it, usage, limitations and the paper. The run builds its card from the records in memory;
+:func:`build_model_card` / :func:`write_model_card` read them back from a finished folder (``acamkd-push``). :func:`push_student` uploads exactly the student folder's files
 (:func:`files_to_push`): never the teacher, never checkpoints, the distillation modules only when asked, never a
 token.
 """
@@ -28,6 +29,7 @@ METHOD_TITLES = {
     "mse": "feature MSE (FitNet-style)",
     "mgd": "MGD (masked generative distillation)",
     "cwd": "CWD (channel-wise distillation)",
+    "pkd": "PKD (Pearson-correlation feature distillation)",
     "none": "no distillation (the student trained alone)",
 }
 #: Files of the run's record pushed next to the model (the training log is trainer_state.json's log_history).
@@ -56,7 +58,7 @@ def card_template_path() -> Path:
 
 
 def read_run(output_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(run_config, metrics)`` of a folder written by ``scripts/distill.py``."""
+    """``(run_config, metrics)`` of a folder written by ``acamkd-distill`` (``scripts/distill.py``)."""
     folder = Path(output_dir)
     missing = [name for name in ("run_config.json", "metrics.json") if not (folder / name).is_file()]
     if missing:
@@ -75,8 +77,19 @@ def _fmt(value: Any) -> str:
 
 
 def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
-    """The student's card from the run's ``run_config.json`` and ``metrics.json`` (offline; nothing is sent)."""
+    """The student's card from a finished folder: its ``run_config.json``, ``metrics.json`` and ``config.json``
+    (offline; nothing is sent). ``repo_id`` defaults to the folder's name."""
     run_config, metrics = read_run(output_dir)
+    config_path = Path(output_dir) / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return model_card(
+        run_config, metrics, repo_id=repo_id or Path(output_dir).resolve().name, model_type=config.get("model_type")
+    )
+
+
+def model_card(run_config: dict[str, Any], metrics: dict[str, Any], *, repo_id: str, model_type: str | None) -> ModelCard:
+    """The student's card from the run's record: ``run_config`` and ``metrics`` are the dicts that
+    ``run_config.json`` and ``metrics.json`` hold; ``model_type`` is the student's (its ``config.model_type``)."""
     task = TASKS[run_config["model"].get("task", "segmentation")]
     distillation = run_config["distillation"]
     data = run_config["data"]
@@ -84,7 +97,6 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
     method = distillation["method"]
     student = metrics["student"]
     teacher_record = metrics.get("teacher", {})
-    repo_id = repo_id or Path(output_dir).resolve().name
 
     dataset_id = data.get("dataset") or "synthetic"
     dataset_name = "a synthetic dataset" if data.get("synthetic") else Path(dataset_id).name if os.path.exists(dataset_id) else dataset_id
@@ -104,10 +116,9 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
     ]
     teacher_id = distillation.get("teacher")
     student_id = run_config["model"]["student"]
-    config = json.loads((Path(output_dir) / "config.json").read_text()) if (Path(output_dir) / "config.json").is_file() else {}
     tags = ["knowledge-distillation", task.pipeline_tag, "acamkd-hf"]
     tags += ["acam-kd"] if method == "acamkd" else [method]
-    tags += [t for t in (config.get("model_type"), teacher_record.get("model_type")) if t and t not in tags]
+    tags += [t for t in (model_type, teacher_record.get("model_type")) if t and t not in tags]
     card_data = ModelCardData(
         model_name=repo_id,
         library_name="transformers",
@@ -162,12 +173,13 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
         has_student_alone="student_alone" in metrics,
         distillation_settings=[(name, value) for name, value in distillation.items() if name != "teacher"],
         training_rows=training_rows,
-        needs_package=config.get("model_type") == "timm_deeplabv3",
+        needs_package=model_type == "timm_deeplabv3",
     )
 
 
 def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> Path:
-    """Renders the card into ``output_dir/README.md`` (done at the end of every run, pushed or not)."""
+    """Renders the card of a finished folder into ``output_dir/README.md`` (``acamkd-push``, and a push of a folder
+    without one; a run writes its own card from its record at the end, pushed or not)."""
     path = Path(output_dir) / "README.md"
     build_model_card(output_dir, repo_id).save(path)
     return path
@@ -258,6 +270,7 @@ def push_student(
 
 __all__ = [
     "HubPushError",
+    "model_card",
     "build_model_card",
     "write_model_card",
     "files_to_push",

@@ -16,14 +16,8 @@ def _one_intra_op_thread():
 
 @pytest.fixture(scope="session")
 def distill_script():
-    """scripts/distill.py imported as a module (it is a script, not part of the package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    """The program of ``acamkd-distill`` / ``scripts/distill.py``: :mod:`acamkd_hf.cli` (``main``, ``run``,
+    ``parse_arguments``, ``load_model``, ...)."""
+    import acamkd_hf.cli
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "distill.py"
-    spec = importlib.util.spec_from_file_location("distill_script", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return acamkd_hf.cli

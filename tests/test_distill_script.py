@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 
 import acamkd_hf.models  # noqa: F401  (registers the DeepLabV3 classes with the Auto API)
+from acamkd_hf import cli
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "distill.py"
@@ -108,11 +109,10 @@ def test_accelerate_launch_distill_end_to_end(tmp_path):
     assert masks[0]["mask"].size == (100, 50)
 
 
-def test_paper_recipe_parses_with_flag_overrides(distill_script):
+def test_paper_recipe_parses_with_flag_overrides():
     """The shipped Cityscapes recipe is valid for the parser, holds the paper's settings, and flags override it."""
-    distill = distill_script
     recipe = REPO / "configs" / "cityscapes_deeplabv3_r101_to_mbv2.yaml"
-    model_args, data_args, args = distill.parse_arguments(
+    model_args, data_args, args = cli.parse_arguments(
         ["--config", str(recipe), "--teacher", "my/teacher", "--dataset", "/data/cityscapes", "--max_steps", "10"]
     )
     assert (args.teacher, data_args.dataset, model_args.student) == ("my/teacher", "/data/cityscapes", "deeplabv3-mobilenetv2")
@@ -125,17 +125,16 @@ def test_paper_recipe_parses_with_flag_overrides(distill_script):
     assert args.batch_eval_metrics  # the streaming mIoU needs it, whatever the recipe says
 
 
-def test_no_arguments_means_the_embedded_default_and_flags_override_it(distill_script):
+def test_no_arguments_means_the_embedded_default_and_flags_override_it():
     from acamkd_hf.tasks import SegmentationTask
 
-    distill = distill_script
-    model_args, data_args, args = distill.parse_arguments([])
+    model_args, data_args, args = cli.parse_arguments([])
     assert args.num_train_epochs == SegmentationTask.default_recipe["num_train_epochs"] and data_args.dataset is None
     assert (model_args.task, model_args.student, model_args.teacher_architecture) == ("segmentation", "tiny-segformer", "small-segformer")
     assert args.method == "acamkd" and model_args.compare_student_alone
-    _, _, args = distill.parse_arguments(["--num_train_epochs", "1"])
+    _, _, args = cli.parse_arguments(["--num_train_epochs", "1"])
     assert args.num_train_epochs == 1 and args.learning_rate == SegmentationTask.default_recipe["learning_rate"]
-    _, _, args = distill.parse_arguments(["--dataset", "/data/x"])  # own data: the Trainer's own defaults
+    _, _, args = cli.parse_arguments(["--dataset", "/data/x"])  # own data: the Trainer's own defaults
     assert args.learning_rate == 5e-5
 
 
@@ -145,34 +144,34 @@ def _tiny_flags(tmp_path, out="student"):
             "--disable_tqdm", "true", "--compare_student_alone", "false"]
 
 
-def test_bad_inputs_fail_before_anything_trains(distill_script, tmp_path):
+def test_bad_inputs_fail_before_anything_trains(tmp_path):
     with pytest.raises(ValueError, match=r"'stage9'.*available: logits, stage1"):
-        distill_script.main([*_tiny_flags(tmp_path), "--distillation_points", "stage9"])
+        cli.main([*_tiny_flags(tmp_path), "--distillation_points", "stage9"])
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        distill_script.main([*_tiny_flags(tmp_path), "--student", "./no-such-model"])
+        cli.main([*_tiny_flags(tmp_path), "--student", "./no-such-model"])
     assert not (tmp_path / "student_teacher").exists()  # the teacher was never trained
 
 
-def test_students_start_from_the_same_weights(distill_script, tmp_path):
+def test_students_start_from_the_same_weights(tmp_path):
     """The distilled student, the student alone and the untrained row must share one initialisation."""
-    task = distill_script.TASKS["segmentation"]()
-    model_args, data_args, args = distill_script.parse_arguments(_tiny_flags(tmp_path))
+    task = cli.TASKS["segmentation"]()
+    model_args, data_args, args = cli.parse_arguments(_tiny_flags(tmp_path))
     data = task.prepare_data(data_args, args.seed)
     torch.manual_seed(123)  # whatever happened before: the seed of the run decides
-    first = distill_script.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
+    first = cli.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
     torch.rand(5)
-    second = distill_script.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
+    second = cli.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
-def test_an_output_dir_with_another_runs_checkpoints_is_not_reused(distill_script, tmp_path):
+def test_an_output_dir_with_another_runs_checkpoints_is_not_reused(tmp_path):
     flags = [*_tiny_flags(tmp_path), "--method", "none", "--student", "tiny-segformer"]
-    first = distill_script.main(flags)
+    first = cli.run(flags)
     # Same settings: the finished run is picked up again (an interrupted one would continue), same result.
-    again = distill_script.main(flags)
+    again = cli.run(flags)
     assert again["student"]["eval_mean_iou"] == first["student"]["eval_mean_iou"]
     with pytest.raises(ValueError, match=r"already holds a run .*learning_rate: 0.003 -> 0.001"):
-        distill_script.main([*flags, "--learning_rate", "0.001"])
+        cli.run([*flags, "--learning_rate", "0.001"])
 
 
 @pytest.mark.slow
@@ -212,10 +211,53 @@ def test_detection_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["coco_detr_r101_to_r50.yaml", "coco_rtdetr_r101_to_r18.yaml"])
-def test_detection_recipes_parse(distill_script, recipe):
-    model_args, data_args, args = distill_script.parse_arguments(
+def test_detection_recipes_parse(recipe):
+    model_args, data_args, args = cli.parse_arguments(
         ["--config", str(REPO / "configs" / recipe), "--dataset", "/data/coco", "--teacher", "t"]
     )
     assert model_args.task == "detection" and args.method == "acamkd" and args.num_masks == 6
     assert args.inherit_from_teacher and args.distillation_points[0] == "neck1"
     assert not args.eval_do_concat_batches and args.batch_eval_metrics
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_parses_with_its_values(recipe):
+    """Each recipe becomes the parser's defaults; every value arrives as its flag would give it (lists, dicts,
+    numbers of the field's type), and flags still win."""
+    import yaml
+
+    values = yaml.safe_load((REPO / "configs" / recipe).read_text())
+    parsed = cli.parse_arguments(["--config", str(REPO / "configs" / recipe), "--dataset", "/data/x", "--seed", "7"])
+    given = {name: value for name, value in values.items() if value is not None and name not in ("dataset", "seed")}
+    for name, value in given.items():
+        held = next(getattr(part, name) for part in parsed if hasattr(part, name))
+        held = getattr(held, "value", held)  # enums (optim, lr_scheduler_type, strategies) hold the recipe's string
+        expected = float(value) if isinstance(held, float) else value  # learning_rate: 0.02, num_train_epochs: 24
+        expected = [] if (name, value) == ("report_to", "none") else expected  # TrainingArguments' own spelling
+        assert held == expected and type(held) is type(expected), f"{recipe}: {name} = {held!r}, recipe {value!r}"
+    assert parsed[2].seed == 7 and parsed[1].dataset == "/data/x"
+
+
+def test_a_recipe_key_that_is_no_setting_is_refused_naming_it(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: acamkd\nlearning_rat: 0.01\n")
+    with pytest.raises(ValueError, match=rf"{recipe}: 'learning_rat' is not a setting of acamkd-distill\. Did you mean learning_rate"):
+        cli.parse_arguments(["--config", str(recipe)])
+    recipe.write_text("method: kd\n")
+    with pytest.raises(ValueError, match=r"'method' cannot be 'kd'; choose one of: acamkd"):
+        cli.parse_arguments(["--config", str(recipe)])
+    recipe.write_text("crop_size: [512, 1024]\nscale_range: [1, 2]\nlearning_rate: 3e-3\n")  # YAML: 3e-3 is a string
+    _, data_args, args = cli.parse_arguments(["--config", str(recipe)])
+    assert (data_args.crop_size, data_args.scale_range, args.learning_rate) == ([512, 1024], [1.0, 2.0], 0.003)
+
+
+def test_console_entry_points_and_the_script_run_the_cli():
+    from importlib.metadata import entry_points
+
+    scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
+    assert scripts["acamkd-distill"] == "acamkd_hf.cli:main"
+    assert scripts["acamkd-push"] == "acamkd_hf.cli:push_main"
+    # The documented `accelerate launch scripts/distill.py` runs the same program, --config among its flags.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    shown = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0 and "--config FILE" in shown.stdout and "--distillation_points" in shown.stdout

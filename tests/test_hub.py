@@ -1,5 +1,5 @@
-"""Model card and Hub push of a distilled student, from a real tiny run of scripts/distill.py (in-process, with the
-Hub calls patched: the Hub is unreachable here, and tests must not push anywhere)."""
+"""Model card and Hub push of a distilled student, from a real tiny run of acamkd-distill (in-process, with the Hub
+calls patched: the Hub is unreachable here, and tests must not push anywhere)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import filter_repo_objects
 
-from acamkd_hf import hub
+from acamkd_hf import cli, hub
 from acamkd_hf.hub import HubPushError, push_student
 
 SECRET = "hf_FAKE_secret_token_0123456789"
@@ -51,7 +51,7 @@ class RecordingHub:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, distill_script):
+def run(tmp_path_factory):
     """One tiny distillation run with --push_to_hub (patched Hub) and a token given on the command line."""
     root = tmp_path_factory.mktemp("run")
     recorder = RecordingHub()
@@ -59,7 +59,7 @@ def run(tmp_path_factory, distill_script):
     for patch in patches:
         patch.start()
     try:
-        results = distill_script.main([
+        results = cli.run([
             "--output_dir", str(root / "student"), "--synthetic_dir", str(root / "data"),
             "--synthetic_num_train", "12", "--synthetic_num_val", "4", "--num_train_epochs", "1",
             "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--save_strategy", "epoch",
@@ -101,6 +101,12 @@ def test_card_names_teacher_method_settings_budget_and_baseline(run):
     assert "optimizer steps | 3" in text and "4 per device x 1 process(es) x 1 accumulation" in text
     assert f'from_pretrained("{REPO_ID}")' in text and "@inproceedings{lan2025acamkd" in text
     assert "synthetic" in text  # limitations say what it was trained on
+
+
+def test_the_card_written_from_memory_is_the_one_rerendered_from_the_folder(run):
+    """The run renders its card from its record in memory; acamkd-push re-renders it from the files: the same card."""
+    out, _, _ = run
+    assert str(hub.build_model_card(out, REPO_ID)) == (out / "README.md").read_text()
 
 
 def test_script_push_uploads_exactly_the_student_and_its_record(run):
