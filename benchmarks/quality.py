@@ -1,104 +1,112 @@
-"""Quality of ACAM-KD against the student alone, the baselines and the paper's ablations, several seeds, one budget.
+"""Quality of ACAM-KD against the student alone and the baselines: 5 seeds paired by seed, one budget per table.
 
-    python benchmarks/quality.py                         # the full table: 11 rows x 3 seeds (+ 1 teacher)
-    python benchmarks/quality.py --rows student acamkd --seeds 0 --epochs 2 --work_dir /tmp/q-smoke   # quick check
+    python benchmarks/quality.py --table logits            # segmentation, distillation at the logits (the paper's point)
+    python benchmarks/quality.py --table feature           # segmentation, distillation at one backbone feature (stage2)
+    python benchmarks/quality.py --table detection         # RT-DETR necks, against the inherited control
+    python benchmarks/quality.py --table logits --rows student acamkd --seeds 0 --epochs 2 --work_dir /tmp/q  # smoke
 
-Every run is ``scripts/distill.py``'s ``main(argv)`` (in this process; ``--subprocess`` for a fresh interpreter per
-run), i.e. exactly what a user runs, on the embedded synthetic recipe of the task (segmentation: 240 synthetic
-64x128 Cityscapes-layout images, small-segformer teacher -> tiny-segformer student, 20 epochs, batch 8, lr 3e-3,
-polynomial schedule). The only flags added to the recipe are the row's, the seed, the budget flags of this script
-(``--epochs``, ``--train_images``), and bookkeeping (output folder, no checkpoints, no progress bar, no student-alone
-side run, one shared synthetic set).
+Every run is the package's CLI (``python -m acamkd_hf.cli``, i.e. ``acamkd-distill``: exactly what a user runs) in a
+subprocess with one OpenMP thread; ``--jobs`` runs go side by side (default 2: this machine's cores). The
+segmentation recipe is the embedded synthetic one (240 synthetic 64x128 Cityscapes-layout images, 60 validation
+images, tiny-segformer student, batch 8, lr 3e-3, polynomial schedule) at a budget where the student alone converges
+(40 epochs: at the embedded default's 20 epochs the student alone spans 0.44-0.60 mIoU over 5 seeds, whole classes
+learned or not per seed; at 40 its std is below 0.01). The teacher (small-segformer) is trained once, longer
+(--teacher_epochs, default 80), and reused by every run; the synthetic set is written once and shared, so seeds
+change the initialisation, data order and augmentation, never the data. The same seed gives the same initial student
+in every row (the CLI builds the student after ``set_seed``): rows are paired by seed.
 
-* The teacher is trained once (seed 0, method ``none``) into ``<work_dir>/teacher`` and reused as ``--teacher`` by
-  every distillation run. The synthetic data set is written once (by that teacher run, seed 0) into
-  ``<work_dir>/data`` and shared by every run, so seeds change the initialisation, data order and augmentation,
-  never the data.
-* Each run has its own folder ``<work_dir>/<row>/seed<k>``; a run whose ``metrics.json`` exists is reused (the
-  benchmark can be interrupted and continued); a folder without one is cleared and run again. A reused run must have
-  been made with the same budget (else the script stops: use another ``--work_dir``).
-* Per run it records mIoU, pixel accuracy, wall time, and the training log (``trainer_state.json``): the last logged
-  ``task_loss``, ``distillation_loss`` and ``distill/<point>/*`` terms (incl. ``spatial_mask_mean``,
-  ``channel_mask_mean``), plus the first logged ones (to see how the masks moved).
+* Each run has its own folder ``<work_dir>/<table>/<row>/seed<k>``; a run whose ``metrics.json`` exists is reused
+  (the benchmark can be interrupted and continued; a reused run must have the same flags); a folder without one is
+  cleared and run again.
+* Per row: mean +- std over seeds; the difference to the student alone paired by seed, with its 95 % t-interval
+  over seeds (t quantile for n - 1 degrees of freedom) and the number of seeds on which the row beats the student
+  alone; the imitation/task loss ratio at the first logged step and at the end; wall time.
 
-Prints a markdown table (mean +- std over seeds per row), writes it and the raw per-run records to
-``<results_dir>/quality_<task>.{md,json}``, and ends with ``RESULT <row>_miou=<mean> ... best=<row>``.
+Writes the table and every run's record to ``<results_dir>/quality_<task>_<table>.{md,json}`` and ends with
+``RESULT <row>=<mean> ...`` (one name=value per row).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DISTILL = REPO / "scripts" / "distill.py"
+CLI = [sys.executable, "-m", "acamkd_hf.cli"]
 
-#: row name -> (extra distill.py flags, description). The order is the table's.
+#: row name -> (extra CLI flags, description), for the two segmentation tables (the point is the table's). Rows
+#: beyond the default ones (--rows) are the method study's variants (docs/results.md).
 SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
     "student": (["--method", "none"], "student alone (no KD)"),
-    "mse": (["--method", "mse"], "MSE on aligned logits (FitNet, the paper's 'no mask')"),
+    "mse": (["--method", "mse"], "MSE on the aligned feature (FitNet, the paper's 'no mask')"),
+    "cwd": (["--method", "cwd"], "CWD (tau 1, weight 1)"),
     "mgd": (["--method", "mgd"], "MGD (alpha_mgd 2e-5, ratio 0.65)"),
-    "cwd": (["--method", "cwd"], "CWD (tau 1)"),
-    "acamkd": (["--method", "acamkd"], "ACAM-KD (defaults: both masks, teacher query, student detached in fusion)"),
-    "acamkd_spatial": (["--method", "acamkd", "--mask_kinds", "spatial"], "ACAM-KD, spatial masks only (Table 8)"),
-    "acamkd_channel": (["--method", "acamkd", "--mask_kinds", "channel"], "ACAM-KD, channel masks only (Table 8)"),
-    "acamkd_student_query": (["--method", "acamkd", "--fusion_mode", "student_query"],
-                             "ACAM-KD, query from the student (Table 9)"),
-    "acamkd_teacher_only": (["--method", "acamkd", "--fusion_mode", "teacher_only"],
-                            "ACAM-KD, teacher-only masks (Table 10)"),
-    "acamkd_literal_grad": (["--method", "acamkd", "--detach_student_in_fusion", "false"],
-                            "ACAM-KD, student not detached in the fusion (literal gradient)"),
-    "acamkd_detach_masks": (["--method", "acamkd", "--detach_masks_in_imitation", "true"],
-                            "ACAM-KD, masks detached in the imitation terms (investigation)"),
+    "pkd": (["--method", "pkd"], "PKD (per-channel standardisation, weight 6)"),
+    "acamkd_paper": (["--method", "acamkd", "--acamkd_variant", "paper"],
+                     "ACAM-KD, the paper's literal losses (sum-M normaliser, sigmoid masks, raw features, alpha 1)"),
+    "acamkd": (["--method", "acamkd"], "ACAM-KD, the recommended variant (the default of --method acamkd)"),
+    # the method study (issue: ACAM-KD that measurably helps)
+    "acamkd_std": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true"],
+                   "paper + standardised imitation"),
+    "acamkd_softmax": (["--method", "acamkd", "--acamkd_variant", "paper", "--mask_activation", "softmax"],
+                       "paper + softmax (partition) masks"),
+    "acamkd_std_softmax": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
+                            "--mask_activation", "softmax"], "paper + standardised imitation + softmax masks"),
+    "acamkd_std_softmax_detach": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
+                                   "--mask_activation", "softmax", "--detach_masks_in_imitation", "true"],
+                                  "paper + standardised imitation + softmax masks learned from Dice only"),
+    "acamkd_std_sumsq": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
+                          "--mask_normalizer", "sum_sq"], "paper + standardised imitation + sum-M^2 normaliser"),
+    # sequence-reduced fusion (issue: fusion at about the cost of a plain feature loss)
+    "acamkd_r2": (["--method", "acamkd", "--fusion_kv_reduction", "2"], "recommended, key/value reduction R = 2"),
+    "acamkd_r4": (["--method", "acamkd", "--fusion_kv_reduction", "4"], "recommended, key/value reduction R = 4"),
+    "acamkd_r8": (["--method", "acamkd", "--fusion_kv_reduction", "8"], "recommended, key/value reduction R = 8"),
 }
-#: detection: the recipe inherits the student's encoder/decoder/heads from the teacher (the paper's setting); a student
-#: trained alone cannot inherit through distill.py (method none loads no teacher), so that row starts from scratch.
+DEFAULT_SEGMENTATION_ROWS = ["student", "mse", "cwd", "mgd", "pkd", "acamkd_paper", "acamkd"]
+#: detection: the recipe inherits the student's encoder/decoder/heads from the teacher (the paper's setting). The
+#: control is the same inheritance with no imitation gradient (MSE at weight 0).
 DETECTION_ROWS = {
-    "student": (["--method", "none", "--inherit_from_teacher", "false"], "student alone (no KD, no inheritance)"),
     "student_inherited": (["--method", "mse", "--alpha", "0"],
-                          "student alone with inheritance (MSE at weight 0: no imitation gradient), the fair control"),
+                          "student alone with inheritance (MSE at weight 0: no imitation gradient), the control"),
     "mse": (["--method", "mse"], "MSE on the aligned neck maps, inheritance on"),
-    "acamkd": (["--method", "acamkd"], "ACAM-KD at every neck level (M = 6), inheritance on"),
+    "pkd": (["--method", "pkd"], "PKD on the neck maps, inheritance on"),
+    "acamkd_paper": (["--method", "acamkd", "--acamkd_variant", "paper"], "ACAM-KD paper variant, every neck level"),
+    "acamkd": (["--method", "acamkd"], "ACAM-KD recommended variant, every neck level (M = 6), inheritance on"),
 }
 
-#: per task: teacher / student presets, headline metric keys (eval_*), titles
-TASK_SETTINGS: dict[str, dict[str, Any]] = {
-    "segmentation": {
-        "rows": SEGMENTATION_ROWS,
-        "teacher": "small-segformer",
+#: per table: task, point flags, rows, the row every other is paired against, teacher preset, budget, metrics
+TABLES: dict[str, dict[str, Any]] = {
+    "logits": {
+        "task": "segmentation", "point": ["--distillation_points", "logits"], "rows": SEGMENTATION_ROWS,
+        "default_rows": DEFAULT_SEGMENTATION_ROWS, "control": "student", "teacher": "small-segformer",
+        "epochs": 40, "teacher_epochs": 80,
         "metrics": (("eval_mean_iou", "mIoU"), ("eval_overall_accuracy", "pixel acc.")),
-        "key": "miou",
+    },
+    "feature": {
+        "task": "segmentation", "point": ["--distillation_points", "stage2"], "rows": SEGMENTATION_ROWS,
+        "default_rows": DEFAULT_SEGMENTATION_ROWS, "control": "student", "teacher": "small-segformer",
+        "epochs": 40, "teacher_epochs": 80,
+        "metrics": (("eval_mean_iou", "mIoU"), ("eval_overall_accuracy", "pixel acc.")),
     },
     "detection": {
-        "rows": DETECTION_ROWS,
-        "teacher": "tiny-rtdetr-resnet",
+        "task": "detection", "point": [], "rows": DETECTION_ROWS, "default_rows": list(DETECTION_ROWS),
+        "control": "student_inherited", "teacher": "tiny-rtdetr-resnet", "epochs": None, "teacher_epochs": 16,
         "metrics": (("eval_map", "mAP"), ("eval_map_50", "AP50")),
-        "key": "map",
     },
 }
 
 
 # ----------------------------------------------------------------------------------------------------- runs
-def load_distill():
-    """scripts/distill.py as a module (loaded once; registered first: its dataclasses look their module up)."""
-    name = "acamkd_distill_script"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, DISTILL)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def budget_flags(options) -> list[str]:
     flags = []
     if options.epochs is not None:
@@ -121,39 +129,22 @@ def common_flags(options, output_dir: Path, seed: int) -> list[str]:
     ]
 
 
-def run_once(options, argv: list[str], output_dir: Path) -> float:
-    """Runs distill.py with ``argv``; returns the wall time in seconds. Retries once on an error (the library may be
-    edited while the benchmark runs)."""
-    for attempt in (1, 2):
-        if output_dir.exists():
-            shutil.rmtree(output_dir)  # an unfinished run: start it afresh
-        start = time.perf_counter()
-        try:
-            if options.subprocess:
-                subprocess.run([sys.executable, str(DISTILL), *argv], check=True, cwd=REPO)
-            else:
-                load_distill().main(argv)
-            return time.perf_counter() - start
-        except Exception as error:  # reported, retried once
-            print(f"[quality] run {output_dir} failed (attempt {attempt}): {error!r}", flush=True)
-            if attempt == 2:
-                raise
-            time.sleep(5)
-    raise AssertionError("unreachable")
+def run_once(argv: list[str], output_dir: Path) -> float:
+    """Runs the CLI with ``argv`` in a subprocess with one OpenMP thread; returns the wall time in seconds. Its log
+    goes to ``<output_dir>.log``."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)  # an unfinished run: start it afresh
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    with open(f"{output_dir}.log", "w") as log:
+        done = subprocess.run([*CLI, *argv], cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"run {output_dir} failed (exit {done.returncode}); its log: {output_dir}.log")
+    return time.perf_counter() - start
 
 
-def check_budget(record: dict[str, Any], options, output_dir: Path, epochs_key: str = "epochs") -> None:
-    wanted = {"epochs": options.teacher_epochs if epochs_key == "teacher_epochs" else options.epochs,
-              "train_images": options.train_images}
-    for name, value in wanted.items():
-        if value is not None and record["budget"].get(name) != value:
-            raise SystemExit(
-                f"{output_dir} holds a run with {name}={record['budget'].get(name)}, not {value}: use another "
-                f"--work_dir (or delete that folder)"
-            )
-
-
-def read_run(output_dir: Path, task_settings: dict[str, Any]) -> dict[str, Any]:
+def read_run(output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:
     """The numbers of a finished run from its folder."""
     metrics = json.loads((output_dir / "metrics.json").read_text())
     run_config = json.loads((output_dir / "run_config.json").read_text())
@@ -187,36 +178,47 @@ def read_run(output_dir: Path, task_settings: dict[str, Any]) -> dict[str, Any]:
         "last_log": terms(train_logs[-1] if train_logs else None),
         "log_history": [terms(entry) for entry in train_logs],
     }
-    for key, _ in task_settings["metrics"]:
+    for key, _ in table["metrics"]:
         record[key] = student.get(key)
     if "teacher" in metrics:
-        record["teacher_" + task_settings["metrics"][0][0]] = metrics["teacher"].get(task_settings["metrics"][0][0])
+        record["teacher_" + table["metrics"][0][0]] = metrics["teacher"].get(table["metrics"][0][0])
     if "student_untrained" in metrics:
-        record["untrained_" + task_settings["metrics"][0][0]] = metrics["student_untrained"].get(
-            task_settings["metrics"][0][0])
+        record["untrained_" + table["metrics"][0][0]] = metrics["student_untrained"].get(
+            table["metrics"][0][0])
     return record
 
 
-def run_or_reuse(options, name: str, argv: list[str], output_dir: Path, task_settings, epochs_key="epochs"):
+def run_or_reuse(name: str, argv: list[str], output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:
+    """The record of the run ``argv`` in ``output_dir``: read back when that folder holds a finished run made with
+    the same flags, else run now."""
     timing_path = output_dir / "quality_wall_time.json"
-    if (output_dir / "metrics.json").is_file():
-        record = read_run(output_dir, task_settings)
-        check_budget(record, options, output_dir, epochs_key)
-        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-        if timing.get("argv") not in (None, argv):
+    if (output_dir / "metrics.json").is_file() and timing_path.is_file():
+        timing = json.loads(timing_path.read_text())
+        if timing.get("argv") != argv:
             raise SystemExit(f"{output_dir} holds a run made with other flags ({' '.join(timing['argv'])}): use "
-                             f"another --work_dir or --tag (or delete that folder)")
+                             f"another --work_dir (or delete that folder)")
         wall = timing.get("wall_s")
-        print(f"[quality] reusing {output_dir}", flush=True)
     else:
-        print(f"[quality] running {name}: distill.py {' '.join(argv)}", flush=True)
-        wall = run_once(options, argv, output_dir)
+        print(f"[quality] running {name}: acamkd-distill {' '.join(argv)}", flush=True)
+        wall = run_once(argv, output_dir)
         timing_path.write_text(json.dumps({"wall_s": wall, "argv": argv}))
-        record = read_run(output_dir, task_settings)
-        headline = task_settings["metrics"][0][0]
-        print(f"[quality] {name}: {headline} {record[headline]:.4f}, wall {wall:.0f} s", flush=True)
+    record = read_run(output_dir, table)
+    headline = table["metrics"][0][0]
+    print(f"[quality] {name} ({output_dir.name}): {headline} {record[headline]:.4f}, wall {wall:.0f} s", flush=True)
     record.update(row=name, output_dir=str(output_dir), wall_s=wall, argv=argv)
     return record
+
+
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean and its ``confidence`` t-interval over the values (Student's t, n - 1 degrees
+    of freedom); the interval is ``nan`` for fewer than two values."""
+    from scipy.stats import t
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
 
 
 # ----------------------------------------------------------------------------------------------------- table
@@ -249,45 +251,59 @@ def fmt(value: float | None, digits: int = 4, mask: bool = False) -> str:
     return f"{value:.{digits}f}"
 
 
-def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], task_settings, options) -> tuple[str, dict]:
-    (headline, title), (second, second_title) = task_settings["metrics"][:2]
+def imitation_ratio(record: dict[str, Any], entry: dict[str, Any]) -> float | None:
+    """Weighted imitation loss / task loss in one logged entry (ACAM-KD: alpha (L_c + L_s), the Dice term left
+    out; the baselines: their distillation loss)."""
+    task, distill = entry.get("task_loss"), entry.get("distillation_loss")
+    imitation = [v for k, v in entry.items() if k.endswith(("/channel", "/spatial"))]
+    if imitation:
+        alpha = (record.get("distillation") or {}).get("alpha")
+        distill = (1.0 if alpha is None else alpha) * sum(imitation)
+    return distill / task if task and distill is not None else None
+
+
+def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], table: dict[str, Any]) -> tuple[str, dict]:
+    (headline, title), (second, second_title) = table["metrics"][:2]
+    control = table["control"]
     summary: dict[str, Any] = {}
-    baseline = {r["seed"]: r.get(headline) for r in rows.get("student", [])}
+    baseline = {r["seed"]: r.get(headline) for r in rows.get(control, [])}
     header = (
-        f"| row | {title} mean +- std | per seed | minus student alone, paired by seed | "
-        f"{second_title} mean +- std | wall s (mean) | "
-        f"final task_loss | final distillation_loss | final spatial mask mean | final channel mask mean |"
+        f"| row | {title} mean +- std | per seed | minus {control}, paired by seed: mean [95% t-interval] | "
+        f"seeds better | {second_title} mean +- std | imitation / task loss, first log -> last | "
+        f"final spatial / channel mask mean | wall s (mean) |"
     )
     teacher_line = (
-        f"| teacher ({task_settings['teacher']}, 1 run) | {fmt(teacher.get(headline))} | - | - | "
-        f"{fmt(teacher.get(second))} | {fmt(teacher.get('wall_s'), 0)} | {fmt(teacher['last_log'].get('task_loss'))} "
-        f"| - | - | - |"
+        f"| teacher ({table['teacher']}, 1 run) | {fmt(teacher.get(headline))} | - | - | - | "
+        f"{fmt(teacher.get(second))} | - | - | {fmt(teacher.get('wall_s'), 0)} |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|", teacher_line]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|", teacher_line]
     for name, records in rows.items():
         m, s = mean_std([r.get(headline) for r in records])
         m2, s2 = mean_std([r.get(second) for r in records])
         wall, _ = mean_std([r.get("wall_s") for r in records])
-        finals = {
-            key: mean_std([last_term(r, key) for r in records])[0] if any(last_term(r, key) is not None for r in records)
-            else None
-            for key in ("task_loss", "distillation_loss", "spatial_mask_mean", "channel_mask_mean")
-        }
-        summary[name] = {"mean": m, "std": s, "per_seed": [r.get(headline) for r in records],
-                         "seeds": [r["seed"] for r in records], f"{second}_mean": m2, f"{second}_std": s2,
-                         "wall_s_mean": wall, **{f"final_{key}": value for key, value in finals.items()}}
-        per_seed = ", ".join(fmt(r.get(headline)) for r in records)
+        ratios = [(imitation_ratio(r, r["first_log"]), imitation_ratio(r, r["last_log"])) for r in records]
+        first = mean_std([a for a, _ in ratios if a is not None])[0] if any(a is not None for a, _ in ratios) else None
+        last = mean_std([b for _, b in ratios if b is not None])[0] if any(b is not None for _, b in ratios) else None
+        masks = [mean_std([last_term(r, key) for r in records])[0] if any(last_term(r, key) is not None for r in records)
+                 else None for key in ("spatial_mask_mean", "channel_mask_mean")]
         deltas = [r.get(headline) - baseline[r["seed"]] for r in records
                   if baseline.get(r["seed"]) is not None and r.get(headline) is not None]
-        dm, ds = mean_std(deltas)
-        summary[name].update(paired_delta_mean=dm, paired_delta_std=ds, paired_deltas=deltas,
-                             seeds_better_than_student=sum(d > 0 for d in deltas))
-        paired = "-" if name == "student" or not deltas else (
-            f"{dm:+.4f} +- {fmt(ds)} ({sum(d > 0 for d in deltas)}/{len(deltas)} seeds better)")
+        dm, low, high = t_interval(deltas) if deltas else (float("nan"),) * 3
+        summary[name] = {
+            "mean": m, "std": s, "per_seed": [r.get(headline) for r in records], "seeds": [r["seed"] for r in records],
+            f"{second}_mean": m2, f"{second}_std": s2, "wall_s_mean": wall,
+            "paired_delta_mean": dm, "paired_delta_ci95": [low, high], "paired_deltas": deltas,
+            "seeds_better": sum(d > 0 for d in deltas), "imitation_over_task_first": first,
+            "imitation_over_task_last": last, "final_spatial_mask_mean": masks[0], "final_channel_mask_mean": masks[1],
+        }
+        per_seed = ", ".join(fmt(r.get(headline)) for r in records)
+        paired = "-" if name == control or not deltas else f"{dm:+.4f} [{low:+.4f}, {high:+.4f}]"
+        better = "-" if name == control or not deltas else f"{sum(d > 0 for d in deltas)}/{len(deltas)}"
+        ratio = "-" if first is None else f"{fmt(first, 3)} -> {fmt(last, 3)}"
+        mask_cell = "-" if masks == [None, None] else f"{fmt(masks[0], 3, mask=True)} / {fmt(masks[1], 3, mask=True)}"
         lines.append(
-            f"| {name} | {fmt(m)} +- {fmt(s)} | {per_seed} | {paired} | {fmt(m2)} +- {fmt(s2)} | {fmt(wall, 0)} | "
-            f"{fmt(finals['task_loss'])} | {fmt(finals['distillation_loss'])} | "
-            f"{fmt(finals['spatial_mask_mean'], mask=True)} | {fmt(finals['channel_mask_mean'], mask=True)} |"
+            f"| {name} | {fmt(m)} +- {fmt(s)} | {per_seed} | {paired} | {better} | {fmt(m2)} +- {fmt(s2)} | "
+            f"{ratio} | {mask_cell} | {fmt(wall, 0)} |"
         )
     return "\n".join(lines), summary
 
@@ -304,12 +320,7 @@ def dynamics_table(rows: dict[str, list[dict[str, Any]]]) -> str:
             return None
         entry = history[min(len(history) - 1, round(fraction * (len(history) - 1)))]
         if key == "ratio":  # the imitation part only: ACAM-KD's Dice term is left out
-            task, distill = entry.get("task_loss"), entry.get("distillation_loss")
-            imitation = [v for k, v in entry.items() if k.endswith(("/channel", "/spatial"))]
-            if imitation:
-                alpha = (record.get("distillation") or {}).get("alpha") or 1.0
-                distill = alpha * sum(imitation)
-            return distill / task if task and distill is not None else None
+            return imitation_ratio(record, entry)
         if key == "step":
             return entry.get("step")
         return last_term({**record, "last_log": entry}, key)
@@ -325,7 +336,7 @@ def dynamics_table(rows: dict[str, list[dict[str, Any]]]) -> str:
               f"channel mask mean at the same steps |\n|---|---|---|---|")
     lines = [header]
     for name, records in rows.items():
-        if name == "student":
+        if records and records[0].get("method") == "none":
             continue
         cells = [" / ".join(cell(records, f, key) for f in fractions)
                  for key in ("ratio", "spatial_mask_mean", "channel_mask_mean")]
@@ -337,126 +348,111 @@ def dynamics_table(rows: dict[str, list[dict[str, Any]]]) -> str:
 # ----------------------------------------------------------------------------------------------------- main
 def parse(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="segmentation", choices=list(TASK_SETTINGS))
+    parser.add_argument("--table", default="logits", choices=list(TABLES))
     parser.add_argument("--rows", nargs="+", default=None,
-                        help="Subset of rows (default: all of the task's). Segmentation: " + ", ".join(SEGMENTATION_ROWS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--work_dir", default=None, help="Run folders (default /tmp/acamkd-quality[-detection]).")
-    parser.add_argument("--epochs", type=float, default=None,
-                        help="Student epochs for every row (default: the recipe's; segmentation 20).")
-    parser.add_argument("--teacher_epochs", type=float, default=None,
-                        help="Teacher epochs (default: the recipe's; segmentation 20, detection 16).")
+                        help="Rows (default: the table's main rows). Segmentation: " + ", ".join(SEGMENTATION_ROWS)
+                        + ". Detection: " + ", ".join(DETECTION_ROWS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--jobs", type=int, default=2, help="Runs side by side, one thread each (default 2).")
+    parser.add_argument("--work_dir", default="/tmp/acamkd-quality",
+                        help="Run folders; the teacher and the data are shared by the tables of a task.")
+    parser.add_argument("--epochs", type=float, default=None, help="Student epochs of every row (default: the table's).")
+    parser.add_argument("--teacher_epochs", type=float, default=None, help="Teacher epochs (default: the table's).")
     parser.add_argument("--train_images", type=int, default=None,
                         help="Use only the first N training images in every run (default: all, 240).")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                        help="Further distill.py flags for every student run (put last), e.g. --extra --alpha 0.1")
-    parser.add_argument("--tag", default="",
-                        help="Suffix of the run folders (<row><tag>/seed<k>) for a variant (e.g. with --extra) that "
-                             "shares the work dir's teacher and data with the main table.")
+                        help="Further CLI flags for every student run (put last); use with --tag.")
+    parser.add_argument("--tag", default="", help="Suffix of the run folders and the results file, for --extra.")
     parser.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--results_name", default=None, help="Default quality_<task>.")
-    parser.add_argument("--subprocess", action="store_true", help="Each run in a fresh Python process.")
     options = parser.parse_args(argv)
-    rows = TASK_SETTINGS[options.task]["rows"]
-    options.rows = options.rows or list(rows)
-    unknown = [name for name in options.rows if name not in rows]
+    table = TABLES[options.table]
+    options.task = table["task"]
+    options.rows = options.rows or list(table["default_rows"])
+    unknown = [name for name in options.rows if name not in table["rows"]]
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {', '.join(rows)}")
-    options.work_dir = options.work_dir or ("/tmp/acamkd-quality" if options.task == "segmentation"
-                                            else f"/tmp/acamkd-quality-{options.task}")
-    options.results_name = options.results_name or f"quality_{options.task}"
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(table['rows'])}")
+    options.epochs = options.epochs if options.epochs is not None else table["epochs"]
+    options.teacher_epochs = options.teacher_epochs if options.teacher_epochs is not None else table["teacher_epochs"]
     return options
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cli = list(sys.argv[1:] if argv is None else argv)
     options = parse(cli)
-    task_settings = TASK_SETTINGS[options.task]
-    work = Path(options.work_dir)
+    table = TABLES[options.table]
+    work = Path(options.work_dir) / options.task
+    options.work_dir = str(work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    # 1. the teacher, once (seed 0); its run also writes the shared synthetic set (seed 0)
+    # 1. the teacher, once per task (seed 0); its run also writes the shared synthetic set (seed 0)
     teacher_dir = work / "teacher"
-    teacher_argv = [*common_flags(options, teacher_dir, 0), "--method", "none", "--student", task_settings["teacher"]]
-    if options.teacher_epochs is not None:
-        teacher_argv += ["--num_train_epochs", str(options.teacher_epochs)]
-    elif options.task == "detection":
-        teacher_argv += ["--num_train_epochs", "16"]  # the detection recipe's teacher_num_train_epochs
+    teacher_argv = [*common_flags(options, teacher_dir, 0), "--method", "none", "--student", table["teacher"],
+                    "--num_train_epochs", str(options.teacher_epochs)]
     if options.task == "detection":
         teacher_argv += ["--inherit_from_teacher", "false"]  # plain training: nothing to inherit from
     if options.train_images is not None:
         teacher_argv += ["--max_train_samples", str(options.train_images)]
-    teacher = run_or_reuse(options, "teacher", teacher_argv, teacher_dir, task_settings, epochs_key="teacher_epochs")
-    synthetic = json.loads((work / "data" / "synthetic.json").read_text())
-    if synthetic.get("seed") != 0:
-        raise SystemExit(f"{work / 'data'} was not written with seed 0: delete {work} and start again")
+    teacher = run_or_reuse("teacher", teacher_argv, teacher_dir, table)
 
-    # 2. every row x seed, same recipe and budget
-    # seed-major order: an interrupted benchmark has every row for the first seeds
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in options.rows}
+    # 2. every row x seed, same recipe and budget, --jobs at a time (seed-major: an interrupted benchmark has every
+    # row for the first seeds)
+    jobs = []
     for seed in options.seeds:
         for name in options.rows:
-            flags, _ = task_settings["rows"][name]
-            output_dir = work / f"{name}{options.tag}" / f"seed{seed}"
-            run_argv = [*common_flags(options, output_dir, seed), *flags, *budget_flags(options)]
-            if flags[1] != "none":
+            flags, _ = table["rows"][name]
+            output_dir = work / options.table / f"{name}{options.tag}" / f"seed{seed}"
+            run_argv = [*common_flags(options, output_dir, seed), *table["point"], *flags, *budget_flags(options)]
+            if "none" not in flags:
                 run_argv += ["--teacher", str(teacher_dir)]
-            run_argv += options.extra
-            record = run_or_reuse(options, name, run_argv, output_dir, task_settings)
+            jobs.append((name, seed, [*run_argv, *options.extra], output_dir))
+    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        futures = [(name, seed, pool.submit(run_or_reuse, name, run_argv, output_dir, table))
+                   for name, seed, run_argv, output_dir in jobs]
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in options.rows}
+        for name, seed, future in futures:
+            record = future.result()
             record["seed"] = seed
             rows[name].append(record)
 
-    table, summary = summarise(rows, teacher, task_settings, options)
+    summary_table, summary = summarise(rows, teacher, table)
     dynamics = dynamics_table(rows)
     total_run_wall = sum(r.get("wall_s") or 0 for records in rows.values() for r in records) + (teacher.get("wall_s") or 0)
-    any_record = next(iter(rows.values()))[0]
-    budget = dict(any_record["budget"])
+    budget = dict(next(iter(rows.values()))[0]["budget"])
+    point = " ".join(table["point"][1:]) or "the task's default points (every neck level)"
     settings_line = (
-        f"task {options.task}; teacher {task_settings['teacher']} (seed 0, {teacher['budget']['epochs']} epochs, "
-        f"reused by every row); student budget per run: {budget['epochs']} epochs, "
-        f"{budget['train_images'] or 'all'} training images, batch {budget['batch_size']}, lr {budget['learning_rate']}, "
-        f"{budget['global_step']} steps; seeds {options.seeds}; extra flags {options.extra or 'none'}"
+        f"table {options.table}: task {options.task}, distillation point {point}; teacher {table['teacher']} (seed 0, "
+        f"{teacher['budget']['epochs']} epochs, reused by every row); student budget per run: {budget['epochs']} "
+        f"epochs, {budget['train_images'] or 'all'} training images, batch {budget['batch_size']}, lr "
+        f"{budget['learning_rate']}, {budget['global_step']} steps; seeds {options.seeds} (paired: the same seed "
+        f"starts every row from the same student); extra flags {options.extra or 'none'}"
     )
-    key = task_settings["key"]
-    best = max(summary, key=lambda name: summary[name]["mean"]) if summary else None
     result = "RESULT " + " ".join(
-        [f"teacher_{key}={teacher.get(task_settings['metrics'][0][0]):.4f}"]
-        + [f"{name}_{key}={summary[name]['mean']:.4f}" for name in summary]
-        + [f"best={best}"]
+        [f"teacher={teacher.get(table['metrics'][0][0]):.4f}"] + [f"{name}={summary[name]['mean']:.4f}" for name in summary]
     )
     command = "python benchmarks/quality.py " + " ".join(cli)
-
     descriptions = "\n".join(
-        f"- `{name}`: {task_settings['rows'][name][1]} (`{' '.join(task_settings['rows'][name][0])}`)"
-        for name in rows
+        f"- `{name}`: {table['rows'][name][1]} (`{' '.join(table['rows'][name][0])}`)" for name in rows
     )
     markdown = (
-        f"# Quality benchmark ({options.task})\n\n`{command.strip()}`\n\n{settings_line}\n\n{table}\n\n"
-        f"Loss scale and mask size over training (mean over seeds; imitation = alpha (L_c + L_s) for ACAM-KD, "
-        f"the distillation loss for the baselines):\n\n{dynamics}\n\n"
-        f"Rows:\n{descriptions}\n\nWall time: the runs of this table took {total_run_wall:.0f} s together "
-        f"(teacher {fmt(teacher.get('wall_s'), 0)} s included; each run measured when it ran; this invocation "
-        f"{time.perf_counter() - started:.0f} s, reused runs count 0).\n\n{result}\n"
+        f"# Quality benchmark: {options.table}{options.tag}\n\n`{command.strip()}`\n\n{settings_line}\n\n"
+        f"{summary_table}\n\nLoss scale and mask size over training (mean over seeds; imitation = alpha (L_c + L_s) for "
+        f"ACAM-KD, the distillation loss for the baselines):\n\n{dynamics}\n\nRows:\n{descriptions}\n\n"
+        f"Wall time: the runs of this table took {total_run_wall:.0f} s of run time together (teacher included; "
+        f"{options.jobs} side by side; this invocation {time.perf_counter() - started:.0f} s, reused runs count 0)."
+        f"\n\n{result}\n"
     )
     results_dir = Path(options.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{options.results_name}.md").write_text(markdown)
+    name = f"quality_{options.task}_{options.table}{options.tag}" if options.task == "segmentation" else f"quality_{options.table}{options.tag}"
+    (results_dir / f"{name}.md").write_text(markdown)
     for record in [teacher, *(r for records in rows.values() for r in records)]:  # keep the JSON small:
         history = record.pop("log_history")  # the logs at 0, 10, 25, 50, 100 % of training (the dynamics table's)
         record["log_snapshots"] = [history[round(f * (len(history) - 1))] for f in (0.0, 0.1, 0.25, 0.5, 1.0)] if history else []
     raw = {"command": command.strip(), "settings": settings_line, "teacher": teacher, "summary": summary,
            "runs": rows, "result": result}
-    (results_dir / f"{options.results_name}.json").write_text(json.dumps(raw, indent=1, default=str))
-
-    print()
-    print(settings_line)
-    print()
-    print(table)
-    print()
-    print(dynamics)
-    print()
-    print(result)
+    (results_dir / f"{name}.json").write_text(json.dumps(raw, indent=1, default=str))
+    print(f"\n{settings_line}\n\n{summary_table}\n\n{dynamics}\n\n{result}")
     return raw
 
 
