@@ -69,9 +69,9 @@ class ACAMKDLoss(nn.Module):
         mask_normalizer: denominators of ``L_c`` / ``L_s``: ``"sum"`` (the paper's, default) or ``"sum_sq"`` (scale-
             invariant: the masks cannot lower the loss by shrinking). See :data:`acamkd_hf.functional.MASK_NORMALIZERS`.
 
-    Forward returns ``{"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean",
-    "spatial_mask_dice", "channel_mask_dice"}`` (a disabled mask kind contributes 0; the means and Dice overlaps are
-    diagnostics, not part of the loss). :meth:`masks` returns the
+    Forward returns ``{"loss", "channel", "spatial", "diversity", "spatial_diversity", "channel_diversity",
+    "spatial_mask_mean", "channel_mask_mean"}`` (``diversity`` = the sum of the two kinds' Dice terms; a disabled mask
+    kind contributes 0; the two means are diagnostics, not part of the loss). :meth:`masks` returns the
     masks of a batch without the losses.
     """
 
@@ -170,12 +170,12 @@ class ACAMKDLoss(nn.Module):
                 dice["spatial"] = KD.dice_diversity(spatial_masks.flatten(2))
             diversity = sum(dice.values(), zero)
             loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
-            # Diagnostics (not part of the loss): each kind's mean mask value and Dice overlap between its masks
-            # (1 = all masks alike, 0 = disjoint): collapse and lack of diversity show in the logs.
+            # Each kind's Dice term (1 = all masks alike, 0 = disjoint) and, as a diagnostic outside the loss, its
+            # mean mask value: collapse and lack of diversity show in the logs.
             stats = {}
             for name, masks in (("spatial", spatial_masks), ("channel", channel_masks)):
+                stats[f"{name}_diversity"] = dice[name] if masks is not None else zero
                 stats[f"{name}_mask_mean"] = masks.detach().mean() if masks is not None else zero
-                stats[f"{name}_mask_dice"] = dice[name].detach() if masks is not None else zero
         return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity, **stats}
 
 

@@ -202,7 +202,7 @@ class DistillationTrainer(Trainer):
         terms = terms if terms is not None else {"task": loss.detach()}
         bad = [
             f"{_log_name(name)}={value.item():g}" for name, value in terms.items()
-            if not name.endswith(("_mask_mean", "_mask_dice")) and not torch.isfinite(value).all()
+            if not name.endswith("_mask_mean") and not torch.isfinite(value).all()
         ]
         points = sorted({name.split("/")[0] for name in terms if "/" in name and not torch.isfinite(terms[name]).all()})
         where = f"non-finite terms on this process: {', '.join(bad)}" if bad else "the loss is finite here but not on another process"
