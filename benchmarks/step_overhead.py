@@ -59,8 +59,16 @@ import tempfile
 import time
 from collections.abc import Callable
 
-METHODS = ("none", "mse", "mgd", "cwd", "acamkd")
+METHODS = ("none", "mse", "mgd", "cwd", "pkd", "acamkd")
 DISTILLING = METHODS[1:]
+
+
+def variants(args) -> list[tuple[str, str, dict]]:
+    """``(label, method, settings)`` of every setup: each method with its defaults, then ACAM-KD once per
+    ``--kv-reductions`` value (``acamkd_r<R>``: STCA-FF's keys/values average-pooled R per side)."""
+    rows = [(method, method, {}) for method in METHODS]
+    rows += [(f"acamkd_r{r}", "acamkd", {"fusion_kv_reduction": r}) for r in args.kv_reductions]
+    return rows
 MIB = 2**20
 
 
@@ -212,10 +220,11 @@ def build_model_setups(args, device: str) -> tuple[list[Setup], list[str]]:
     batch = {"pixel_values": pixel_values, "labels": labels}
     output_root = tempfile.mkdtemp(prefix="step_overhead_")
     setups = []
-    for method in METHODS:
+    for label, method, settings in variants(args):
         training_args = DistillationArguments(
-            output_dir=os.path.join(output_root, method),
+            output_dir=os.path.join(output_root, label),
             method=method,
+            **settings,
             distillation_points=list(args.points) if method != "none" else None,
             report_to="none",
             use_cpu=device == "cpu",
@@ -245,7 +254,7 @@ def build_model_setups(args, device: str) -> tuple[list[Setup], list[str]]:
             model.zero_grad(set_to_none=True)
 
         setup = Setup()
-        setup.method, setup.step = method, step
+        setup.method, setup.step = label, step
         setup.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         setup.trainer = trainer
         if method != "none":
@@ -323,10 +332,10 @@ def build_feature_setups(args, device: str) -> tuple[list[Setup], list[str]]:
          f"on level 1; ACAM-KD M = {args.num_masks}"),
     ]
     setups = []
-    for method in METHODS:
+    for label, method, overrides in variants(args):
         torch.manual_seed(0)  # every method's modules start alike (build_distillation_loss draws from the global RNG)
         student = copy.deepcopy(initial).to(device)
-        settings = DistillationSettings(method=method).resolved(points, num_masks=args.num_masks)
+        settings = DistillationSettings(method=method, **overrides).resolved(points, num_masks=args.num_masks)
         losses = build_distillation_loss(settings, student_shapes, teacher_shapes)
         modules = nn.ModuleDict({"student": student, **({"distillation_loss": losses} if losses is not None else {})})
         modules.to(device).train()
@@ -343,7 +352,7 @@ def build_feature_setups(args, device: str) -> tuple[list[Setup], list[str]]:
             modules.zero_grad(set_to_none=True)
 
         setup = Setup()
-        setup.method, setup.step = method, step
+        setup.method, setup.step = label, step
         setup.modules, setup.optimizer = modules, optimizer
         setup.trainable_params = sum(p.numel() for p in modules.parameters() if p.requires_grad)
         if losses is not None:
@@ -514,6 +523,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch intra-op threads on CPU (default 1: on a shared machine a second thread's "
                              "synchronisation costs whole scheduler time slices; 0 = torch's default)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-component table")
+    parser.add_argument("--kv-reductions", nargs="*", default=[], metavar="R",
+                        help="also ACAM-KD with --fusion_kv_reduction R for each value (e.g. 2 4 8 auto): acamkd_r<R>")
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast (cuda only; the losses still compute in float32, as the library does)")
     model = parser.add_argument_group("model mode")
@@ -598,14 +609,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         args.repeats)
     ms = {method: median(values) for method, values in times.items()}
 
-    header = (f"{'method':<8} | {'step ms':>9} {'min-max':>11} | {'x student':>9} {'x mse':>6} | {'peak MiB':>9} "
+    header = (f"{'method':<12} | {'step ms':>9} {'min-max':>11} | {'x student':>9} {'x mse':>6} | {'peak MiB':>9} "
               f"{'x student':>9} {'x mse':>6} | {'state MiB':>9} | {'trainable':>11}")
     print(header)
     print("-" * len(header))
     for setup in setups:
         m = setup.method
         print(
-            f"{m if m != 'none' else 'student':<8} | {ms[m]:>9.1f} {spread(times[m]):>11} | {ms[m] / ms['none']:>9.2f} "
+            f"{m if m != 'none' else 'student':<12} | {ms[m]:>9.1f} {spread(times[m]):>11} | {ms[m] / ms['none']:>9.2f} "
             f"{ms[m] / ms['mse']:>6.2f} | {peaks[m] / MIB:>9.1f} {peaks[m] / peaks['none']:>9.2f} "
             f"{peaks[m] / peaks['mse']:>6.2f} | {states[m] / MIB:>9.1f} | {setup.trainable_params:>11,}"
         )
@@ -628,12 +639,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for m in DISTILLING:
         result[f"{m}_over_student"] = ms[m] / ms["none"]
     order = ["acamkd_over_mse", "acamkd_over_student", "mse_over_student", "mgd_over_student", "cwd_over_student",
-             "mgd_over_mse", "cwd_over_mse"]
+             "pkd_over_student", "mgd_over_mse", "cwd_over_mse", "pkd_over_mse"]
     result = {key: result[key] for key in order}
-    for m in ("acamkd", "mse", "mgd", "cwd"):
+    reduced = [setup.method for setup in setups if setup.method.startswith("acamkd_r")]
+    for m in reduced:
+        result[f"{m}_over_mse"] = ms[m] / ms["mse"]
+    for m in ("acamkd", "mse", "mgd", "cwd", "pkd"):
         result[f"peak_{m}_over_student"] = peaks[m] / peaks["none"]
-    result["peak_acamkd_over_mse"] = peaks["acamkd"] / peaks["mse"]
-    for m in METHODS:
+    for m in ("acamkd", *reduced):
+        result[f"peak_{m}_over_mse"] = peaks[m] / peaks["mse"]
+    for m in (*METHODS, *reduced):
         result[f"{'student' if m == 'none' else m}_ms"] = ms[m]
     result["acamkd_peak_mib"] = peaks["acamkd"] / MIB
     result["student_peak_mib"] = peaks["none"] / MIB
