@@ -26,13 +26,36 @@ def _result_line(output: str) -> dict[str, float]:
     return {key: float(value) for key, value in (item.split("=") for item in last.split()[1:])}
 
 
-@pytest.mark.parametrize("flags", [["--feature-only"], ["--no-breakdown"]], ids=["feature-only", "models"])
+@pytest.mark.parametrize(
+    "flags", [["--feature-only"], ["--no-breakdown", "--kv-reductions", "2", "auto"]], ids=["feature-only", "models"]
+)
 def test_step_overhead_quick(flags, capsys):
     _load("step_overhead").main(["--quick", *flags])
     result = _result_line(capsys.readouterr().out)
+    if "--kv-reductions" in flags:
+        assert result["acamkd_r2_over_mse"] > 0 and result["peak_acamkd_rauto_over_mse"] > 0
     for key in ("acamkd_over_mse", "acamkd_over_student", "mse_over_student", "mgd_over_student", "cwd_over_student",
                 "peak_acamkd_over_mse", "peak_acamkd_over_student"):
         assert result[key] > 0, key
+
+
+def test_gpu_suite_commands_parse():
+    """Every benchmark command of benchmarks/gpu_suite.sh parses with its script's own argument parser (the suite
+    itself needs a GPU; a typo in a flag would otherwise be found only on the lent machine)."""
+    import shlex
+
+    text = (BENCHMARKS / "gpu_suite.sh").read_text().replace("\\\n", " ")
+    commands = [line.split("python ", 1)[1] for line in text.splitlines()
+                if line.startswith("step ") and "python benchmarks/" in line]
+    assert len(commands) == 7
+    for command in commands:
+        script, *argv = shlex.split(command)
+        name = Path(script).stem
+        if name == "step_overhead":
+            args = _load(name).parse_args(argv)
+            assert args.device == "cuda"
+        else:
+            assert name == "fusion_memory" and argv == ["--device", "cuda"]
 
 
 def test_step_overhead_cuda_without_gpu_says_so(monkeypatch):
