@@ -158,14 +158,15 @@ class ACAMKDLoss(nn.Module):
             # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
             imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
             dice = {}
+            squared_error = (teacher32 - aligned32).pow(2)  # D^2, shared by L_c and L_s
             if channel_masks is not None:
                 channel = KD.channel_masked_loss(
-                    teacher32, aligned32, imitation(channel_masks), self.eps, self.mask_normalizer
+                    teacher32, aligned32, imitation(channel_masks), self.eps, self.mask_normalizer, squared_error
                 )
                 dice["channel"] = KD.dice_diversity(channel_masks)
             if spatial_masks is not None:
                 spatial = KD.spatial_masked_loss(
-                    teacher32, aligned32, imitation(spatial_masks), self.eps, self.mask_normalizer
+                    teacher32, aligned32, imitation(spatial_masks), self.eps, self.mask_normalizer, squared_error
                 )
                 dice["spatial"] = KD.dice_diversity(spatial_masks.flatten(2))
             diversity = sum(dice.values(), zero)
