@@ -45,6 +45,15 @@ ACAMKD_VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 ACAMKD_VARIANTS["recommended"] = dict(ACAMKD_VARIANTS["paper"])
+#: Settings added after the first release, and the value that reproduces the code before each existed: what a run
+#: record without the setting means (:meth:`DistillationSettings.from_record`, automatic resume).
+BEFORE_THE_SETTING_EXISTED: dict[str, Any] = {
+    "acamkd_variant": "paper",
+    "mask_activation": "sigmoid",
+    "imitation_standardize": False,
+    "fusion_kv_reduction": "1",
+    "fusion_max_kv_tokens": 1024,
+}
 #: The same settings for the other methods when not given (only ``imitation_standardize`` applies to them).
 BASELINE_DEFAULTS: dict[str, Any] = {"lambda_div": 1.0, "mask_normalizer": "sum", "mask_activation": "sigmoid",
                                      "detach_masks_in_imitation": False, "imitation_standardize": False}
@@ -190,25 +199,41 @@ class DistillationSettings:
     def distilling(self) -> bool:
         return self.method != "none"
 
-    def resolved(self, points: list[str], num_masks: int) -> DistillationSettings:
-        """A copy with every default filled in: the points, ``M`` (``num_masks`` when none was given), and each
-        setting left ``None`` from the ACAM-KD variant (method ``acamkd``) or the method's own (``alpha``:
-        :data:`DEFAULT_ALPHA`). The copy is what the losses are built from and what the run records."""
+    def with_method_defaults(self) -> DistillationSettings:
+        """A copy with each setting left ``None`` filled from the ACAM-KD variant (method ``acamkd``) or the method's
+        own (``alpha``: :data:`DEFAULT_ALPHA`); the model-dependent ones (points, ``M``) stay as they are."""
         defaults = dict(ACAMKD_VARIANTS[self.acamkd_variant]) if self.method == "acamkd" else dict(BASELINE_DEFAULTS)
         defaults.setdefault("alpha", DEFAULT_ALPHA.get(self.method))
-        unset = {name: value for name, value in defaults.items() if getattr(self, name) is None}
+        return replace(self, **{name: value for name, value in defaults.items() if getattr(self, name) is None})
+
+    def resolved(self, points: list[str], num_masks: int) -> DistillationSettings:
+        """A copy with every default filled in: the points, ``M`` (``num_masks`` when none was given) and the
+        method's defaults (:meth:`with_method_defaults`). The copy is what the losses are built from and what the
+        run records."""
         return replace(
-            self,
+            self.with_method_defaults(),
             distillation_points=list(points),
             num_masks=self.num_masks if self.num_masks is not None else num_masks,
-            **unset,
         )
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> DistillationSettings:
+        """The settings a run recorded (``training_args.json`` of a checkpoint, ``run_config.json``'s
+        ``distillation``). A setting the record does not have did not exist when it was written: it takes the value
+        that reproduces what the code did then (:data:`BEFORE_THE_SETTING_EXISTED`), never today's default."""
+        values = {item.name: record[item.name] for item in fields(cls) if item.name in record}
+        for name, value in BEFORE_THE_SETTING_EXISTED.items():
+            values.setdefault(name, value)
+        return cls(**values)
+
+    def differences(self, other: DistillationSettings) -> dict[str, tuple[Any, Any]]:
+        """``{setting: (this value, the other's)}`` for every setting on which the two would train differently once
+        the method's defaults are filled in (the variant name itself is not compared: only what it fills in)."""
+        mine, theirs = self.with_method_defaults().to_dict(), other.with_method_defaults().to_dict()
+        return {name: (mine[name], theirs[name]) for name in mine if name != "acamkd_variant" and mine[name] != theirs[name]}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-
 
 
 def default_num_masks(model: Any) -> int:

@@ -71,3 +71,18 @@ def test_losses_are_built_from_the_whole_settings_object():
 def test_bad_values_are_refused_when_the_settings_are_made(changes, message):
     with pytest.raises(ValueError, match=message):
         DistillationSettings(**changes)
+
+
+def test_a_record_without_the_newer_settings_means_what_the_code_did_then():
+    """A checkpoint written before a setting existed trained as that setting's 'before' value: with today's
+    defaults it resumes; against a run that changes one of those settings it is a difference, named."""
+    record = {"method": "acamkd", "alpha": None, "lambda_div": 1.0, "mask_normalizer": "sum",
+              "detach_masks_in_imitation": False, "num_masks": None, "distillation_points": None}
+    old = DistillationSettings.from_record(record)
+    assert (old.acamkd_variant, old.mask_activation, old.imitation_standardize, old.fusion_kv_reduction) == (
+        "paper", "sigmoid", False, "1")
+    assert old.differences(DistillationSettings(acamkd_variant="paper")) == {}
+    assert old.differences(DistillationSettings(acamkd_variant="paper", mask_activation="softmax")) == {
+        "mask_activation": ("sigmoid", "softmax")}
+    assert DistillationSettings(method="cwd").differences(DistillationSettings(method="cwd", cwd_tau=4.0)) == {
+        "cwd_tau": (1.0, 4.0)}
