@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -74,11 +76,28 @@ def publish_directory(staging: str, final: str) -> None:
         shutil.rmtree(replaced, ignore_errors=True)
 
 
+def make_weights_readable(folder: str) -> None:
+    """Gives the ``*.safetensors`` files in ``folder`` the mode a new file gets (``0o666 & ~umask``, as
+    ``config.json`` has). safetensors >= 0.8 writes through a temporary file that is always 0600 and renames it into
+    place (safetensors/safetensors#782), so the weights would be readable by their owner only, unlike the rest of
+    the folder. Files whose group/other bits someone already set are left alone."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    for path in Path(folder).glob("*.safetensors"):
+        try:
+            if stat.S_IMODE(path.stat().st_mode) == 0o600 and mode != 0o600:
+                path.chmod(mode)
+        except OSError:  # a file removed meanwhile, or not ours: leave it
+            continue
+
+
 __all__ = [
     "DISTILLATION_MODULES_NAME",
     "PARTIAL_CHECKPOINTS_DIR",
     "NonFiniteLossError",
     "check_finite_parameters",
     "fsync_tree",
+    "make_weights_readable",
     "publish_directory",
 ]

@@ -20,6 +20,7 @@ The output folder is a ready Hugging Face model folder (config, safetensors, ima
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import logging
@@ -34,20 +35,22 @@ import datasets
 import torch
 import transformers
 import yaml
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, TrainerState, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import acamkd_hf
 
 from .config import DistillationArguments
-from .hub import HubPushError, files_to_push, model_card, push_student, write_model_card
-from .models import describe_label_mismatch
+from .hub import HubPushError, build_model_card, files_to_push, model_card, push_student
+from .models import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, canonical_preset_name, preset_options
+from .models.presets import pretrained_backbone_license
+from .models.labels import check_teacher_labels, describe_label_mismatch
 from .settings import DistillationSettings
 from .taps import resolve_distillation_points
-from .tasks import TASKS
+from .tasks import TASKS, dataset_origin
 from .trainer import DistillationTrainer
 
-logger = transformers.utils.logging.get_logger(__name__)
+logger = transformers.utils.logging.get_logger("acamkd_hf.cli")  # not __name__: "__main__" under python -m
 
 
 @dataclass
@@ -55,8 +58,9 @@ class ModelArguments:
     task: str = field(default="segmentation", metadata={"help": "What is distilled.", "choices": list(TASKS)})
     student: str | None = field(
         default=None,
-        metadata={"help": "Student: a preset (see acamkd_hf.models), a Hub id or a local folder. Default: the task's "
-                          "small CPU student (segmentation: tiny-segformer)."},
+        metadata={"help": "Student: a preset (see acamkd_hf.models), a Hub id or a local folder. A checkpoint with other "
+                          "classes gets the dataset's (its class heads start anew; one line says which). Default: the "
+                          "task's small CPU student (segmentation: tiny-segformer)."},
     )
     teacher_architecture: str | None = field(
         default=None,
@@ -65,6 +69,22 @@ class ModelArguments:
     )
     teacher_num_train_epochs: float | None = field(
         default=None, metadata={"help": "Epochs for that teacher (default: --num_train_epochs)."}
+    )
+    pretrained_backbone: bool | None = field(
+        default=None,
+        metadata={"help": "DeepLabV3 presets (deeplabv3-resnet101/50/18, deeplabv3-mobilenetv2): start the backbone "
+                          "from timm's ImageNet weights, downloaded once from the Hub (default true, as the paper). "
+                          "false: a random-initialised backbone, nothing downloaded."},
+    )
+    backbone_weights: str | None = field(
+        default=None,
+        metadata={"help": "DeepLabV3 student preset: a local copy of its backbone's ImageNet weights, used instead of "
+                          "the download: a .safetensors/.pth/.bin file, or a folder holding model.safetensors or "
+                          "pytorch_model.bin (e.g. a downloaded timm/mobilenetv2_100.ra_in1k)."},
+    )
+    teacher_backbone_weights: str | None = field(
+        default=None,
+        metadata={"help": "The same for a DeepLabV3 teacher preset (e.g. timm/resnet101.a1h_in1k's weights)."},
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from Hub models (off unless you turn it on)."}
@@ -127,9 +147,33 @@ Defaults: without --config and --dataset, the embedded synthetic recipe replaces
   schedule, seed 0, output_dir outputs/acamkd-synthetic (see DEFAULT_RECIPE in acamkd_hf.cli and acamkd_hf.tasks).
   With --dataset and no --config, the Trainer's own defaults apply: set --learning_rate, --num_train_epochs,
   --output_dir.
-Distillation flags: --teacher --method --distillation_points --alpha --lambda_div --num_masks --mask_kinds
-  --fusion_mode --detach_student_in_fusion --detach_masks_in_imitation --inherit_from_teacher (listed above).
+Interrupted (Ctrl-C, a crash)? Run the same command again: it resumes from the last checkpoint in --output_dir.
+A finished run's command run again says so and changes nothing.
 """
+
+USAGE = "%(prog)s [--config FILE] [--FLAG VALUE ...]   (flags override the recipe; --help lists them by group)"
+
+#: The --help groups, in order, after "options" (--help, --config); each flag goes to the first group that names its
+#: dataclass field (DistillationArguments' own fields are distillation flags; the rest are TrainingArguments').
+HELP_GROUPS = (
+    ("models", "The student and the teacher (presets, Hub ids or folders)", lambda: [*_field_names(ModelArguments), "teacher"]),
+    ("data", "The dataset (a synthetic one when none is given)", lambda: _field_names(DataArguments)),
+    ("distillation", "How the teacher teaches (acamkd_hf.settings.DistillationSettings)",
+     lambda: [*_field_names(DistillationSettings), *_own_field_names(DistillationArguments)]),
+    ("training", "transformers.TrainingArguments (every flag; the recipe's values are the defaults shown)",
+     lambda: _field_names(DistillationArguments)),
+)
+#: TrainingArguments fields whose default DistillationArguments changes: they stay in the training group.
+_TRAINING_OVERRIDES = ("remove_unused_columns", "label_names", "ddp_find_unused_parameters")
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _own_field_names(cls) -> list[str]:
+    inherited = {name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for name in _field_names(base)}
+    return [name for name in _field_names(cls) if name not in inherited and name not in _TRAINING_OVERRIDES]
 
 
 #: The embedded default (no arguments): the task's training settings (``Task.default_recipe``) plus these. Small
@@ -152,12 +196,32 @@ def build_parser() -> HfArgumentParser:
     """The parser of every flag: the model, data and distillation (+ ``TrainingArguments``) dataclasses, ``--config``."""
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, DistillationArguments),
+        prog="acamkd-distill",
+        usage=USAGE,
         description=__doc__,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a flag is spelled in full: a misspelled one is an error with the closest flag named
     )
     parser.add_argument("--config", metavar="FILE", help="A YAML/JSON recipe; flags given with it override its values.")
+    _group_help(parser)
     return parser
+
+
+def _group_help(parser: argparse.ArgumentParser) -> None:
+    """Moves every dataclass flag from the one "options" group into :data:`HELP_GROUPS` (presentation only: parsing
+    does not depend on groups), so ``--help`` shows the models, data and distillation flags before the ~700 lines of
+    ``TrainingArguments``."""
+    optionals = parser._optionals  # noqa: SLF001 (argparse has no public way to regroup actions)
+    placed: set[int] = set()
+    for _, title, names in HELP_GROUPS:
+        group = parser.add_argument_group(title)
+        wanted = set(names())
+        for action in list(optionals._group_actions):  # noqa: SLF001
+            if action.dest in wanted and id(action) not in placed:
+                optionals._group_actions.remove(action)  # noqa: SLF001
+                group._group_actions.append(action)  # noqa: SLF001
+                placed.add(id(action))
 
 
 def read_recipe(path: str) -> dict[str, Any]:
@@ -235,11 +299,14 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Dis
     recipe, source = base_recipe(argv)
     parser = build_parser()
     parser.set_defaults(**recipe_defaults(parser, recipe, source))
+    refuse_unknown_flags(parser, argv)
     model_args, data_args, training_args, *_ = parser.parse_args_into_dataclasses(args=argv)  # _: --config
     task = TASKS[model_args.task]()
-    model_args.student = model_args.student or task.default_student
-    model_args.teacher_architecture = model_args.teacher_architecture or task.default_teacher
+    model_args.student = canonical_preset_name(model_args.student or task.default_student)
+    model_args.teacher_architecture = canonical_preset_name(model_args.teacher_architecture or task.default_teacher)
     changes: dict[str, Any] = dict(task.required_training_args)
+    if training_args.teacher is not None:
+        changes["teacher"] = canonical_preset_name(training_args.teacher)
     if not torch.cuda.is_available():
         changes["dataloader_pin_memory"] = False  # nothing to pin to
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -247,6 +314,25 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Dis
             # and every process would train alone on all the data (which the trainer refuses).
             changes["use_cpu"] = True
     return model_args, data_args, replace(training_args, **changes)
+
+
+def refuse_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An argparse-style error (usage, one line, exit status 2; no traceback) for flags that are none of the
+    parser's, naming the closest valid flag ("--methd" -> "did you mean --method?")."""
+    _, unknown = parser.parse_known_args(argv)
+    flags = [token.split("=", 1)[0] for token in unknown if token.startswith("-")]
+    if not unknown:
+        return
+    if not flags:
+        parser.error(f"unexpected value(s) {' '.join(unknown)}: every value follows its --flag")
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]  # noqa: SLF001
+    hints = []
+    for flag in flags:
+        dashes = "-" in flag[2:]  # answer in the user's spelling: --output-dir or --output_dir
+        spelled = {o.replace("-", "_"): o for o in sorted(options, key=lambda o: ("-" in o[2:]) == dashes)}
+        close = difflib.get_close_matches(flag.replace("-", "_"), list(spelled), n=1, cutoff=0.6)
+        hints.append(f"{flag} (did you mean {spelled[close[0]]}?)" if close else flag)
+    parser.error(f"unrecognized argument{'s' if len(flags) > 1 else ''}: {', '.join(hints)}")
 
 
 def setup_logging(args: DistillationArguments) -> None:
@@ -307,25 +393,47 @@ def _sibling(args: DistillationArguments, role: str) -> str:
 
 # ----------------------------------------------------------------------------------------------------- models
 def load_model(task, name_or_path: str, data, model_args: ModelArguments, role: str, seed: int):
-    """A preset (built with the dataset's labels), Hub id or folder; its label set must be the dataset's.
+    """A preset (built with the dataset's labels), Hub id or folder. A loaded student gets the dataset's labels (its
+    class heads start anew when its own differ, one line says which); a loaded teacher keeps its own, checked
+    against the distillation points by :func:`check_teacher`.
 
     The seed is set first, so a preset's random initialisation is the same wherever it is built: the distilled
     student, the student trained alone and the "untrained" row all start from the same weights."""
     set_seed(seed)
-    model = task.load_model(
-        name_or_path, data.id2label, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
+    return task.load_model(
+        name_or_path,
+        data.id2label,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+        role=role,
+        preset_options=preset_options(
+            name_or_path,
+            pretrained_backbone=model_args.pretrained_backbone,
+            backbone_weights=model_args.teacher_backbone_weights if role == "teacher" else model_args.backbone_weights,
+        ),
     )
-    problem = describe_label_mismatch(model.config.id2label, data.id2label, name_a=role, name_b="dataset")
-    if problem:
+
+
+def check_teacher(teacher, data, points: list[str], args: DistillationArguments, teacher_name: str) -> bool:
+    """Whether the teacher classifies the dataset's classes. If not: refused when a point compares class outputs
+    (``logits``) or ``--inherit_from_teacher`` would copy its class heads; otherwise allowed (the trainer says so
+    once, naming the feature points)."""
+    teacher_labels = getattr(teacher.config, "id2label", None)
+    check_teacher_labels(teacher_labels, data.id2label, points, teacher_name=teacher_name, warn=False)
+    problem = describe_label_mismatch(teacher_labels or {}, data.id2label, name_a="teacher", name_b="dataset")
+    if problem and args.inherit_from_teacher:
         raise ValueError(
-            f"the {role} {name_or_path!r} and the dataset have different label sets: {problem.rstrip('.')}. "
-            f"Use a {role} trained on this label set, or a preset (built with the dataset's labels)."
+            f"--inherit_from_teacher copies the teacher's heads, but the teacher {teacher_name!r} classifies other "
+            f"classes: {problem.rstrip('.')}. Pass --inherit_from_teacher false, or use a teacher trained on this "
+            f"label set."
         )
-    return model
+    return problem is None
 
 
 def describe(model, name: str) -> dict[str, Any]:
-    return {"model": name, "model_type": model.config.model_type, "params": sum(p.numel() for p in model.parameters())}
+    """A row of the table (and ``metrics.json``, from which the card is made): a local folder by its name only."""
+    shown = Path(name).name if os.path.exists(os.path.expanduser(name)) else name
+    return {"model": shown, "model_type": model.config.model_type, "params": sum(p.numel() for p in model.parameters())}
 
 
 # ----------------------------------------------------------------------------------------------------- training
@@ -347,8 +455,11 @@ def checkpoint_to_resume(args: DistillationArguments) -> str | None:
     saved_path = Path(last, "training_args.json")
     saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
     current = json.loads(args.to_json_string())
-    keys = (*RESUME_KEYS, *distillation_record(args, args.distillation_settings()))
-    different = {key: (saved.get(key, "<missing>"), current.get(key)) for key in keys if saved.get(key, "<missing>") != current.get(key)}
+    different = {key: (saved.get(key, "<missing>"), current.get(key)) for key in (*RESUME_KEYS, "teacher")
+                 if saved.get(key, "<missing>") != current.get(key)}
+    # The distillation settings compare by what they train (defaults filled in); a setting missing from an older
+    # checkpoint means what the code did before the setting existed.
+    different.update(DistillationSettings.from_record(saved).differences(args.distillation_settings()))
     if different:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in different.items())
         raise ValueError(
@@ -359,15 +470,42 @@ def checkpoint_to_resume(args: DistillationArguments) -> str | None:
     return last
 
 
+#: The folder being trained into right now (the teacher's, the lone student's or the student's): where Ctrl-C's
+#: message looks for the checkpoint a rerun resumes from.
+_TRAINING_INTO: list[str] = []
+
+
 def train_and_evaluate(trainer: DistillationTrainer, args: DistillationArguments) -> dict[str, float]:
     resume = checkpoint_to_resume(args)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    finished = last_step_state(resume) if resume else None
+    trained: dict[str, float] = {}
+    if finished is not None:
+        # Interrupted after its last checkpoint: the Trainer would train one step more on resume (and write
+        # checkpoint-<N+1>) when the last step ends mid-epoch. The checkpoint is the end of training: use it.
+        logger.info(f"{resume} is the last step of this training: loading it instead of training again")
+        best = finished.best_model_checkpoint if args.load_best_model_at_end else None
+        trainer._load_from_checkpoint(best or resume)  # noqa: SLF001 (the DistillationTrainer's own restore)
+        trainer.state = finished
+    else:
+        _TRAINING_INTO[:] = [args.output_dir]
+        train_result = trainer.train(resume_from_checkpoint=resume)  # Ctrl-C leaves _TRAINING_INTO set: main reads it
+        _TRAINING_INTO[:] = []
+        trainer.save_metrics("train", train_result.metrics)
+        trained = {"train_runtime": train_result.metrics["train_runtime"]}
     trainer.save_model()  # the student only: a plain HF model folder
-    trainer.save_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
-    return {**metrics, "global_step": trainer.state.global_step, "train_runtime": train_result.metrics["train_runtime"]}
+    return {**metrics, "global_step": trainer.state.global_step, **trained}
+
+
+def last_step_state(checkpoint: str) -> TrainerState | None:
+    """The checkpoint's trainer state when it is the last step of its training (``global_step >= max_steps``)."""
+    path = Path(checkpoint, "trainer_state.json")
+    if not path.is_file():
+        return None
+    state = TrainerState.load_from_json(str(path))
+    return state if state.max_steps and state.global_step >= state.max_steps else None
 
 
 def plain_training_args(args: DistillationArguments, **changes) -> DistillationArguments:
@@ -415,6 +553,16 @@ def run(argv: list[str]) -> dict[str, Any]:
     model_args, data_args, args = parse_arguments(argv)
     setup_logging(args)
     task = TASKS[model_args.task]()
+    arguments = arguments_record(model_args, data_args, args)
+    finished = finished_run(args.output_dir, arguments)
+    if finished is not None:
+        logger.warning(
+            f"{args.output_dir} holds this command's finished run (run_config.json, metrics.json): nothing to do, "
+            f"nothing changed. To train again, pass another --output_dir or delete that folder."
+        )
+        if args.should_log:
+            print_table(task, finished, args.method)
+        return finished
     logger.info(f"acamkd_hf {acamkd_hf.__version__}, {task.name}, method {args.method}, output {args.output_dir}")
 
     # Everything that can be wrong with the inputs is checked before anything trains: output folders (first: no
@@ -422,19 +570,24 @@ def run(argv: list[str]) -> dict[str, Any]:
     # paths, label sets, distillation points.
     for folder in output_directories(args, model_args):
         check_writable_directory(folder)
-    synthetic = data_args.dataset is None
     with args.main_process_first(local=True, desc="preparing the data"):  # one process writes a synthetic set
         data = task.prepare_data(data_args, data_args.synthetic_seed)
+    origin = dataset_origin(data_args.dataset)
+    if args.should_log:
+        for warning in [*recipe_warnings(task, data, data_args, args), *launch_warnings(args)]:
+            logger.warning(warning)
 
     student = load_model(task, model_args.student, data, model_args, "student", args.seed)
     teacher = None
     teacher_name = args.teacher or model_args.teacher_architecture
+    teacher_knows_the_classes = True
     if args.method != "none":
         teacher = load_model(task, teacher_name, data, model_args, "teacher", args.seed)
         # The trainer checks the points too, but the teacher trained here would train first: a wrong name fails now.
-        resolve_distillation_points(
+        points = resolve_distillation_points(
             student, teacher, args.distillation_points, student_name=model_args.student, teacher_name=teacher_name
         )
+        teacher_knows_the_classes = check_teacher(teacher, data, points, args, teacher_name)
     image_processor = task.image_processor(
         model_args.student, data, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
     )
@@ -450,14 +603,17 @@ def run(argv: list[str]) -> dict[str, Any]:
             )
             results["teacher"] = {**describe(teacher, teacher_name), "trained_here": teacher_dir, **bench.train(teacher, teacher_args)}
             args = replace(args, teacher=teacher_dir)
-        else:
+        elif teacher_knows_the_classes:
             results["teacher"] = {**describe(teacher, teacher_name), **bench.evaluate(teacher, args)}
+        else:  # its predictions are of other classes: no score on this dataset
+            results["teacher"] = {**describe(teacher, teacher_name), "not_evaluated": "another label set than the dataset's"}
 
     results["student_untrained"] = {**describe(student, model_args.student), **bench.evaluate(student, args)}
 
     if model_args.compare_student_alone and args.method != "none":
         alone_dir = _sibling(args, "student_alone")
-        alone = load_model(task, model_args.student, data, model_args, "student", args.seed)
+        with _quiet_loading():  # the same student again: its loading was reported above
+            alone = load_model(task, model_args.student, data, model_args, "student", args.seed)
         alone_args = plain_training_args(args, output_dir=alone_dir)
         results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir, **bench.train(alone, alone_args)}
 
@@ -465,11 +621,14 @@ def run(argv: list[str]) -> dict[str, Any]:
     results["student"] = {**describe(student, model_args.student), "method": args.method, **train_and_evaluate(trainer, args)}
 
     if trainer.is_world_process_zero():
-        run_config = run_record(args, trainer.distillation_settings, model_args, data_args, data, synthetic)
-        run_config, metrics = write_run_record(args.output_dir, run_config, results)
-        repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+        run_config = run_record(args, trainer.distillation_settings, model_args, data_args, data, origin, arguments)
         card = Path(args.output_dir, "README.md")
-        model_card(run_config, metrics, repo_id=repo_id, model_type=student.config.model_type).save(card)
+        repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+        # The card is written before the records: a folder with metrics.json is a finished run (finished_run).
+        run_config, metrics = (json.loads(json.dumps(record, default=str)) for record in (run_config, results))
+        model_card(run_config, metrics, repo_id=repo_id, model_type=student.config.model_type,
+                   model_path=local_model_path(args.output_dir)).save(card)
+        write_run_record(args.output_dir, run_config, results)
         print_table(task, results, args.method)
         logger.info(f"student, run record and model card ({card.name}) in {args.output_dir}")
         if args.push_to_hub:
@@ -479,6 +638,73 @@ def run(argv: list[str]) -> dict[str, Any]:
     return results
 
 
+def recipe_warnings(task, data, data_args: DataArguments, args: DistillationArguments) -> list[str]:
+    """Settings that do not fit the data, said once at the start: the task's (a crop larger than the images) and
+    ``--num_masks`` above the dataset's classes (segmentation: the paper uses one mask per class)."""
+    warnings = list(task.recipe_warnings(data, data_args))
+    if task.name == "segmentation" and args.method == "acamkd" and args.num_masks and args.num_masks > data.num_labels:
+        warnings.append(
+            f"--num_masks {args.num_masks} is more than the dataset's {data.num_labels} classes (the paper uses one mask "
+            f"per class): pass --num_masks {data.num_labels}, or leave it unset for that default."
+        )
+    return warnings
+
+
+def launch_warnings(args: DistillationArguments) -> list[str]:
+    """A launch that does not do what its config says: FSDP (``accelerate launch --config_file fsdp.yaml``) on CPU
+    processes, which accelerate runs as plain data-parallel CPU training."""
+    if args.use_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+        return ["FSDP was asked for, but the processes train on CPU: accelerate runs them as plain data-parallel "
+                "(DDP-style) training, nothing is sharded. FSDP needs GPUs."]
+    return []
+
+
+class _quiet_loading:
+    """Within this block, this package's model-loading lines (the student loaded a second time) are not repeated."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("acamkd_hf.models.labels")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+
+
+def arguments_record(model_args: ModelArguments, data_args: DataArguments, args: DistillationArguments) -> dict[str, Any]:
+    """Every setting as this command gives it (recipe + flags, before the run resolves anything): what
+    ``run_config.json`` records as ``arguments``, and what tells a rerun of the same command (:func:`finished_run`)."""
+    return json.loads(json.dumps(
+        {"model": asdict(model_args), "data": asdict(data_args), "training": json.loads(args.to_json_string())},
+        default=str,
+    ))
+
+
+def finished_run(output_dir: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of the finished run in ``output_dir`` when it was made by the same command (its
+    ``run_config.json`` records the same ``arguments``), else None. ``metrics.json`` is written last, so a folder
+    with it holds a complete run: rerunning its command must not train again or rewrite the model and card."""
+    folder = Path(output_dir)
+    try:
+        run_config = json.loads((folder / "run_config.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if run_config.get("arguments") == arguments else None
+
+
+def local_model_path(output_dir: str) -> str:
+    """How the card's usage snippet names the local folder before a push: the path as given when relative, relative
+    to the working directory when below it, else the folder's name (never an absolute path)."""
+    path = Path(output_dir)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 # ----------------------------------------------------------------------------------------------------- the record
 def distillation_record(args: DistillationArguments, settings: DistillationSettings) -> dict[str, Any]:
     """``run_config.json``'s ``distillation``: the teacher, then every distillation setting."""
@@ -486,31 +712,61 @@ def distillation_record(args: DistillationArguments, settings: DistillationSetti
 
 
 def hardware(args: DistillationArguments) -> dict[str, Any]:
+    """Where the numbers were measured: what changes them at the last digits (device, processes, CPU threads)."""
     if torch.cuda.is_available() and not args.use_cpu:
         device = f"{args.world_size} x {torch.cuda.get_device_name(0)}"
     else:
-        device = f"CPU ({os.cpu_count()} cores), {args.world_size} process(es)"
-    return {"device": device, "num_processes": args.world_size}
+        device = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)), {args.world_size} process(es)"
+    return {"device": device, "num_processes": args.world_size, "torch_threads": torch.get_num_threads()}
 
 
-def run_record(args, settings: DistillationSettings, model_args, data_args, data, synthetic: bool) -> dict[str, Any]:
+def provenance(model_args: ModelArguments) -> dict[str, Any]:
+    """What the card's metadata can say of the student's starting weights: ``base_model`` (a Hub id) and their
+    ``license`` where known (a local folder's or the cached Hub card's ``license``; timm's for the ImageNet backbones
+    of the DeepLabV3 presets)."""
+    from .hub import is_hub_id, known_license
+
+    student = model_args.student
+    license_ = None
+    if student in PRETRAINED_BACKBONE_PRESETS and model_args.pretrained_backbone is not False and not model_args.backbone_weights:
+        license_ = pretrained_backbone_license(student)
+    elif student not in TASKS[model_args.task].presets:
+        license_ = known_license(student, revision=model_args.model_revision)
+    return {"base_model": student if is_hub_id(student) else None, "license": license_}
+
+
+def model_source(name: str | None, presets) -> str | None:
+    """"local" (a folder), "preset" or "hub" (a Hub id): how the card may name a model (never by a local path)."""
+    if not name:
+        return None
+    if os.path.exists(os.path.expanduser(name)):
+        return "local"
+    return "preset" if name in presets else "hub"
+
+
+def run_record(args, settings: DistillationSettings, model_args, data_args, data, origin: dict[str, Any],
+               arguments: dict[str, Any]) -> dict[str, Any]:
     """``run_config.json``: versions, hardware, and every setting of the run (``settings``: as used, defaults
-    resolved: the trainer's ``distillation_settings``)."""
+    resolved: the trainer's ``distillation_settings``; ``arguments``: as the command gave them)."""
     return {
         "acamkd_hf_version": acamkd_hf.__version__,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "hardware": hardware(args),
-        "model": asdict(model_args),
-        "data": {**asdict(data_args), "synthetic": synthetic, "num_labels": data.num_labels, "id2label": data.id2label},
+        "model": {**asdict(model_args), **{f"student_{key}": value for key, value in provenance(model_args).items()},
+                  "teacher_source": model_source(args.teacher, TASKS[model_args.task].presets)},
+        "data": {**asdict(data_args), "synthetic": origin["origin"] == "synthetic", **origin,
+                 "num_labels": data.num_labels, "id2label": data.id2label},
         "distillation": distillation_record(args, settings),
         "training": json.loads(args.to_json_string()),
+        "arguments": arguments,
     }
 
 
 def write_run_record(output_dir: str, run_config: dict[str, Any], metrics: dict[str, Any]) -> tuple[dict, dict]:
-    """Writes ``run_config.json`` and ``metrics.json``; returns both as written (JSON types, as a reader of the files
-    gets them: the card made from them is the one ``acamkd-push`` re-renders from the folder)."""
+    """Writes ``run_config.json`` and then ``metrics.json`` (last: its presence marks a finished run); returns both
+    as written (JSON types, as a reader of the files gets them: the card made from them is the one ``acamkd-push``
+    re-renders from the folder)."""
     written = []
     for name, record in (("run_config.json", run_config), ("metrics.json", metrics)):
         text = json.dumps(record, indent=2, default=str)
@@ -539,17 +795,41 @@ def print_table(task, results: dict[str, Any], method: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------- entry points
 def main(argv: list[str] | None = None) -> None:
-    """``acamkd-distill`` (and ``scripts/distill.py``): :func:`run` on the command line's flags."""
-    run(sys.argv[1:] if argv is None else argv)
+    """``acamkd-distill`` (and ``scripts/distill.py``): :func:`run` on the command line's flags.
+
+    Ctrl-C ends with one line saying how to resume (exit status 130); a preset's backbone that cannot be downloaded
+    ends with one line saying how to run anyway (exit status 1)."""
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"\n{interrupted_message()}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BackboneDownloadError as error:
+        print(f"acamkd-distill: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def interrupted_message() -> str:
+    """The one line Ctrl-C ends with: rerunning the same command resumes (see :func:`checkpoint_to_resume`)."""
+    folder = _TRAINING_INTO[0] if _TRAINING_INTO else None
+    last = get_last_checkpoint(folder) if folder and os.path.isdir(folder) else None
+    if last is not None:
+        return f"interrupted: run the same command again to resume from {last}."
+    if folder is not None:
+        return f"interrupted before the first checkpoint in {folder}: the same command starts this training again."
+    return "interrupted before training started: run the same command again."
 
 
 def push_main(argv: list[str] | None = None) -> int:
-    """``acamkd-push`` (and ``scripts/push_to_hub.py``): re-renders the card of a finished run's folder from its
-    record, then uploads exactly the student's files, the card, run_config.json, metrics.json and the training log
-    (:func:`acamkd_hf.hub.files_to_push`). Returns the exit status: 1, with the reason, when it cannot push."""
+    """``acamkd-push`` (and ``scripts/push_to_hub.py``): uploads exactly the student's files, run_config.json,
+    metrics.json and the training log (:func:`acamkd_hf.hub.files_to_push`), with the card rendered for the Hub
+    repository (its usage snippet names ``repo_id``). The local folder is never modified. Returns the exit status:
+    1, with the reason, when it cannot push."""
     parser = argparse.ArgumentParser(
+        prog="acamkd-push",
         description="Push a distilled student folder (written by acamkd-distill) to the Hugging Face Hub, with its "
-        "model card."
+        "model card. The local folder is not modified.",
     )
     parser.add_argument("output_dir", help="the student folder written by acamkd-distill")
     parser.add_argument("repo_id", help="the Hub repository, e.g. your-name/model-name (created if missing)")
@@ -557,11 +837,13 @@ def push_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", default=None, help="branch to push to")
     parser.add_argument("--include_distillation_modules", action="store_true",
                         help="also upload the adapters/fusion/selection units of the latest checkpoint")
-    parser.add_argument("--dry_run", action="store_true", help="render the card and list the files; upload nothing")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="list the files a push would upload (the card rendered for REPO_ID among them); upload "
+                        "and write nothing")
     args = parser.parse_args(argv)
     try:
-        write_model_card(args.output_dir, repo_id=args.repo_id)  # the card names the repository it lives in
         if args.dry_run:
+            build_model_card(args.output_dir, args.repo_id)  # renders (fails like a push would), writes nothing
             print("\n".join(files_to_push(args.output_dir, args.include_distillation_modules)))
             return 0
         url = push_student(args.output_dir, args.repo_id, private=args.private or None, revision=args.revision,

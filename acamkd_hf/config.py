@@ -33,7 +33,9 @@ class DistillationArguments(TrainingArguments, DistillationSettings):
 
     teacher: str | None = field(
         default=None,
-        metadata={"help": "Teacher: a preset name, Hub id or local folder (recorded with the run)."},
+        metadata={"help": "Teacher: a preset name, Hub id or local folder (recorded with the run). Its classes must be "
+                          "the dataset's where a distillation point compares class outputs (logits); at feature "
+                          "points (stages, neck levels) a teacher with other classes is allowed, with a warning."},
     )
     mask_visualization_steps: int = field(
         default=0,

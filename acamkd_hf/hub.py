@@ -5,9 +5,13 @@ A run of ``acamkd-distill`` (``scripts/distill.py``) leaves ``run_config.json`` 
 from those two records with ``huggingface_hub.ModelCard``: ``model-index`` holds the measured metrics; the text names
 the teacher, the method with every distillation setting, the training budget, the student trained alone when the
 run measured it, usage, limitations and the paper. The run builds its card from the records in memory;
-:func:`build_model_card` / :func:`write_model_card` read them back from a finished folder (``acamkd-push``). :func:`push_student` uploads exactly the student folder's files
-(:func:`files_to_push`): never the teacher, never checkpoints, the distillation modules only when asked, never a
-token.
+:func:`build_model_card` reads them back from a finished folder (``acamkd-push``). :func:`push_student` uploads
+exactly the student folder's files (:func:`files_to_push`) and a card rendered for the Hub repository, in one
+commit: never the teacher, never checkpoints, the distillation modules only when asked, never a token; the local
+folder is never modified.
+
+The card holds no absolute local path: the usage snippet names the folder relative to where the run started (the
+Hub id in the pushed card), a local teacher by its folder name, a local dataset by its layout.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from .tasks import TASKS
 from .checkpointing import DISTILLATION_MODULES_NAME
@@ -68,28 +72,102 @@ def read_run(output_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, A
     return json.loads((folder / "run_config.json").read_text()), json.loads((folder / "metrics.json").read_text())
 
 
-def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+def is_hub_id(name: str | None) -> bool:
+    """Whether ``name`` can only be a Hub id ("org/name", no such local path)."""
+    return (
+        bool(name)
+        and not os.path.exists(os.path.expanduser(name))
+        and name.count("/") == 1
+        and not name.startswith((".", "/", "~"))
+    )
+
+
+_is_hub_id = is_hub_id
+
+
+def known_license(name_or_path: str, revision: str | None = None) -> str | None:
+    """The ``license`` of a model's card when it can be read: a local folder's ``README.md``, or a Hub id's card
+    (from the local cache; downloaded unless ``HF_HUB_OFFLINE``). None when unknown."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    folder = Path(os.path.expanduser(name_or_path))
+    path: str | Path | None = folder / "README.md" if folder.is_dir() else None
+    if path is None and is_hub_id(name_or_path):
+        cached = try_to_load_from_cache(name_or_path, "README.md", revision=revision)
+        path = cached if isinstance(cached, str) else None
+        if path is None and not constants.HF_HUB_OFFLINE:
+            try:
+                path = hf_hub_download(name_or_path, "README.md", revision=revision)
+            except Exception:  # noqa: BLE001 (metadata only: no card, no network, gated)
+                path = None
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        return ModelCard.load(path).data.license
+    except Exception:  # noqa: BLE001 (a card without metadata)
+        return None
+
+
+def _dataset_names(task, data: dict[str, Any]) -> tuple[str, str, str | None]:
+    """(name in the text, ``dataset_type`` of the eval results, Hub id for the ``datasets`` metadata) of a run's
+    data record: a Hub id as it is; a local folder by its layout, never its path or folder name (a folder named
+    ``coco`` holding 4 synthetic classes is not COCO); a synthetic set as synthetic however it was passed."""
+    dataset = data.get("dataset")
+    origin = data.get("origin") or ("synthetic" if data.get("synthetic") else "hub" if is_hub_id(dataset) else "local")
+    layout = data.get("layout")
+    shape = f"{layout}-layout " if layout else ""
+    if origin == "synthetic":
+        return f"a synthetic {shape}dataset (made by acamkd-hf)", f"synthetic-{task.name}", None
+    if origin == "local":
+        return f"a local {shape}dataset", f"local-{layout.lower()}-layout" if layout else "local", None
+    return str(dataset), str(dataset), str(dataset)
+
+
+def _teacher_names(teacher_id: str | None, model_record: dict[str, Any], trained_by: str | None) -> tuple[str | None, str]:
+    """(``teacher_model`` metadata, name in the text) without local paths: a Hub id as it is, a local folder by its
+    name with a note that it is local."""
+    if not teacher_id:
+        return None, "-"
+    source = model_record.get("teacher_source") or ("hub" if is_hub_id(teacher_id) else "local")
+    if source == "hub":
+        return teacher_id, teacher_id
+    if source == "preset":
+        return f"{teacher_id} (acamkd-hf preset, random init)", teacher_id
+    folder = Path(teacher_id).name
+    if trained_by:
+        return f"{folder} (local folder)", f"{trained_by} (trained by this run, saved in the local folder {folder})"
+    return f"{folder} (local folder)", f"{folder} (a local folder, not on the Hub)"
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
-def build_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
+def build_model_card(
+    output_dir: str | os.PathLike, repo_id: str | None = None, model_path: str | None = None
+) -> ModelCard:
     """The student's card from a finished folder: its ``run_config.json``, ``metrics.json`` and ``config.json``
-    (offline; nothing is sent). ``repo_id`` defaults to the folder's name."""
+    (offline; nothing is sent or written). ``repo_id`` defaults to the folder's name; ``model_path`` (what the usage
+    snippet loads) to ``repo_id``: the card as pushed."""
     run_config, metrics = read_run(output_dir)
     config_path = Path(output_dir) / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    return model_card(
-        run_config, metrics, repo_id=repo_id or Path(output_dir).resolve().name, model_type=config.get("model_type")
-    )
+    repo_id = repo_id or Path(output_dir).resolve().name
+    return model_card(run_config, metrics, repo_id=repo_id, model_type=config.get("model_type"), model_path=model_path)
 
 
-def model_card(run_config: dict[str, Any], metrics: dict[str, Any], *, repo_id: str, model_type: str | None) -> ModelCard:
+def model_card(
+    run_config: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    repo_id: str,
+    model_type: str | None,
+    model_path: str | None = None,
+) -> ModelCard:
     """The student's card from the run's record: ``run_config`` and ``metrics`` are the dicts that
-    ``run_config.json`` and ``metrics.json`` hold; ``model_type`` is the student's (its ``config.model_type``)."""
+    ``run_config.json`` and ``metrics.json`` hold; ``model_type`` is the student's (its ``config.model_type``);
+    ``model_path`` is what the usage snippet loads (default ``repo_id``: the Hub repository; before a push, the
+    local folder relative to where the run started)."""
     task = TASKS[run_config["model"].get("task", "segmentation")]
     distillation = run_config["distillation"]
     data = run_config["data"]
@@ -98,13 +176,12 @@ def model_card(run_config: dict[str, Any], metrics: dict[str, Any], *, repo_id: 
     student = metrics["student"]
     teacher_record = metrics.get("teacher", {})
 
-    dataset_id = data.get("dataset") or "synthetic"
-    dataset_name = "a synthetic dataset" if data.get("synthetic") else Path(dataset_id).name if os.path.exists(dataset_id) else dataset_id
+    dataset_name, dataset_type, dataset_hub_id = _dataset_names(task, data)
     eval_results = [
         EvalResult(
             task_type=task.pipeline_tag,
             task_name=task.title,
-            dataset_type=dataset_id if _is_hub_id(dataset_id) else f"synthetic-{task.name}" if data.get("synthetic") else Path(dataset_id).name,
+            dataset_type=dataset_type,
             dataset_name=dataset_name,
             dataset_split="validation",
             metric_type=key,
@@ -115,7 +192,11 @@ def model_card(run_config: dict[str, Any], metrics: dict[str, Any], *, repo_id: 
         if f"eval_{key}" in student
     ]
     teacher_id = distillation.get("teacher")
-    student_id = run_config["model"]["student"]
+    model_record = run_config["model"]
+    student_id = model_record["student"]
+    trained_here = bool(teacher_record.get("trained_here"))
+    teacher_metadata, teacher_name = _teacher_names(teacher_id, model_record, teacher_record.get("model") if trained_here else None)
+    model_path = model_path or repo_id
     tags = ["knowledge-distillation", task.pipeline_tag, "acamkd-hf"]
     tags += ["acam-kd"] if method == "acamkd" else [method]
     tags += [t for t in (model_type, teacher_record.get("model_type")) if t and t not in tags]
@@ -124,10 +205,11 @@ def model_card(run_config: dict[str, Any], metrics: dict[str, Any], *, repo_id: 
         library_name="transformers",
         pipeline_tag=task.pipeline_tag,
         tags=tags,
-        base_model=student_id if _is_hub_id(student_id) else None,
-        datasets=[dataset_id] if _is_hub_id(dataset_id) else None,
+        license=model_record.get("student_license"),
+        base_model=model_record.get("student_base_model") or (student_id if is_hub_id(student_id) else None),
+        datasets=[dataset_hub_id] if dataset_hub_id else None,
         eval_results=eval_results or None,
-        teacher_model=teacher_id,  # extra metadata: the teacher the student was distilled from
+        teacher_model=teacher_metadata,  # extra metadata: the teacher (a Hub id, or a local folder's name)
         distillation_method=method,
     )
 
@@ -148,18 +230,19 @@ def model_card(run_config: dict[str, Any], metrics: dict[str, Any], *, repo_id: 
         ("software", f"acamkd-hf {run_config['acamkd_hf_version']}, transformers {run_config['transformers_version']}, torch {run_config['torch_version']}"),
     ]
     teacher = {
-        "name": teacher_id or "-",
+        "name": teacher_name,
         "params": teacher_record.get("params"),
-        "revision": run_config["model"].get("model_revision"),
-        "trained_here": bool(teacher_record.get("trained_here")),
+        "revision": model_record.get("model_revision"),
+        "trained_here": trained_here,
+        "not_evaluated": teacher_record.get("not_evaluated"),
     }
-    if teacher["trained_here"]:
-        teacher["name"] = f"{teacher_record['model']} (trained by this run, saved at {teacher_id})"
     return ModelCard.from_template(
         card_data,
         template_path=str(card_template_path()),
         model_name=repo_id,
         repo_id=repo_id,
+        model_path=model_path,
+        local_usage=model_path != repo_id or not is_hub_id(repo_id),
         method=method,
         method_title=METHOD_TITLES[method],
         task_title=task.title,
@@ -177,16 +260,17 @@ def model_card(run_config: dict[str, Any], metrics: dict[str, Any], *, repo_id: 
     )
 
 
-def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> Path:
-    """Renders the card of a finished folder into ``output_dir/README.md`` (``acamkd-push``, and a push of a folder
-    without one; a run writes its own card from its record at the end, pushed or not)."""
+def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None, model_path: str | None = None) -> Path:
+    """Renders the card of a finished folder into ``output_dir/README.md`` (for a user who wants the local card
+    re-rendered; a run writes its own card at the end, and a push never writes locally)."""
     path = Path(output_dir) / "README.md"
-    build_model_card(output_dir, repo_id).save(path)
+    build_model_card(output_dir, repo_id, model_path=model_path).save(path)
     return path
 
 
 def files_to_push(output_dir: str | os.PathLike, include_distillation_modules: bool = False) -> list[str]:
-    """The exact top-level files of the student folder that a push uploads (sorted).
+    """The exact files a push uploads (sorted): the student folder's top-level model and record files, and
+    ``README.md`` (the card, rendered for the Hub repository at push time).
 
     Never: checkpoint folders, the teacher (its own folder), the distillation modules (only in checkpoints; with
     ``include_distillation_modules`` the latest checkpoint's copy is added as ``distillation_modules.safetensors``).
@@ -194,16 +278,17 @@ def files_to_push(output_dir: str | os.PathLike, include_distillation_modules: b
     folder = Path(output_dir)
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"{folder} is not a model folder (no config.json and safetensors weights)")
-    names = sorted(
+    names = {
         path.name
         for path in folder.iterdir()
         if path.is_file()
         and path.name != DISTILLATION_MODULES_NAME
         and (path.name in MODEL_FILES or path.name in RECORD_FILES or path.name.endswith(MODEL_FILE_SUFFIXES))
-    )
+    }
+    names.add("README.md")
     if include_distillation_modules:
-        names.append(DISTILLATION_MODULES_NAME)
-    return names
+        names.add(DISTILLATION_MODULES_NAME)
+    return sorted(names)
 
 
 def _latest_distillation_modules(folder: Path) -> Path:
@@ -212,6 +297,28 @@ def _latest_distillation_modules(folder: Path) -> Path:
         if (checkpoint / DISTILLATION_MODULES_NAME).is_file():
             return checkpoint / DISTILLATION_MODULES_NAME
     raise FileNotFoundError(f"no checkpoint in {folder} holds {DISTILLATION_MODULES_NAME} (method 'none', or checkpoints removed)")
+
+
+def _without_local_paths(value: Any) -> Any:
+    """``value`` (a JSON document) with every absolute local path shortened to ``<local>/<its last part>``."""
+    if isinstance(value, dict):
+        return {key: _without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(item) for item in value]
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")) and "\n" not in value:
+        return f"<local>/{Path(value).name}"
+    return value
+
+
+def _public_json(path: Path) -> bytes | str:
+    """A JSON record as pushed: the same document without absolute local paths (output folders, dataset and teacher
+    folders: a user's home and folder names stay on their machine); other files as they are."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return str(path)
+    public = _without_local_paths(document)
+    return str(path) if public == document else (json.dumps(public, indent=2) + "\n").encode()
 
 
 def push_student(
@@ -224,41 +331,44 @@ def push_student(
     include_distillation_modules: bool = False,
     commit_message: str | None = None,
 ) -> str:
-    """Uploads the student folder (:func:`files_to_push`) to ``repo_id``; returns the repository URL.
+    """Uploads the student folder (:func:`files_to_push`) to ``repo_id`` in one commit, with the card rendered for
+    ``repo_id`` (its usage snippet loads the Hub id); returns the repository URL. The local folder is not modified.
 
-    Writes the card first if the folder has none. Raises :class:`HubPushError` (the folder untouched) when no token
-    is available or the Hub cannot be reached. The token is never printed or written anywhere.
+    Raises :class:`HubPushError` (the folder untouched) when no token is available or the Hub cannot be reached.
+    The token is never printed or written anywhere.
     """
     folder = Path(output_dir)
     names = files_to_push(folder, include_distillation_modules)
     modules_file = _latest_distillation_modules(folder) if include_distillation_modules else None
-    if not (folder / "README.md").is_file():
-        write_model_card(folder, repo_id)
-        names = files_to_push(folder, include_distillation_modules)
+    try:
+        card = str(build_model_card(folder, repo_id)).encode()
+    except FileNotFoundError:  # no run record (a folder not written by acamkd-distill): its own card, if any
+        if not (folder / "README.md").is_file():
+            raise
+        card = (folder / "README.md").read_bytes()
     token = token or get_token()
     if not token:
         raise HubPushError(
             f"no Hugging Face token: log in with `hf auth login` or set HF_TOKEN, then run "
             f"`python scripts/push_to_hub.py {folder} {repo_id}`. Nothing was uploaded; {folder} is intact."
         )
+    operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card)]
+    operations += [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=_public_json(folder / name) if name.endswith(".json") else str(folder / name))
+        for name in names
+        if name not in ("README.md", DISTILLATION_MODULES_NAME)
+    ]
+    if modules_file is not None:
+        operations.append(CommitOperationAdd(path_in_repo=DISTILLATION_MODULES_NAME, path_or_fileobj=str(modules_file)))
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(
+        api.create_commit(
             repo_id=repo_id,
-            folder_path=str(folder),
-            allow_patterns=[name for name in names if name != DISTILLATION_MODULES_NAME],
+            operations=operations,
             revision=revision,
             commit_message=commit_message or "Upload distilled student (acamkd-hf)",
         )
-        if modules_file is not None:
-            api.upload_file(
-                path_or_fileobj=str(modules_file),
-                path_in_repo=DISTILLATION_MODULES_NAME,
-                repo_id=repo_id,
-                revision=revision,
-                commit_message="Upload the distillation modules (adapters, fusion, selection units)",
-            )
     except Exception as error:  # network, HTTP, permission: say what happened; never show the token
         message = str(error).replace(token, "<token>")
         raise HubPushError(
@@ -270,6 +380,8 @@ def push_student(
 
 __all__ = [
     "HubPushError",
+    "is_hub_id",
+    "known_license",
     "model_card",
     "build_model_card",
     "write_model_card",

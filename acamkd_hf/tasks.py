@@ -6,8 +6,10 @@ same methods; :data:`TASKS` is the ``--task`` name -> class dict the CLI needs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor
@@ -27,6 +29,7 @@ from .data.checks import decode_image, lazily_decoded
 from .metrics import CocoDetectionMetrics, StreamingSegmentationMetrics, detection_labels_for_metrics
 from .models import (
     DETECTION_PRESETS,
+    canonical_preset_name,
     SEGMENTATION_PRESETS,
     default_detection_image_processor,
     default_image_processor,
@@ -97,20 +100,62 @@ def synthetic_dataset(task, data_args, seed: int, layout: str, marker: str, writ
     return root
 
 
+def dataset_origin(dataset: str | None) -> dict[str, Any]:
+    """Where a run's data comes from, for the record and the model card: ``{"origin": "synthetic" | "local" | "hub",
+    "layout": "Cityscapes" | "COCO" | None}``. A folder with this package's synthetic marker (``synthetic.json``,
+    written by ``make_synthetic_cityscapes`` / ``make_synthetic_coco``) is synthetic however it was passed."""
+    from .data.coco import is_coco_layout
+
+    if dataset is None:
+        return {"origin": "synthetic", "layout": None}
+    folder = os.path.expanduser(str(dataset))
+    if not os.path.isdir(folder):
+        return {"origin": "hub", "layout": None}
+    layout = "Cityscapes" if is_cityscapes_layout(folder) else "COCO" if is_coco_layout(folder) else None
+    marker = Path(folder, "synthetic.json")
+    try:
+        synthetic = str(json.loads(marker.read_text()).get("generator", "")).startswith("acamkd_hf.data.synthetic")
+    except (OSError, ValueError, AttributeError):  # no marker (or not ours)
+        synthetic = False
+    return {"origin": "synthetic" if synthetic else "local", "layout": layout}
+
+
 class Task:
     """What both tasks share: models come from the task's presets (built with the dataset's labels) or, for any
     other name, from the Hub / a folder through the task's loader."""
 
     presets: dict = {}
-    model_loader = None  # the task's load_*_model(name_or_path, id2label, *, trust_remote_code, revision)
+    model_loader = None  # the task's load_*_model(name_or_path, id2label, *, trust_remote_code, revision, role)
 
-    def load_model(self, name_or_path: str, id2label: dict[int, str], *, trust_remote_code: bool, revision: str | None):
+    def load_model(
+        self,
+        name_or_path: str,
+        id2label: dict[int, str],
+        *,
+        trust_remote_code: bool,
+        revision: str | None,
+        role: str = "student",
+        preset_options: dict | None = None,
+    ):
+        """A preset built with the dataset's labels (``preset_options``: its extra keyword arguments), or a loaded
+        checkpoint: the student with the dataset's labels (its class heads start anew when they differ, as in
+        transformers' examples), the teacher as it is (its label set is checked against the distillation points)."""
+        name_or_path = canonical_preset_name(name_or_path)
+        if name_or_path in self.presets:
+            return type(self).model_loader(
+                name_or_path, id2label, trust_remote_code=trust_remote_code, revision=revision, **(preset_options or {})
+            )
         return type(self).model_loader(
             name_or_path,
-            id2label if name_or_path in self.presets else None,
+            id2label if role == "student" else None,
             trust_remote_code=trust_remote_code,
             revision=revision,
+            role=role,
         )
+
+    def recipe_warnings(self, data, data_args) -> list[str]:
+        """Settings of the recipe that do not fit the data (each said once, by the CLI)."""
+        return []
 
 
 class SegmentationTask(Task):
@@ -176,6 +221,20 @@ class SegmentationTask(Task):
         """The student's own image processor (Hub/folder) when it has one, else the default for the data's size."""
         processor = _pretrained_image_processor(student, self.presets, trust_remote_code=trust_remote_code, revision=revision)
         return processor or default_image_processor(first_image_size(data.dataset["validation"]))
+
+    def recipe_warnings(self, data, data_args) -> list[str]:
+        """A training crop larger than the images (the crops are then mostly padding, which the loss ignores)."""
+        if not data_args.crop_size:
+            return []
+        crop_h, crop_w = (int(v) for v in data_args.crop_size)
+        height, width = first_image_size(data.dataset["train"])
+        if crop_h <= height and crop_w <= width:
+            return []
+        return [
+            f"--crop_size {crop_h} {crop_w} is larger than the training images ({height}x{width}): each crop is the "
+            f"(randomly scaled) image padded with ignored pixels. Pass --crop_size {min(crop_h, height)} "
+            f"{min(crop_w, width)} or smaller for crops cut from the images."
+        ]
 
     def datasets(self, data, image_processor, data_args):
         """(train, validation) with on-the-fly transforms: random scale/crop/flip for training; eval untouched."""
@@ -298,4 +357,4 @@ class DetectionTask(Task):
 #: ``--task`` names.
 TASKS: dict[str, type] = {"segmentation": SegmentationTask, "detection": DetectionTask}
 
-__all__ = ["SegmentationTask", "DetectionTask", "TASKS", "first_image_size"]
+__all__ = ["SegmentationTask", "DetectionTask", "TASKS", "dataset_origin", "first_image_size"]

@@ -29,6 +29,7 @@ from .checkpointing import (
     PARTIAL_CHECKPOINTS_DIR,
     NonFiniteLossError,
     check_finite_parameters,
+    make_weights_readable,
     publish_directory,
 )
 from .config import DistillationArguments
@@ -74,9 +75,6 @@ class DistillationTrainer(Trainer):
         distilling = args.method != "none"
         if distilling and teacher_model is None:
             raise ValueError(f"method {args.method!r} needs a teacher_model (use method 'none' to train the student alone)")
-        if teacher_model is not None:
-            check_label_sets(teacher_model, model, teacher_name=args.teacher)
-
         if args.inherit_from_teacher:
             if teacher_model is None:
                 raise ValueError("--inherit_from_teacher needs a teacher_model")
@@ -90,6 +88,8 @@ class DistillationTrainer(Trainer):
             freeze_teacher(teacher_model)
             image_size = probe_image_size or _first_image_size(kwargs.get("train_dataset"))
             points = resolve_distillation_points(model, teacher_model, settings.distillation_points, teacher_name=args.teacher or "teacher")
+            # Another label set: refused at class outputs (logits), a warning at feature points.
+            check_label_sets(teacher_model, model, teacher_name=args.teacher, points=points)
             student_shapes = probe_feature_shapes(model, points, image_size)
             teacher_shapes = probe_feature_shapes(teacher_model, points, image_size)
             logger.info(f"distillation points (C, H, W) student {student_shapes} <- teacher {teacher_shapes}")
@@ -306,6 +306,7 @@ class DistillationTrainer(Trainer):
             )
         with open(os.path.join(output_dir, "training_args.json"), "w") as handle:
             handle.write(self.args.to_json_string())
+        make_weights_readable(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Restores the student (through its own ``from_pretrained``) and the distillation modules."""

@@ -88,7 +88,7 @@ def _state(module):
 def _make(data, tmp_path, *, student=None, teacher=None, augment=True, no_ignore=False, **overrides):
     torch.manual_seed(0)
     teacher = teacher or SEGMENTATION_PRESETS["tiny-deeplabv3-resnet"](data.id2label)
-    student = student or SEGMENTATION_PRESETS["tiny-deeplabv3-mobilenetv2"](data.id2label)
+    student = student or SEGMENTATION_PRESETS["tiny-deeplabv3-mobilenetv2-timm"](data.id2label)
     train, evaluation, processor = _datasets(data, augment=augment, no_ignore=no_ignore)
     args = _args(tmp_path, **overrides)
     trainer = DistillationTrainer(
@@ -239,17 +239,30 @@ def test_wrong_distillation_point_lists_the_available_ones(data, tmp_path):
         _make(data, tmp_path, distillation_points=["stage9"])
 
 
-def test_different_label_sets_fail_naming_both(data, tmp_path):
+def test_different_label_sets_fail_at_the_logits_naming_both(data, tmp_path):
     other = dict(data.id2label)
     other[0] = "not-" + other[0]
     teacher = SEGMENTATION_PRESETS["tiny-deeplabv3-resnet"](other)
-    with pytest.raises(ValueError, match=r"teacher \(.*\) and student \(.*\) have different label sets"):
+    with pytest.raises(ValueError, match=r"the teacher '.*' and the student have different label sets, and the "
+                                         r"distillation point logits compares class outputs: .*Only in teacher: 'not-"):
         _make(data, tmp_path, teacher=teacher)
+
+
+def test_different_label_sets_are_allowed_at_feature_points_with_one_warning(data, tmp_path, caplog):
+    """A teacher with other classes can still teach features (backbone stages): one warning line, no error."""
+    other = {i: f"other{i}" for i in range(len(data.id2label) + 3)}
+    teacher = SEGMENTATION_PRESETS["tiny-deeplabv3-resnet"](other)
+    with caplog.at_level("WARNING", logger="acamkd_hf.models.labels"):
+        trainer, _ = _make(data, tmp_path, teacher=teacher, distillation_points=["stage4"])
+    [line] = [r.getMessage() for r in caplog.records if r.name == "acamkd_hf.models.labels"]
+    assert line == (f"the teacher '{type(teacher).__name__}' has other classes than the student ({len(other)} vs "
+                    f"{len(data.id2label)}): distilling its features at stage4 only; its class outputs are not used.")
+    assert trainer.distillation_settings.distillation_points == ["stage4"]
 
 
 def test_distillation_without_a_teacher_is_refused(data, tmp_path):
     train, _, _ = _datasets(data, augment=False)
-    student = SEGMENTATION_PRESETS["tiny-deeplabv3-mobilenetv2"](data.id2label)
+    student = SEGMENTATION_PRESETS["tiny-deeplabv3-mobilenetv2-timm"](data.id2label)
     with pytest.raises(ValueError, match="needs a teacher_model"):
         DistillationTrainer(model=student, args=_args(tmp_path), train_dataset=train)
 
@@ -275,9 +288,9 @@ def test_baselines_train_through_the_same_trainer(data, tmp_path, method):
     "teacher_name,student_name",
     [
         ("tiny-deeplabv3-resnet", "tiny-segformer"),  # CNN teacher -> transformer student
-        ("tiny-segformer", "tiny-deeplabv3-mobilenetv2"),  # transformer -> CNN
-        ("tiny-upernet", "tiny-mobilenetv2-deeplabv3"),  # full-resolution logits -> stride-8 logits
-        ("tiny-mobilenetv2-deeplabv3", "tiny-upernet"),  # stride-8 teacher -> full-resolution student
+        ("tiny-segformer", "tiny-deeplabv3-mobilenetv2-timm"),  # transformer -> CNN
+        ("tiny-upernet", "tiny-mobilenetv2-hf-deeplabv3"),  # full-resolution logits -> stride-8 logits
+        ("tiny-mobilenetv2-hf-deeplabv3", "tiny-upernet"),  # stride-8 teacher -> full-resolution student
     ],
 )
 def test_any_family_pairs_with_any_other(data, tmp_path, teacher_name, student_name):

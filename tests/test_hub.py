@@ -4,12 +4,12 @@ calls patched: the Hub is unreachable here, and tests must not push anywhere).""
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from unittest import mock
 
 import pytest
 from huggingface_hub import HfApi, ModelCard
-from huggingface_hub.utils import filter_repo_objects
 
 from acamkd_hf import cli, hub
 from acamkd_hf.hub import HubPushError, push_student
@@ -24,29 +24,23 @@ EXPECTED_UPLOAD = {
 
 
 class RecordingHub:
-    """Stands in for the Hub: records what would have been created and uploaded."""
+    """Stands in for the Hub: records what would have been created and committed (path in the repo -> the local
+    file it comes from, or the bytes sent)."""
 
     def __init__(self):
-        self.created, self.uploaded_folders, self.uploaded_files = [], [], []
+        self.created, self.commits = [], []
 
     def patches(self):
         def create_repo(api, repo_id, **kwargs):
             self.created.append((repo_id, kwargs.get("private"), api.token))
             return f"https://huggingface.co/{repo_id}"
 
-        def upload_folder(api, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **kwargs):
-            every_file = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
-            # huggingface_hub's own filter decides what upload_folder sends
-            sent = set(filter_repo_objects(every_file, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
-            self.uploaded_folders.append((repo_id, sent))
-
-        def upload_file(api, *, path_or_fileobj, path_in_repo, repo_id, **kwargs):
-            self.uploaded_files.append((repo_id, path_in_repo, str(path_or_fileobj)))
+        def create_commit(api, *, repo_id, operations, **kwargs):
+            self.commits.append((repo_id, {op.path_in_repo: op.path_or_fileobj for op in operations}))
 
         return [
             mock.patch.object(HfApi, "create_repo", create_repo),
-            mock.patch.object(HfApi, "upload_folder", upload_folder),
-            mock.patch.object(HfApi, "upload_file", upload_file),
+            mock.patch.object(HfApi, "create_commit", create_commit),
         ]
 
 
@@ -88,10 +82,10 @@ def test_card_names_teacher_method_settings_budget_and_baseline(run):
     out, _, _ = run
     card = ModelCard.load(out / "README.md")
     run_config = json.loads((out / "run_config.json").read_text())
-    teacher_dir = str(out) + "_teacher"
-    assert card.data.teacher_model == teacher_dir and card.data.distillation_method == "acamkd"
+    # The teacher trained here is a local folder: named, never by its path.
+    assert card.data.teacher_model == "student_teacher (local folder)" and card.data.distillation_method == "acamkd"
     text = card.text
-    assert "small-segformer (trained by this run" in text and "**ACAM-KD**" in text
+    assert "small-segformer (trained by this run, saved in the local folder student_teacher)" in text and "**ACAM-KD**" in text
     # Every distillation setting is there, with the values the run used (defaults resolved, not None).
     assert run_config["distillation"]["num_masks"] == 8 and run_config["distillation"]["alpha"] == 1.0
     for name, value in run_config["distillation"].items():
@@ -99,24 +93,38 @@ def test_card_names_teacher_method_settings_budget_and_baseline(run):
             assert f"| `{name}` | `{value}` |" in text
     assert "student alone (no distillation)" in text  # the default recipe trains it
     assert "optimizer steps | 3" in text and "4 per device x 1 process(es) x 1 accumulation" in text
-    assert f'from_pretrained("{REPO_ID}")' in text and "@inproceedings{lan2025acamkd" in text
+    # Before a push the snippet loads the local folder (outside the working directory here: by its name).
+    assert 'from_pretrained("student")' in text and "@inproceedings{lan2025acamkd" in text
     assert "synthetic" in text  # limitations say what it was trained on
 
 
 def test_the_card_written_from_memory_is_the_one_rerendered_from_the_folder(run):
     """The run renders its card from its record in memory; acamkd-push re-renders it from the files: the same card."""
     out, _, _ = run
-    assert str(hub.build_model_card(out, REPO_ID)) == (out / "README.md").read_text()
+    local = hub.build_model_card(out, REPO_ID, model_path=cli.local_model_path(str(out)))
+    assert str(local) == (out / "README.md").read_text()
 
 
 def test_script_push_uploads_exactly_the_student_and_its_record(run):
     out, _, recorder = run
     assert recorder.created == [(REPO_ID, True, SECRET)]
-    [(repo_id, sent)] = recorder.uploaded_folders
+    [(repo_id, sent)] = recorder.commits  # one commit
     assert repo_id == REPO_ID
-    assert sent == EXPECTED_UPLOAD
+    assert set(sent) == EXPECTED_UPLOAD  # no distillation modules unless asked
+    assert all(sent[name] == str(out / name) for name in EXPECTED_UPLOAD if not name.endswith((".md", ".json")))
+    # The records are sent as they are, but for absolute local paths (output, data and teacher folders).
+    for name in EXPECTED_UPLOAD:
+        if name.endswith(".json"):
+            sent_text = sent[name].decode() if isinstance(sent[name], bytes) else Path(sent[name]).read_text()
+            assert str(out.parent) not in sent_text, name
+    public = json.loads(sent["run_config.json"].decode())
+    assert public["training"]["output_dir"] == "<local>/student"
+    assert public["distillation"]["teacher"] == "<local>/student_teacher"
     assert any(p.name.startswith("checkpoint-") for p in out.iterdir())  # checkpoints exist but were not sent
-    assert recorder.uploaded_files == []  # no distillation modules unless asked
+    # The pushed card loads the Hub id; the local one keeps the local path (the push wrote nothing locally).
+    pushed = sent["README.md"].decode()
+    assert f'from_pretrained("{REPO_ID}")' in pushed and 'from_pretrained("student")' not in pushed
+    assert 'from_pretrained("student")' in (out / "README.md").read_text()
 
 
 def test_distillation_modules_only_when_asked(run):
@@ -130,11 +138,10 @@ def test_distillation_modules_only_when_asked(run):
     finally:
         for patch in patches:
             patch.stop()
-    [(_, sent)] = recorder.uploaded_folders
-    assert sent == EXPECTED_UPLOAD
-    [(repo_id, path_in_repo, local)] = recorder.uploaded_files
-    assert path_in_repo == "distillation_modules.safetensors"
-    assert Path(local).parent.name.startswith("checkpoint-") and Path(local).is_file()
+    [(_, sent)] = recorder.commits
+    assert set(sent) == EXPECTED_UPLOAD | {"distillation_modules.safetensors"}
+    local = Path(sent["distillation_modules.safetensors"])
+    assert local.parent.name.startswith("checkpoint-") and local.is_file()
 
 
 def test_no_token_is_a_clear_error_and_nothing_is_lost(run, monkeypatch):
@@ -186,11 +193,117 @@ def _push_script(args, tmp_path):
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file below ``folder``: (mtime, mode, bytes)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_mode, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_push_script_dry_run_lists_the_files_and_no_token_fails_cleanly(run, tmp_path):
     out, _, _ = run
+    before = _snapshot(out)
     listed = _push_script([str(out), REPO_ID, "--dry_run"], tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert set(listed.stdout.split()) == EXPECTED_UPLOAD
     refused = _push_script([str(out), REPO_ID], tmp_path)
     assert refused.returncode == 1
     assert "error: no Hugging Face token" in refused.stderr and "Traceback" not in refused.stderr
+    assert _snapshot(out) == before  # neither rewrote the card (or anything else)
+
+
+def test_a_push_never_modifies_the_local_folder(run):
+    out, _, _ = run
+    before = _snapshot(out)
+    recorder = RecordingHub()
+    patches = recorder.patches()
+    for patch in patches:
+        patch.start()
+    try:
+        push_student(out, "someone-else/another-name", token=SECRET)
+    finally:
+        for patch in patches:
+            patch.stop()
+    [(_, sent)] = recorder.commits
+    assert 'from_pretrained("someone-else/another-name")' in sent["README.md"].decode()
+    assert _snapshot(out) == before
+
+
+def test_the_card_holds_no_absolute_local_path(run):
+    """Neither the local card nor the pushed one: the teacher is a folder name, the dataset its layout, the usage
+    snippet a path relative to where the run started."""
+    out, _, recorder = run
+    run_config = json.loads((out / "run_config.json").read_text())
+    local_paths = {str(out.parent), str(out.parent.resolve()), run_config["data"]["dataset"]}
+    [(_, sent)] = recorder.commits
+    for text in ((out / "README.md").read_text(), sent["README.md"].decode()):
+        assert not [path for path in local_paths if path in text]
+        metadata = text.split("---")[1]
+        assert not [line for line in metadata.splitlines() if ": /" in line or ": ~" in line]
+
+
+def test_the_weights_have_the_permissions_of_the_other_files(run):
+    """safetensors >= 0.8 writes through a 0600 temporary file; the run gives the weights the mode a new file gets."""
+    out, _, _ = run
+    for folder in (out, Path(str(out) + "_teacher"), next(out.glob("checkpoint-*"))):
+        mode = stat.S_IMODE((folder / "config.json").stat().st_mode)
+        for weights in folder.glob("*.safetensors"):
+            assert stat.S_IMODE(weights.stat().st_mode) == mode, weights
+
+
+def _record(out: Path, **changes) -> tuple[dict, dict]:
+    run_config = json.loads((out / "run_config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    for section, values in changes.items():
+        run_config[section] = {**run_config[section], **values}
+    return run_config, metrics
+
+
+def test_the_dataset_is_named_honestly(run, tmp_path):
+    """The synthetic marker is honoured however the folder is passed; a local folder is named by its layout (a
+    folder called coco is not COCO); a Hub dataset by its id, also in the `datasets` metadata."""
+    from acamkd_hf.data import make_synthetic_coco
+    from acamkd_hf.tasks import dataset_origin
+
+    out, _, _ = run
+    coco = make_synthetic_coco(tmp_path / "coco", num_train=2, num_val=1, image_size=(32, 32))
+    assert dataset_origin(str(coco)) == {"origin": "synthetic", "layout": "COCO"}
+    (coco / "synthetic.json").unlink()
+    assert dataset_origin(str(coco)) == {"origin": "local", "layout": "COCO"}
+    assert dataset_origin("someone/street-scenes") == {"origin": "hub", "layout": None}
+
+    cases = {
+        ("synthetic", "Cityscapes"): ("a synthetic Cityscapes-layout dataset (made by acamkd-hf)", None),
+        ("local", "Cityscapes"): ("a local Cityscapes-layout dataset", None),
+        ("local", None): ("a local dataset", None),
+        ("hub", None): ("someone/street-scenes", ["someone/street-scenes"]),
+    }
+    for (origin, layout), (name, datasets) in cases.items():
+        dataset = "someone/street-scenes" if origin == "hub" else str(tmp_path / "cityscapes")
+        run_config, metrics = _record(out, data={"dataset": dataset, "origin": origin, "layout": layout,
+                                                 "synthetic": origin == "synthetic"})
+        card = hub.model_card(run_config, metrics, repo_id=REPO_ID, model_type="segformer")
+        assert {r.dataset_name for r in card.data.eval_results} == {name}
+        assert card.data.datasets == datasets
+        assert f"on {name}" in card.text and str(tmp_path) not in str(card)
+
+
+def test_license_and_base_model_where_known(run, tmp_path):
+    from acamkd_hf.models import SEGMENTATION_PRESETS
+
+    out, _, _ = run
+    run_config, metrics = _record(out, model={"student": "nvidia/mit-b0", "student_base_model": "nvidia/mit-b0",
+                                              "student_license": "other"})
+    card = hub.model_card(run_config, metrics, repo_id=REPO_ID, model_type="segformer")
+    assert (card.data.base_model, card.data.license) == ("nvidia/mit-b0", "other")
+    run_config, metrics = _record(out)  # a preset trained from scratch: nothing is known
+    card = hub.model_card(run_config, metrics, repo_id=REPO_ID, model_type="segformer")
+    assert card.data.base_model is None and card.data.license is None
+    # A local student folder whose card states a license; timm's license for a DeepLabV3 preset's ImageNet backbone.
+    folder = tmp_path / "student"
+    SEGMENTATION_PRESETS["tiny-segformer"]({0: "a"}).save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a student\n")
+    assert hub.known_license(str(folder)) == "apache-2.0"
+    model_args = cli.ModelArguments(student="deeplabv3-mobilenetv2")
+    assert cli.provenance(model_args) == {"base_model": None, "license": "apache-2.0"}
+    model_args.pretrained_backbone = False  # random init: no one's weights
+    assert cli.provenance(model_args) == {"base_model": None, "license": None}

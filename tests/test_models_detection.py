@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 from transformers import (
+    AutoConfig,
     AutoModelForObjectDetection,
     DeformableDetrForObjectDetection,
     DeformableDetrImageProcessor,
@@ -172,12 +173,13 @@ def test_hub_ids_go_to_from_pretrained(monkeypatch):
 
     def fake_from_pretrained(name, **kwargs):
         calls.append((name, kwargs))
-        return tiny
+        return tiny, {}
 
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda name, **kwargs: tiny.config)
     monkeypatch.setattr(AutoModelForObjectDetection, "from_pretrained", fake_from_pretrained)
     model = load_detection_model("facebook/detr-resnet-50", trust_remote_code=True, revision="abc")
     assert model is tiny
-    assert calls == [("facebook/detr-resnet-50", {"trust_remote_code": True, "revision": "abc"})]
+    assert calls == [("facebook/detr-resnet-50", {"trust_remote_code": True, "revision": "abc", "output_loading_info": True})]
     assert all(_backbone_flags(model))  # None -> trainable, not what the constructor left
 
 

@@ -29,15 +29,16 @@ from acamkd_hf.models import (
 
 ID2LABEL = {0: "road", 1: "car", 2: "sky", 3: "person", 4: "tree"}
 # CPU-scale random-init presets: the tiny ones (tests) and the small teacher of the CPU default run.
-TINY = [name for name in SEGMENTATION_PRESETS if name.startswith(("tiny-", "small-"))]
+TINY = [name for name in SEGMENTATION_PRESETS if name.startswith(("tiny-", "micro-", "small-"))]
 # Output stride of the logits per tiny preset, from the architectures (DeepLabV3/MobileNetV2 at OS 8, SegFormer's
 # decoder at 1/4, UperNet upsamples to the input).
 LOGIT_STRIDE = {
     "tiny-deeplabv3-resnet": 8,
-    "tiny-deeplabv3-mobilenetv2": 8,
+    "tiny-deeplabv3-mobilenetv2-timm": 8,
     "tiny-segformer": 4,
+    "micro-segformer": 4,
     "small-segformer": 4,
-    "tiny-mobilenetv2-deeplabv3": 8,
+    "tiny-mobilenetv2-hf-deeplabv3": 8,
     "tiny-upernet": 1,
 }
 
@@ -87,7 +88,7 @@ def test_tiny_preset_overrides_reach_the_config():
 
 def test_teacher_preset_is_several_times_larger_than_student_preset():
     teacher = _n_params(SEGMENTATION_PRESETS["tiny-deeplabv3-resnet"](ID2LABEL))
-    student = _n_params(SEGMENTATION_PRESETS["tiny-deeplabv3-mobilenetv2"](ID2LABEL))
+    student = _n_params(SEGMENTATION_PRESETS["tiny-deeplabv3-mobilenetv2-timm"](ID2LABEL))
     assert 300_000 < teacher < 1_000_000
     assert teacher > 3 * student
 
@@ -185,7 +186,7 @@ def test_save_pretrained_roundtrip_through_auto_classes(tmp_path):
     imported = {alias.name.split(".")[0] for node in nodes if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in nodes if isinstance(node, ast.ImportFrom) and node.level == 0}
     assert not any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in nodes)  # no relative imports
-    assert imported <= {"__future__", "contextvars", "timm", "torch", "transformers"}, imported
+    assert imported <= {"__future__", "contextlib", "contextvars", "timm", "torch", "transformers"}, imported
 
     config = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(config, DeepLabV3Config) and config.backbone_kwargs["channels"] == [16, 32, 64, 128]
@@ -291,22 +292,34 @@ def test_load_segmentation_model_builds_presets_and_loads_folders(tmp_path):
     with pytest.raises(ValueError, match="needs id2label"):
         load_segmentation_model("tiny-segformer")
     _tiny_deeplab().save_pretrained(tmp_path / "ckpt")
-    loaded = load_segmentation_model(str(tmp_path / "ckpt"), {0: "other"})
+    loaded = load_segmentation_model(str(tmp_path / "ckpt"))
     assert isinstance(loaded, DeepLabV3ForSemanticSegmentation)
-    assert loaded.config.id2label == ID2LABEL  # never silently relabelled or resized
+    assert loaded.config.id2label == ID2LABEL  # without the dataset's labels: its own
+    # With another label set: loaded for it, the classifiers re-initialised (tests/test_pretrained_students.py).
+    relabelled = load_segmentation_model(str(tmp_path / "ckpt"), {0: "other"})
+    assert relabelled.config.id2label == {0: "other"} and relabelled.decode_head.classifier.out_channels == 1
 
 
 def test_load_segmentation_model_passes_hub_ids_through(monkeypatch):
     seen = {}
 
+    config = SegformerConfig(id2label=ID2LABEL)
+
+    def fake_config(name, **kwargs):
+        seen.update(config=(name, kwargs))
+        return config
+
     def fake_from_pretrained(name, **kwargs):
         seen.update(name=name, **kwargs)
-        return "model"
+        return "model", {}
 
+    monkeypatch.setattr(AutoConfig, "from_pretrained", fake_config)
     monkeypatch.setattr(AutoModelForSemanticSegmentation, "from_pretrained", fake_from_pretrained)
     result = load_segmentation_model("nvidia/segformer-b0-finetuned-ade-512-512", trust_remote_code=True, revision="v1")
     assert result == "model"
-    assert seen == {"name": "nvidia/segformer-b0-finetuned-ade-512-512", "trust_remote_code": True, "revision": "v1"}
+    assert seen == {"config": ("nvidia/segformer-b0-finetuned-ade-512-512", {"trust_remote_code": True, "revision": "v1"}),
+                    "name": "nvidia/segformer-b0-finetuned-ade-512-512", "trust_remote_code": True, "revision": "v1",
+                    "output_loading_info": True}
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,9 @@ ALL = ["logits", *STAGES]
 # widths as timm's); UperNet on a 16..128 ResNet (1/4..1/32), logits upsampled to the input.
 EXPECTED_SHAPES = {
     "tiny-deeplabv3-resnet": [(5, 8, 16), (16, 16, 32), (32, 8, 16), (64, 8, 16), (128, 8, 16)],
-    "tiny-deeplabv3-mobilenetv2": [(5, 8, 16), (8, 16, 32), (16, 8, 16), (32, 8, 16), (112, 8, 16)],
+    "tiny-deeplabv3-mobilenetv2-timm": [(5, 8, 16), (8, 16, 32), (16, 8, 16), (32, 8, 16), (112, 8, 16)],
     "tiny-segformer": [(5, 16, 32), (16, 16, 32), (32, 8, 16), (64, 4, 8), (128, 2, 4)],
-    "tiny-mobilenetv2-deeplabv3": [(5, 8, 16), (8, 16, 32), (16, 8, 16), (32, 8, 16), (112, 8, 16)],
+    "tiny-mobilenetv2-hf-deeplabv3": [(5, 8, 16), (8, 16, 32), (16, 8, 16), (32, 8, 16), (112, 8, 16)],
     "tiny-upernet": [(5, 64, 128), (16, 16, 32), (32, 8, 16), (64, 4, 8), (128, 2, 4)],
 }
 FAMILIES = list(EXPECTED_SHAPES)
@@ -52,7 +52,7 @@ def _prefix_reference(name, model, x):
             h = stage(h)
             maps.append(h)
         return maps
-    if name == "tiny-mobilenetv2-deeplabv3":
+    if name == "tiny-mobilenetv2-hf-deeplabv3":
         maps, h = [], model.mobilenet_v2.conv_stem(x)
         for i, layer in enumerate(model.mobilenet_v2.layer):
             h = layer(h)
@@ -69,7 +69,7 @@ def _hidden_state_reference(name, outputs):
     hidden = outputs.hidden_states
     if name.startswith("tiny-deeplabv3") or name == "tiny-segformer":
         return list(hidden)
-    if name == "tiny-mobilenetv2-deeplabv3":
+    if name == "tiny-mobilenetv2-hf-deeplabv3":
         return [hidden[i] for i in (1, 4, 11, 15)]
     if name == "tiny-upernet":
         return list(hidden[1:])  # hidden[0] is the ResNet embedder output
@@ -197,7 +197,7 @@ def test_taps_fire_through_a_wrapping_module(name):
 def test_taps_fire_under_ddp(tmp_path):
     import torch.distributed as dist
 
-    model = _build("tiny-deeplabv3-mobilenetv2").train()
+    model = _build("tiny-deeplabv3-mobilenetv2-timm").train()
     taps = FeatureTaps(model, ["logits", "stage3"])
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

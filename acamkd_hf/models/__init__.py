@@ -3,11 +3,16 @@
 from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
 from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+from .labels import describe_label_mismatch
 from .presets import (
+    PRETRAINED_BACKBONE_PRESETS,
+    RENAMED_PRESETS,
     SEGMENTATION_PRESETS,
+    BackboneDownloadError,
+    canonical_preset_name,
     default_image_processor,
-    describe_label_mismatch,
     load_segmentation_model,
+    preset_options,
 )
 
 # With the package imported, `AutoConfig` / `AutoModelForSemanticSegmentation` / `pipeline()` resolve
@@ -16,6 +21,11 @@ AutoConfig.register(DeepLabV3Config.model_type, DeepLabV3Config, exist_ok=True)
 AutoModelForSemanticSegmentation.register(DeepLabV3Config, DeepLabV3ForSemanticSegmentation, exist_ok=True)
 
 __all__ = [
+    "BackboneDownloadError",
+    "PRETRAINED_BACKBONE_PRESETS",
+    "RENAMED_PRESETS",
+    "canonical_preset_name",
+    "preset_options",
     "DeepLabV3Config",
     "DeepLabV3ForSemanticSegmentation",
     "SEGMENTATION_PRESETS",

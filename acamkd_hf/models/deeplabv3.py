@@ -15,6 +15,7 @@ Shapes (B = batch, K = num_labels, H x W = input size, s = output stride, 8 by d
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 
 import timm
@@ -30,6 +31,22 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 _LOADING_FROM_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "timm_deeplabv3_loading_from_checkpoint", default=False
 )
+# Set while a model is built from a local copy of the backbone's ImageNet weights (instead of the download). Not a
+# config field: a local path has no place in a config.json that may be published.
+_BACKBONE_WEIGHTS_FILE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "timm_deeplabv3_backbone_weights_file", default=None
+)
+
+
+@contextlib.contextmanager
+def backbone_weights_file(path: str):
+    """Within this block, a model built with ``use_pretrained_backbone=True`` reads its backbone's ImageNet weights
+    from the local file ``path`` (timm's ``pretrained_cfg_overlay=dict(file=path)``) instead of downloading them."""
+    token = _BACKBONE_WEIGHTS_FILE.set(str(path))
+    try:
+        yield
+    finally:
+        _BACKBONE_WEIGHTS_FILE.reset(token)
 
 
 class DeepLabV3Config(PretrainedConfig):
@@ -209,6 +226,8 @@ class DeepLabV3ForSemanticSegmentation(DeepLabV3PreTrainedModel):
         if config.use_auxiliary_head and len(out_indices) < 2:
             raise ValueError("use_auxiliary_head=True needs at least two out_indices (stage 3 and stage 4 maps).")
         pretrained = bool(config.use_pretrained_backbone) and not _LOADING_FROM_CHECKPOINT.get()
+        local_weights = _BACKBONE_WEIGHTS_FILE.get() if pretrained else None
+        overlay = {"pretrained_cfg_overlay": {"file": local_weights}} if local_weights else {}
         self.backbone = timm.create_model(
             config.backbone,
             pretrained=pretrained,
@@ -216,6 +235,7 @@ class DeepLabV3ForSemanticSegmentation(DeepLabV3PreTrainedModel):
             output_stride=config.output_stride,
             out_indices=out_indices,
             in_chans=config.num_channels,
+            **overlay,
             **(config.backbone_kwargs or {}),
         )
         for module in self.backbone.modules():

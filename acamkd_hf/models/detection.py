@@ -47,6 +47,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .labels import load_pretrained_for_labels
 from .presets import _label_maps, resolve_model_path
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -312,21 +313,25 @@ def load_detection_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     freeze_backbone: bool | None = None,
+    role: str = "model",
 ) -> PreTrainedModel:
     """Build a preset by name, or load a detector from a local folder / Hub id.
 
     Args:
         name_or_path: a key of `DETECTION_PRESETS`, a folder written by `save_pretrained`, or a Hub id ("org/name",
             e.g. "facebook/detr-resnet-50", "PekingU/rtdetr_r50vd").
-        id2label: the dataset's classes; required for presets. For loaded models it is NOT applied: the heads are
-            never silently resized. Compare with `describe_label_mismatch(model.config.id2label, id2label)`.
+        id2label: the dataset's classes; required for presets. For a loaded detector whose label set differs (80
+            COCO classes on a 4-class dataset), it is loaded with these labels and ``ignore_mismatched_sizes=True``
+            (as transformers' run_object_detection.py does): the class heads start anew, one line names them. None:
+            loaded with its own labels.
         trust_remote_code, revision: passed to `AutoModelForObjectDetection.from_pretrained`.
         freeze_backbone: True freezes every backbone parameter, False makes them all trainable. None (default)
             means False for presets and loaded models alike: the result never depends on transformers' constructor
             (which freezes a transformers-ResNet DETR backbone entirely and a timm one not at all).
+        role: how the model is named in messages ("student", "teacher").
 
     Raises:
-        ValueError: a preset without `id2label`.
+        ValueError: a preset without `id2label`; a checkpoint of an architecture without a detection head.
         FileNotFoundError: a name that is neither a preset nor an existing folder nor shaped like a Hub id.
     """
     frozen = bool(freeze_backbone)  # None: trainable, decided here, not by transformers' name matching
@@ -334,8 +339,13 @@ def load_detection_model(
         if id2label is None:
             raise ValueError(f"Preset {name_or_path!r} needs id2label (the dataset's classes) to size its classifier.")
         return DETECTION_PRESETS[name_or_path](id2label, freeze_backbone=frozen)
-    model = AutoModelForObjectDetection.from_pretrained(
+    model = load_pretrained_for_labels(
+        AutoModelForObjectDetection,
         resolve_model_path(name_or_path, DETECTION_PRESETS, "detection preset"),
+        id2label,
+        role=role,
+        task="object-detection",
+        families="DETR, RT-DETR and Deformable DETR",
         trust_remote_code=trust_remote_code,
         revision=revision,
     )

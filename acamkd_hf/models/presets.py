@@ -3,8 +3,12 @@
 Two kinds of presets:
 - the paper's architectures at full size (`deeplabv3-resnet101` teacher; `deeplabv3-resnet18`,
   `deeplabv3-mobilenetv2` students; plus `deeplabv3-resnet50` and `segformer-b0`). The DeepLabV3 ones start from
-  timm's ImageNet backbones as in the paper, so building them downloads backbone weights once.
-- tiny random-init models (`tiny-*`) for the tests and the CPU default run. They never touch the network.
+  timm's ImageNet backbones as in the paper, so building them downloads backbone weights once (offline:
+  `pretrained_backbone=False` for a random-initialised backbone, or `backbone_weights=<local file or folder>`;
+  `--pretrained_backbone false` / `--backbone_weights PATH` on the command line).
+- tiny random-init models (`tiny-*`, `micro-*`, `small-*`) for the tests and the CPU default run. They never touch
+  the network. `tiny-deeplabv3-mobilenetv2-timm` is our DeepLabV3 (ASPP head) on a timm MobileNetV2;
+  `tiny-mobilenetv2-hf-deeplabv3` is transformers' own `MobileNetV2ForSemanticSegmentation` (its DeepLabV3 head).
 
 Every builder has the signature `builder(id2label: dict[int, str], **overrides) -> PreTrainedModel`; `overrides`
 replace config fields (e.g. `use_pretrained_backbone=False`, `output_stride=16`).
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from transformers import (
     AutoModelForSemanticSegmentation,
@@ -30,7 +36,8 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation, backbone_weights_file
+from .labels import describe_label_mismatch, load_pretrained_for_labels  # noqa: F401 (re-exported)
 
 
 def _label_maps(id2label: Mapping[int, str]) -> dict:
@@ -43,9 +50,89 @@ def _label_maps(id2label: Mapping[int, str]) -> dict:
     return {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
 
 
-def _deeplabv3(id2label: Mapping[int, str], defaults: dict, overrides: dict) -> DeepLabV3ForSemanticSegmentation:
+class BackboneDownloadError(OSError):
+    """A DeepLabV3 preset's ImageNet backbone could not be downloaded (offline); the message says how to run anyway."""
+
+
+#: Where a local copy of a timm backbone's weights can be: a file, or a folder holding one of these (timm's Hub layout).
+BACKBONE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
+
+
+def _backbone_weights_path(path: str) -> str:
+    """The weights file of ``path`` (a file, or a folder with one of :data:`BACKBONE_WEIGHT_FILES`)."""
+    location = Path(path).expanduser()
+    if location.is_dir():
+        for name in BACKBONE_WEIGHT_FILES:
+            if (location / name).is_file():
+                return str(location / name)
+        raise FileNotFoundError(f"backbone weights {path}: the folder holds none of {', '.join(BACKBONE_WEIGHT_FILES)}")
+    if not location.is_file():
+        raise FileNotFoundError(f"backbone weights {path}: no such file or folder")
+    return str(location)
+
+
+def _deeplabv3(
+    id2label: Mapping[int, str], defaults: dict, overrides: dict, backbone_weights: str | None = None
+) -> DeepLabV3ForSemanticSegmentation:
+    """``backbone_weights``: a local copy of the backbone's ImageNet weights (file or folder), used instead of the
+    download (with ``use_pretrained_backbone`` true; the config records no path)."""
     config = DeepLabV3Config(**{**defaults, **overrides}, **_label_maps(id2label))
-    return DeepLabV3ForSemanticSegmentation(config)
+    if backbone_weights is not None and config.use_pretrained_backbone:
+        file = _backbone_weights_path(backbone_weights)
+        with backbone_weights_file(file):
+            model = DeepLabV3ForSemanticSegmentation(config)
+        _check_backbone_weights(model, file, config.backbone)
+        return model
+    try:
+        return DeepLabV3ForSemanticSegmentation(config)
+    except OSError as error:  # huggingface_hub's LocalEntryNotFoundError & co: offline, or the Hub unreachable
+        if not config.use_pretrained_backbone:
+            raise
+        raise BackboneDownloadError(_download_advice(config.backbone, error)) from None
+
+
+def _check_backbone_weights(model: DeepLabV3ForSemanticSegmentation, file: str, backbone: str) -> None:
+    """timm loads a local weights file leniently (names it does not find are skipped with a log line): refuse a file
+    that does not hold the backbone's weights, instead of training from a silently random backbone."""
+    import torch
+
+    if file.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as handle:
+            names = set(handle.keys())
+    else:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+        names = {name.removeprefix("module.") for name in state}
+    wanted = [name for name in model.backbone.state_dict() if not name.endswith("num_batches_tracked")]
+    found = sum(name in names for name in wanted)
+    if found < len(wanted):
+        raise ValueError(
+            f"backbone weights {file} do not fit the {backbone} backbone: {found} of its {len(wanted)} tensors are in "
+            f"the file. Use timm's {backbone} weights (e.g. the model.safetensors of its Hub repository)."
+        )
+
+
+def _download_advice(backbone: str, error: BaseException) -> str:
+    import timm
+
+    try:
+        hub_id = timm.models.get_pretrained_cfg(backbone).hf_hub_id
+    except Exception:  # noqa: BLE001 (only for the message)
+        hub_id = None
+    source = f"{hub_id} on the Hugging Face Hub" if hub_id else "the Hugging Face Hub"
+    preset = next((name for name, builder in _PRETRAINED_BACKBONES.items() if builder == backbone), backbone)
+    return (
+        f"the preset {preset!r} starts from timm's ImageNet weights of {backbone} ({source}), which could not be "
+        f"downloaded ({type(error).__name__}); run anyway with --pretrained_backbone false (a random-initialised "
+        f"backbone) or a local copy of those weights (a .safetensors/.pth file, or a folder holding "
+        f"model.safetensors or pytorch_model.bin) with --backbone_weights PATH (student) or "
+        f"--teacher_backbone_weights PATH (teacher)."
+    )
 
 
 # Paper setting (Cityscapes, CIRKD-style DeepLabV3): output stride 8, ASPP rates 12/24/36, 256-wide head, FCN
@@ -61,24 +148,32 @@ _PAPER_DEEPLABV3 = dict(
 )
 
 
-def deeplabv3_resnet101(id2label: Mapping[int, str], **overrides) -> DeepLabV3ForSemanticSegmentation:
+def deeplabv3_resnet101(
+    id2label: Mapping[int, str], *, backbone_weights: str | None = None, **overrides
+) -> DeepLabV3ForSemanticSegmentation:
     """The paper's segmentation teacher (DeepLabV3-R101, OS 8), ImageNet backbone (downloads from the Hub)."""
-    return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="resnet101"), overrides)
+    return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="resnet101"), overrides, backbone_weights)
 
 
-def deeplabv3_resnet50(id2label: Mapping[int, str], **overrides) -> DeepLabV3ForSemanticSegmentation:
+def deeplabv3_resnet50(
+    id2label: Mapping[int, str], *, backbone_weights: str | None = None, **overrides
+) -> DeepLabV3ForSemanticSegmentation:
     """DeepLabV3-R50, OS 8, ImageNet backbone (downloads from the Hub)."""
-    return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="resnet50"), overrides)
+    return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="resnet50"), overrides, backbone_weights)
 
 
-def deeplabv3_resnet18(id2label: Mapping[int, str], **overrides) -> DeepLabV3ForSemanticSegmentation:
+def deeplabv3_resnet18(
+    id2label: Mapping[int, str], *, backbone_weights: str | None = None, **overrides
+) -> DeepLabV3ForSemanticSegmentation:
     """The paper's DeepLabV3-R18 student, OS 8, ImageNet backbone (downloads from the Hub)."""
-    return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="resnet18"), overrides)
+    return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="resnet18"), overrides, backbone_weights)
 
 
-def deeplabv3_mobilenetv2(id2label: Mapping[int, str], **overrides) -> DeepLabV3ForSemanticSegmentation:
+def deeplabv3_mobilenetv2(
+    id2label: Mapping[int, str], *, backbone_weights: str | None = None, **overrides
+) -> DeepLabV3ForSemanticSegmentation:
     """The paper's DeepLabV3-MobileNetV2 student, OS 8, ImageNet backbone (downloads from the Hub)."""
-    return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="mobilenetv2_100"), overrides)
+    return _deeplabv3(id2label, dict(_PAPER_DEEPLABV3, backbone="mobilenetv2_100"), overrides, backbone_weights)
 
 
 def _segformer(id2label: Mapping[int, str], defaults: dict, overrides: dict) -> SegformerForSemanticSegmentation:
@@ -107,9 +202,9 @@ def tiny_deeplabv3_resnet(id2label: Mapping[int, str], **overrides) -> DeepLabV3
     return _deeplabv3(id2label, defaults, overrides)
 
 
-def tiny_deeplabv3_mobilenetv2(id2label: Mapping[int, str], **overrides) -> DeepLabV3ForSemanticSegmentation:
-    """Tiny student (~0.22 M params with 19 classes): timm MobileNetV2 x0.35, half depth, OS 8, 16-wide ASPP,
-    auxiliary head. Random init."""
+def tiny_deeplabv3_mobilenetv2_timm(id2label: Mapping[int, str], **overrides) -> DeepLabV3ForSemanticSegmentation:
+    """Tiny student (~0.22 M params with 19 classes): our DeepLabV3 (ASPP head, `timm_deeplabv3`) on a timm
+    MobileNetV2 x0.35, half depth, OS 8, 16-wide ASPP, auxiliary head. Random init."""
     defaults = dict(
         backbone="mobilenetv2_035",
         backbone_kwargs={"depth_multiplier": 0.5},
@@ -144,8 +239,9 @@ def small_segformer(id2label: Mapping[int, str], **overrides) -> SegformerForSem
     return _segformer(id2label, defaults, overrides)
 
 
-def tiny_mobilenetv2_deeplabv3(id2label: Mapping[int, str], **overrides) -> MobileNetV2ForSemanticSegmentation:
-    """transformers' MobileNetV2 with its DeepLabV3 head, depth multiplier 0.35, OS 8. Random init.
+def tiny_mobilenetv2_hf_deeplabv3(id2label: Mapping[int, str], **overrides) -> MobileNetV2ForSemanticSegmentation:
+    """transformers' `MobileNetV2ForSemanticSegmentation` (its own DeepLabV3 head), depth multiplier 0.35, OS 8.
+    Random init.
 
     The head's 256 width is fixed by transformers, so this model is head-heavy."""
     defaults = dict(
@@ -171,20 +267,77 @@ def tiny_upernet(id2label: Mapping[int, str], **overrides) -> UperNetForSemantic
     return UperNetForSemanticSegmentation(UperNetConfig(**{**defaults, **overrides}, **_label_maps(id2label)))
 
 
-SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = {
+class _Presets(dict):
+    """A dict of presets where a renamed preset's old name still works (``SEGMENTATION_PRESETS["old-name"]``), with a
+    ``FutureWarning``; iteration, ``in`` and listings show the current names only."""
+
+    def __missing__(self, key: str):
+        if key in RENAMED_PRESETS:
+            return self[canonical_preset_name(key)]
+        raise KeyError(key)
+
+
+SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = _Presets({
     "deeplabv3-resnet101": deeplabv3_resnet101,
     "deeplabv3-resnet50": deeplabv3_resnet50,
     "deeplabv3-resnet18": deeplabv3_resnet18,
     "deeplabv3-mobilenetv2": deeplabv3_mobilenetv2,
     "segformer-b0": segformer_b0,
     "tiny-deeplabv3-resnet": tiny_deeplabv3_resnet,
-    "tiny-deeplabv3-mobilenetv2": tiny_deeplabv3_mobilenetv2,
+    "tiny-deeplabv3-mobilenetv2-timm": tiny_deeplabv3_mobilenetv2_timm,
     "tiny-segformer": tiny_segformer,
     "micro-segformer": micro_segformer,
     "small-segformer": small_segformer,
-    "tiny-mobilenetv2-deeplabv3": tiny_mobilenetv2_deeplabv3,
+    "tiny-mobilenetv2-hf-deeplabv3": tiny_mobilenetv2_hf_deeplabv3,
     "tiny-upernet": tiny_upernet,
+})
+
+#: Presets whose backbone starts from timm's ImageNet weights (a download), with that timm backbone.
+_PRETRAINED_BACKBONES = {
+    "deeplabv3-resnet101": "resnet101",
+    "deeplabv3-resnet50": "resnet50",
+    "deeplabv3-resnet18": "resnet18",
+    "deeplabv3-mobilenetv2": "mobilenetv2_100",
 }
+PRETRAINED_BACKBONE_PRESETS = tuple(_PRETRAINED_BACKBONES)
+
+#: Old preset names -> new ones (they still work, with a deprecation warning).
+RENAMED_PRESETS = {
+    "tiny-deeplabv3-mobilenetv2": "tiny-deeplabv3-mobilenetv2-timm",
+    "tiny-mobilenetv2-deeplabv3": "tiny-mobilenetv2-hf-deeplabv3",
+}
+
+
+def pretrained_backbone_license(preset: str) -> str | None:
+    """The license timm declares for the ImageNet weights a preset's backbone starts from (None if unknown)."""
+    import timm
+
+    try:
+        return getattr(timm.models.get_pretrained_cfg(_PRETRAINED_BACKBONES[preset]), "license", None)
+    except Exception:  # noqa: BLE001 (metadata only)
+        return None
+
+
+def canonical_preset_name(name: str | None) -> str | None:
+    """``name``, or the current name of a renamed preset (with a ``FutureWarning``)."""
+    if name in RENAMED_PRESETS:
+        new = RENAMED_PRESETS[name]
+        warnings.warn(f"the preset {name!r} is now called {new!r}; the old name will be removed", FutureWarning, stacklevel=2)
+        return new
+    return name
+
+
+def preset_options(name: str, *, pretrained_backbone: bool | None = None, backbone_weights: str | None = None) -> dict:
+    """Keyword arguments for preset ``name`` from ``--pretrained_backbone`` / ``--backbone_weights`` (only the
+    presets with an ImageNet backbone take them; the others ignore them)."""
+    if name not in _PRETRAINED_BACKBONES:
+        return {}
+    options: dict = {}
+    if pretrained_backbone is not None:
+        options["use_pretrained_backbone"] = bool(pretrained_backbone)
+    if backbone_weights is not None:
+        options["backbone_weights"] = backbone_weights
+    return options
 
 
 def _looks_local(name_or_path: str) -> bool:
@@ -220,56 +373,42 @@ def load_segmentation_model(
     *,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    role: str = "model",
+    **preset_overrides,
 ) -> PreTrainedModel:
     """Build a preset by name, or load a model from a local folder / Hub id.
 
     Args:
         name_or_path: a key of `SEGMENTATION_PRESETS`, a folder written by `save_pretrained`, or a Hub id ("org/name").
-        id2label: the dataset's classes; required for presets. For loaded models it is NOT applied: the head is
-            never silently resized. Compare the label sets with `describe_label_mismatch(model.config.id2label,
-            id2label)` and decide.
+        id2label: the dataset's classes; required for presets. For a loaded model whose label set differs, the model
+            is loaded with these labels and ``ignore_mismatched_sizes=True`` (as transformers'
+            run_semantic_segmentation.py does) and one line names the head weights that start anew
+            (:func:`acamkd_hf.models.labels.load_pretrained_for_labels`). None: loaded with its own labels.
         trust_remote_code, revision: passed to `AutoModelForSemanticSegmentation.from_pretrained`.
+        role: how the model is named in messages ("student", "teacher").
+        preset_overrides: for presets only: config fields, and ``backbone_weights`` for the DeepLabV3 presets with
+            an ImageNet backbone (see :func:`preset_options`).
 
     Raises:
-        ValueError: a preset without `id2label`.
+        ValueError: a preset without `id2label`; a checkpoint of an architecture without a segmentation head.
         FileNotFoundError: a name that is neither a preset nor an existing folder nor shaped like a Hub id.
+        BackboneDownloadError: a preset's ImageNet backbone could not be downloaded.
     """
+    name_or_path = canonical_preset_name(name_or_path)
     if name_or_path in SEGMENTATION_PRESETS:
         if id2label is None:
             raise ValueError(f"Preset {name_or_path!r} needs id2label (the dataset's classes) to size its classifier.")
-        return SEGMENTATION_PRESETS[name_or_path](id2label)
-    return AutoModelForSemanticSegmentation.from_pretrained(
+        return SEGMENTATION_PRESETS[name_or_path](id2label, **preset_overrides)
+    return load_pretrained_for_labels(
+        AutoModelForSemanticSegmentation,
         resolve_model_path(name_or_path, SEGMENTATION_PRESETS, "preset"),
+        id2label,
+        role=role,
+        task="semantic-segmentation",
+        families="SegFormer, MobileNetV2, UperNet and DeepLabV3 (timm_deeplabv3)",
         trust_remote_code=trust_remote_code,
         revision=revision,
     )
-
-
-def describe_label_mismatch(
-    id2label_a: Mapping[int, str], id2label_b: Mapping[int, str], *, name_a: str = "A", name_b: str = "B"
-) -> str | None:
-    """None when both maps give the same class to every id; otherwise a one-paragraph message naming the classes
-    only in A, only in B, and the ids whose class differs (same classes in a different order)."""
-    a = {int(k): str(v) for k, v in id2label_a.items()}
-    b = {int(k): str(v) for k, v in id2label_b.items()}
-    if a == b:
-        return None
-    only_a = [name for _, name in sorted(a.items()) if name not in set(b.values())]
-    only_b = [name for _, name in sorted(b.items()) if name not in set(a.values())]
-    parts = [f"Label sets differ ({name_a}: {len(a)} classes, {name_b}: {len(b)} classes)."]
-    if only_a:
-        parts.append(f"Only in {name_a}: {', '.join(map(repr, only_a))}.")
-    if only_b:
-        parts.append(f"Only in {name_b}: {', '.join(map(repr, only_b))}.")
-    common = set(a.values()) & set(b.values())
-    a_ids = {name: i for i, name in a.items()}
-    b_ids = {name: i for i, name in b.items()}
-    moved = sorted((name for name in common if a_ids[name] != b_ids[name]), key=lambda n: a_ids[n])
-    if moved:
-        shown = ", ".join(f"{name!r} ({name_a} id {a_ids[name]}, {name_b} id {b_ids[name]})" for name in moved[:10])
-        more = f" and {len(moved) - 10} more" if len(moved) > 10 else ""
-        parts.append(f"Different order: {shown}{more}.")
-    return " ".join(parts)
 
 
 def default_image_processor(image_size: tuple[int, int]) -> SegformerImageProcessor:
