@@ -67,10 +67,10 @@ SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
                                   "paper + standardised imitation + softmax masks learned from Dice only"),
     "acamkd_std_sumsq": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
                           "--mask_normalizer", "sum_sq"], "paper + standardised imitation + sum-M^2 normaliser"),
-    # sequence-reduced fusion (issue: fusion at about the cost of a plain feature loss)
-    "acamkd_r2": (["--method", "acamkd", "--fusion_kv_reduction", "2"], "recommended, key/value reduction R = 2"),
-    "acamkd_r4": (["--method", "acamkd", "--fusion_kv_reduction", "4"], "recommended, key/value reduction R = 4"),
-    "acamkd_r8": (["--method", "acamkd", "--fusion_kv_reduction", "8"], "recommended, key/value reduction R = 8"),
+    # sequence-reduced fusion (issue: fusion at about the cost of a plain feature loss), on the standardised variant
+    **{f"acamkd_std_r{r}": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
+                             "--fusion_kv_reduction", str(r)], f"paper + standardised imitation, key/value reduction R = {r}")
+       for r in (2, 4, 8)},
 }
 DEFAULT_SEGMENTATION_ROWS = ["student", "mse", "cwd", "mgd", "pkd", "acamkd_paper", "acamkd"]
 #: detection: the recipe inherits the student's encoder/decoder/heads from the teacher (the paper's setting). The
