@@ -65,6 +65,9 @@ SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
     "acamkd_std_softmax_detach": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
                                    "--mask_activation", "softmax", "--detach_masks_in_imitation", "true"],
                                   "paper + standardised imitation + softmax masks learned from Dice only"),
+    "acamkd_std_softmax_sumsq": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
+                                  "--mask_activation", "softmax", "--mask_normalizer", "sum_sq"],
+                                 "paper + standardised imitation + softmax masks + sum-M^2 normaliser (mask-weighted means)"),
     "acamkd_std_sumsq": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
                           "--mask_normalizer", "sum_sq"], "paper + standardised imitation + sum-M^2 normaliser"),
     # sequence-reduced fusion (issue: fusion at about the cost of a plain feature loss), on the standardised variant
