@@ -26,6 +26,12 @@ def test_paper_variant_is_the_spec_and_explicit_flags_win_over_the_variant():
     mixed = DistillationSettings(acamkd_variant="paper", mask_normalizer="sum_sq", alpha=0.5).resolved(["x"], 2)
     assert (mixed.mask_normalizer, mixed.alpha, mixed.mask_activation) == ("sum_sq", 0.5, "sigmoid")
     assert set(ACAMKD_VARIANTS) == {"paper", "recommended"}
+    assert paper.fusion_kv_reduction == "1"  # the paper's exact fusion
+    recommended = DistillationSettings().resolved(["logits"], num_masks=19)  # what --method acamkd uses
+    assert (recommended.imitation_standardize, recommended.fusion_kv_reduction) == (True, "auto")
+    assert (recommended.alpha, recommended.mask_normalizer, recommended.mask_activation) == (1.0, "sum", "sigmoid")
+    loss = DISTILLATION_LOSSES["acamkd"].from_settings(8, 8, paper)
+    assert (loss.imitation_standardize, loss.fusion.kv_reduction, loss.mask_normalizer) == (False, "1", "sum")
 
 
 def test_every_setting_is_a_flag_of_the_arguments_with_the_same_default(tmp_path):
