@@ -36,6 +36,14 @@ METHOD_TITLES = {
     "pkd": "PKD (Pearson-correlation feature distillation)",
     "none": "no distillation (the student trained alone)",
 }
+#: Why each ACAM-KD variant, in the card (the variants themselves: acamkd_hf.settings.ACAMKD_VARIANTS).
+ACAMKD_VARIANT_REASONS = {
+    "recommended": "The project's default, chosen on its quality benchmark (docs/results.md): the paper's losses on "
+                   "per-channel standardised features (the imitation no longer depends on the features' scale) and "
+                   "the fusion's keys/values reduced to a token budget; settings given explicitly override it.",
+    "paper": "The paper's losses as written (raw features, exact fusion, alpha = lambda = 1); at these weights the "
+             "masks shrink towards 0 during training (docs/results.md).",
+}
 #: Files of the run's record pushed next to the model (the training log is trainer_state.json's log_history).
 RECORD_FILES = (
     "README.md",
@@ -245,6 +253,8 @@ def model_card(
         local_usage=model_path != repo_id or not is_hub_id(repo_id),
         method=method,
         method_title=METHOD_TITLES[method],
+        acamkd_variant=distillation.get("acamkd_variant") if method == "acamkd" else None,
+        acamkd_variant_reason=ACAMKD_VARIANT_REASONS.get(distillation.get("acamkd_variant"), ""),
         task_title=task.title,
         pipeline_tag=task.pipeline_tag,
         auto_class=task.auto_class,

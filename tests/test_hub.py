@@ -92,6 +92,10 @@ def test_card_names_teacher_method_settings_budget_and_baseline(run):
         if name != "teacher":
             assert f"| `{name}` | `{value}` |" in text
     assert "student alone (no distillation)" in text  # the default recipe trains it
+    # Which ACAM-KD variant, and why (the default: recommended, with standardised features and a reduced fusion).
+    assert "Variant: **recommended**" in text and "standardised features" in text
+    assert run_config["distillation"]["imitation_standardize"] is True
+    assert run_config["distillation"]["fusion_kv_reduction"] == "auto"
     assert "optimizer steps | 3" in text and "4 per device x 1 process(es) x 1 accumulation" in text
     # Before a push the snippet loads the local folder (outside the working directory here: by its name).
     assert 'from_pretrained("student")' in text and "@inproceedings{lan2025acamkd" in text
