@@ -160,8 +160,9 @@ def test_gradient_accumulation_1x8_equals_8x1(data, tmp_path):
     """Per-device batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same weights after 2 updates.
 
     SegFormer student without BatchNorm (batch statistics would differ) or dropout, no augmentation, no
-    ignore pixels (so every image weighs the same in the task loss), SGD. Tolerance 1e-5: only the summation
-    order differs."""
+    ignore pixels (so every image weighs the same in the task loss), SGD, and the imitation on raw features: the
+    recommended variant's per-channel standardisation takes its statistics over the batch (as PKD does), so like
+    BatchNorm it makes the update depend on the per-device batch. Tolerance 1e-5: only the summation order differs."""
     results = []
     for batch, accumulation in ((8, 1), (1, 8)):
         torch.manual_seed(0)
@@ -179,6 +180,7 @@ def test_gradient_accumulation_1x8_equals_8x1(data, tmp_path):
             learning_rate=0.05,
             lr_scheduler_type="constant",
             distillation_points=["logits", "stage2"],
+            imitation_standardize=False,
         )
         trainer.train()
         results.append((_state(trainer.student), _state(trainer.distillation_modules), trainer.state.log_history[0]))

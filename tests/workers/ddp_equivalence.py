@@ -96,6 +96,7 @@ def train_variant(options, data, train, out: Path, no_sync: bool) -> None:
         output_dir=str(out / "trainer"),
         method="acamkd",
         distillation_points=["logits", "stage2"],
+        imitation_standardize=False,  # batch statistics (as BatchNorm's) would differ between 2 x 2 and 1 x 4
         per_device_train_batch_size=options.per_device_batch,
         max_steps=options.max_steps,
         optim="sgd",
