@@ -20,6 +20,7 @@ The output folder is a ready Hugging Face model folder (config, safetensors, ima
 from __future__ import annotations
 
 import argparse
+import gc
 import dataclasses
 import difflib
 import json
@@ -799,15 +800,25 @@ def main(argv: list[str] | None = None) -> None:
 
     Ctrl-C ends with one line saying how to resume (exit status 130); a preset's backbone that cannot be downloaded
     ends with one line saying how to run anyway (exit status 1)."""
+    interrupted = False
     try:
         run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"\n{interrupted_message()}", file=sys.stderr)
-        raise SystemExit(130) from None
+        interrupted = True
+        # Objects the interrupted frames held (e.g. a progress bar interrupted inside its __init__) fail in their
+        # __del__ when those frames are freed, printing "Exception ignored ... Traceback" after the last line: they
+        # are side effects of the interruption, so they are silenced until the frames are gone.
+        sys.unraisablehook = lambda unraisable: None
     except BackboneDownloadError as error:
         print(f"acamkd-distill: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    if interrupted:
+        gc.collect()  # the interrupted frames' objects, freed (quietly) before the last line
+        sys.unraisablehook = sys.__unraisablehook__
+        if int(os.environ.get("RANK", "0")) == 0:
+            sys.stdout.flush()
+            print(f"\n{interrupted_message()}", file=sys.stderr)
+        raise SystemExit(130)
 
 
 def interrupted_message() -> str:

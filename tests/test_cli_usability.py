@@ -128,3 +128,26 @@ def test_a_run_stopped_after_its_last_checkpoint_does_not_train_another_step(tmp
     assert again["student"]["global_step"] == 5
     assert again["student"]["eval_mean_iou"] == first["student"]["eval_mean_iou"]
     assert json.loads((tmp_path / "student" / "metrics.json").read_text())["student"]["global_step"] == 5
+
+
+def test_ctrl_c_last_line_survives_objects_that_fail_when_the_interrupted_frames_are_freed(monkeypatch, capsys):
+    """Ctrl-C inside e.g. a progress bar's __init__ leaves a half-built object whose __del__ raises when the
+    interrupted frames are freed; its "Exception ignored ... Traceback" must not follow (or replace) the last line."""
+
+    class HalfBuilt:
+        def __del__(self):
+            raise AttributeError("'tqdm_asyncio' object has no attribute 'pos'")
+
+    def interrupted_run(argv):
+        held = HalfBuilt()  # noqa: F841 (held by the frame the interruption unwinds)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted_run)
+    monkeypatch.setattr(cli, "_TRAINING_INTO", [])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([])
+    assert stopped.value.code == 130
+    stderr = capsys.readouterr().err
+    assert stderr.strip().splitlines()[-1] == "interrupted before training started: run the same command again."
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert sys.unraisablehook is sys.__unraisablehook__  # restored
