@@ -800,7 +800,7 @@ def main(argv: list[str] | None = None) -> None:
 
     Ctrl-C ends with one line saying how to resume (exit status 130); a preset's backbone that cannot be downloaded
     ends with one line saying how to run anyway (exit status 1)."""
-    interrupted = False
+    interrupted, unraisable_hook = False, sys.unraisablehook
     try:
         run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
@@ -814,7 +814,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     if interrupted:
         gc.collect()  # the interrupted frames' objects, freed (quietly) before the last line
-        sys.unraisablehook = sys.__unraisablehook__
+        sys.unraisablehook = unraisable_hook
         if int(os.environ.get("RANK", "0")) == 0:
             sys.stdout.flush()
             print(f"\n{interrupted_message()}", file=sys.stderr)
