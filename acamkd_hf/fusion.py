@@ -11,11 +11,19 @@ masks keep the map's ``H x W``; the attention costs ``O(HW * HW/R^2 * C)`` inste
 pooling rather than a strided conv: it adds no parameters (``R = 1`` is exactly the paper's fusion, and checkpoints
 stay interchangeable across ``R``), and because the 1x1 projections are affine, projecting the pooled feature equals
 pooling the projected keys and values: each reduced key/value is the mean of an ``R x R`` block of the full ones.
+
+Factored form (ours, an exact rewriting; :class:`FactoredFusion`): when there are few keys (``N_k <=``
+:data:`MAX_FACTORED_KEYS`, e.g. after the reduction) the attention weights ``A = softmax(Q K^T / sqrt(d))``
+``(B, HW, N_k)`` are small, and ``F_fused = A V`` is never formed: the masks need only ``m_s F_fused = A (V m_s^T)``
+(``M`` maps instead of ``C``) and ``GAP(F_fused) = mean_p(A) V``. Likewise ``Q K^T = F_q (W_q^T K^T) + b_q K^T``
+lets the scores skip the full-resolution query projection when ``N_k`` is small against ``d``. Same numbers,
+a fraction of the arithmetic and memory at large maps (docs/results.md, "fusion cost").
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +40,10 @@ FUSION_MODES = ("teacher_query", "student_query", "teacher_only")
 #: R = 2 at the quality benchmark's 16x32 logits (inside the exact fusion's paired interval there, as R = 4 is),
 #: R = 4 at 32x64, R = 8 at a 64x128 paper-scale level; the attention then costs ~128 * HW * C, linear in the map.
 DEFAULT_MAX_KV_TOKENS = 128
+#: At most this many key tokens: the attention weights are materialised and the fusion kept factored
+#: (:class:`FactoredFusion`); they then take at most as much memory as a 256-channel feature map. Above it (the
+#: exact fusion at large maps) the fused attention kernel runs, whose memory is O(HW), never O(HW * N_k).
+MAX_FACTORED_KEYS = 256
 
 
 def kv_reduction_ratio(reduction: int | str, height: int, width: int, max_kv_tokens: int = DEFAULT_MAX_KV_TOKENS) -> int:
@@ -97,6 +109,12 @@ class StudentTeacherCrossAttention(nn.Module):
 
     def forward(self, teacher: Tensor, student: Tensor) -> Tensor:
         """``teacher`` ``F_T`` and aligned ``student`` ``F_S'``, both ``(B, C, H, W)`` -> ``F_fused`` ``(B, C, H, W)``."""
+        fused = self.fuse(teacher, student)
+        return fused.dense() if isinstance(fused, FactoredFusion) else fused
+
+    def fuse(self, teacher: Tensor, student: Tensor) -> Tensor | FactoredFusion:
+        """``F_fused`` as the masks consume it: a :class:`FactoredFusion` when the keys are few (``N_k <=``
+        :data:`MAX_FACTORED_KEYS`), else the dense ``(B, C, H, W)`` map from the fused attention kernel."""
         if self.detach_student:
             student = student.detach()
         if self.mode == "teacher_query":
@@ -107,12 +125,62 @@ class StudentTeacherCrossAttention(nn.Module):
             query_source, key_value_source = teacher, teacher
         batch, _, height, width = teacher.shape
         key_value_source = reduce_tokens(key_value_source, kv_reduction_ratio(self.kv_reduction, height, width, self.max_kv_tokens))
-        fused = cross_attention_fusion(
-            _project_tokens(self.query, query_source),
-            _project_tokens(self.key, key_value_source),
-            _project_tokens(self.value, key_value_source),
-        )  # (B, HW, C)
-        return fused.transpose(1, 2).reshape(batch, -1, height, width)
+        keys = _project_tokens(self.key, key_value_source)  # (B, N_k, d)
+        values = _project_tokens(self.value, key_value_source)  # (B, N_k, C)
+        if keys.shape[1] > MAX_FACTORED_KEYS:
+            fused = cross_attention_fusion(_project_tokens(self.query, query_source), keys, values)  # (B, HW, C)
+            return fused.transpose(1, 2).reshape(batch, -1, height, width)
+        return FactoredFusion(torch.softmax(self._scores(query_source, keys), dim=-1), values, height, width)
+
+    def _scores(self, query_source: Tensor, keys: Tensor) -> Tensor:
+        """``Q K^T / sqrt(d)`` ``(B, HW, N_k)`` for ``Q = W_q F_q + b_q``, ``keys`` = ``K`` ``(B, N_k, d)``.
+
+        Either as written (project the ``HW`` query tokens to ``d``, then ``Q K^T``: ``HW (C d + d N_k)``
+        multiply-adds) or, when cheaper, as ``F_q (W_q^T K^T) + b_q K^T`` (keys brought back to the input's ``C``
+        channels: ``HW C N_k``); the same numbers either way.
+        """
+        tokens = query_source.flatten(2).transpose(1, 2)  # (B, HW, C), a view
+        channels, d, num_keys = tokens.shape[-1], keys.shape[-1], keys.shape[1]
+        scale = d**-0.5
+        if channels * num_keys < channels * d + d * num_keys:
+            weight = self.query.weight.flatten(1)  # W_q (d, C)
+            keys_in_input = (keys @ weight).transpose(1, 2)  # (W_q^T K^T): (B, C, N_k)
+            key_bias = (keys @ self.query.bias).unsqueeze(1)  # b_q K^T: (B, 1, N_k)
+            return torch.baddbmm(key_bias, tokens, keys_in_input).mul(scale)
+        return (_project_tokens(self.query, query_source) @ keys.transpose(1, 2)).mul(scale)
+
+
+@dataclass
+class FactoredFusion:
+    """``F_fused = A V`` kept as its two factors (exact; see the module docstring).
+
+    Attributes:
+        weights: ``A`` ``(B, HW, N_k)``, the attention weights (rows sum to 1).
+        values: ``V`` ``(B, N_k, C)``.
+        height, width: the map's ``H x W`` (``HW`` query tokens, row-major).
+    """
+
+    weights: Tensor
+    values: Tensor
+    height: int
+    width: int
+
+    def dense(self) -> Tensor:
+        """``F_fused`` ``(B, C, H, W)``."""
+        fused = self.weights @ self.values  # (B, HW, C)
+        return fused.transpose(1, 2).reshape(fused.shape[0], -1, self.height, self.width)
+
+    def project(self, units: Tensor) -> Tensor:
+        """``units F_fused`` for ``units`` ``(M, C)``: ``(B, M, H, W)``, computed as ``A (V units^T)``."""
+        projected = self.weights @ (self.values @ units.t())  # (B, HW, M)
+        return projected.transpose(1, 2).reshape(projected.shape[0], -1, self.height, self.width)
+
+    def spatial_mean(self) -> Tensor:
+        """``GAP(F_fused)`` ``(B, C)``, computed as ``mean_p(A) V``."""
+        return (self.weights.mean(dim=1, keepdim=True) @ self.values).squeeze(1)
+
+    def float(self) -> FactoredFusion:
+        return FactoredFusion(self.weights.float(), self.values.float(), self.height, self.width)
 
 
 def _project_tokens(projection: nn.Conv2d, feature: Tensor) -> Tensor:

@@ -135,8 +135,8 @@ class ACAMKDLoss(nn.Module):
     def _aligned_and_masks(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``F_S'`` (compute dtype) and the float32 spatial ``(B, M, H, W)`` / channel ``(B, M, C)`` masks."""
         aligned = self.align(student, teacher.shape[-2:])
-        fused = self.fusion(teacher, aligned)  # the autocast compute dtype
-        with float32_region(fused):
+        fused = self.fusion.fuse(teacher, aligned)  # the autocast compute dtype; dense or factored
+        with float32_region(aligned):
             spatial_masks, channel_masks = self.masking(fused.float())
         return aligned, spatial_masks, channel_masks
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import MASK_ACTIVATIONS, channel_selection, spatial_selection
+from .fusion import FactoredFusion
+from .functional import MASK_ACTIVATIONS, activate_masks, channel_masks_from_pooled, channel_selection, spatial_selection
 
 #: Paper Table 8: spatial masks only, channel masks only, or both (the default).
 MASK_KINDS = ("both", "spatial", "channel")
@@ -47,8 +48,17 @@ class AdaptiveSpatialChannelMasking(nn.Module):
             if units is not None:
                 nn.init.normal_(units, mean=0.0, std=init_std)
 
-    def forward(self, fused: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """``F_fused`` ``(B, C, H, W)`` -> (spatial masks ``(B, M, H, W)`` or None, channel masks ``(B, M, C)`` or None)."""
+    def forward(self, fused: Tensor | FactoredFusion) -> tuple[Tensor | None, Tensor | None]:
+        """``F_fused`` ``(B, C, H, W)`` (dense, or factored as :class:`~acamkd_hf.fusion.FactoredFusion`: the same
+        masks without forming the map) -> (spatial masks ``(B, M, H, W)`` or None, channel masks ``(B, M, C)`` or None)."""
+        if isinstance(fused, FactoredFusion):
+            # m_s F_fused and GAP(F_fused) through the factors, then the same activations as below
+            spatial = channel = None
+            if self.spatial_units is not None:
+                spatial = activate_masks(fused.project(self.spatial_units), self.activation)
+            if self.channel_units is not None:
+                channel = channel_masks_from_pooled(fused.spatial_mean(), self.channel_units, self.activation)
+            return spatial, channel
         spatial = spatial_selection(fused, self.spatial_units, self.activation) if self.spatial_units is not None else None
         channel = channel_selection(fused, self.channel_units, self.activation) if self.channel_units is not None else None
         return spatial, channel

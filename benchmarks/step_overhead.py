@@ -383,7 +383,9 @@ def state_bytes(setup: Setup, feature_only: bool, feature_bytes: int = 0) -> int
 
 
 # ----------------------------------------------------------------------------------------------------- breakdown
-PARTS = ("adapter", "fusion", "selection units")
+#: ACAM-KD's pieces timed alone; the fusion and the selection units together, since the factored fusion hands the
+#: masks its attention factors, not a fused map (acamkd_hf.fusion.FactoredFusion)
+PARTS = ("adapter", "fusion + masks")
 
 
 def breakdown_jobs(
@@ -421,19 +423,15 @@ def breakdown_jobs(
                 continue
             with torch.no_grad():
                 aligned = module.align(student, teacher.shape[-2:])
-                fused = module.fusion(teacher, aligned)
             for kind in PARTS:
 
-                def part(kind=kind, module=module, student=student, teacher=teacher, aligned=aligned, fused=fused):
+                def part(kind=kind, module=module, student=student, teacher=teacher, aligned=aligned):
                     if kind == "adapter":
                         source = leaf(student)
                         forward = lambda: [module.align(source, teacher.shape[-2:])]
-                    elif kind == "fusion":  # the student enters detached by default: the gradient reaches W_q,k,v
+                    else:  # the student enters detached by default: the gradient reaches W_q,k,v and the units
                         source = leaf(aligned)
-                        forward = lambda: [module.fusion(teacher, source)]
-                    else:
-                        source = leaf(fused)
-                        forward = lambda: [m for m in module.masking(source) if m is not None]
+                        forward = lambda: [m for m in module.masking(module.fusion.fuse(teacher, source)) if m is not None]
                     with torch.no_grad():
                         grads = [torch.randn_like(o) for o in forward()]
 
@@ -473,17 +471,17 @@ def print_breakdown(parts: dict[tuple, float], shapes: dict, ms: dict[str, float
     print(f"  {'  acamkd: rest (L_c, L_s, Dice)':<34} {rest:>9.1f}  {share(rest):>32}")
     print(f"  {'step: acamkd - student':<34} {overhead:>9.1f}")
     print(f"  {'step: acamkd - mse':<34} {ms['acamkd'] - ms['mse']:>9.1f}")
-    print("\nACAM-KD per point (ms; rest = whole module - adapter - fusion - selection units, so it carries the noise "
-          "of four medians)")
+    print("\nACAM-KD per point (ms; rest = whole module - adapter - fusion + masks, so it carries the noise of three "
+          "medians)")
     header = (f"  {'point':<8} {'C_t':>5} {'tokens':>7} | {'mse':>7} {'mgd':>7} {'cwd':>7} | {'acamkd':>7} "
-              f"{'adapter':>8} {'fusion':>8} {'select':>8} {'rest':>8}")
+              f"{'adapter':>8} {'fusion+masks':>13} {'rest':>8}")
     print(header)
     for p in points:
         c, h, w = shapes[p]
         a = parts[("acamkd", p)]
         pieces = [parts[("acamkd", p, kind)] for kind in PARTS]
         print(f"  {p:<8} {c:>5} {h * w:>7} | {parts[('mse', p)]:>7.1f} {parts[('mgd', p)]:>7.1f} "
-              f"{parts[('cwd', p)]:>7.1f} | {a:>7.1f} " + " ".join(f"{x:>8.1f}" for x in pieces)
+              f"{parts[('cwd', p)]:>7.1f} | {a:>7.1f} {pieces[0]:>8.1f} {pieces[1]:>13.1f}"
               + f" {a - sum(pieces):>8.1f}")
 
 

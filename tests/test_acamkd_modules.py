@@ -71,7 +71,12 @@ def _block_means(feature, ratio):
     return out
 
 
-@pytest.mark.parametrize("ratio,size", [(1, (5, 7)), (2, (6, 8)), (2, (5, 7)), (3, (7, 10)), (4, (4, 4))])
+@pytest.mark.parametrize(
+    "ratio,size",
+    # key tokens: 35, 12, 12, 12, 1 (factored, queries projected), 4 and 6 (factored, W_q folded into the keys),
+    # 272 (> MAX_FACTORED_KEYS: the dense attention kernel)
+    [(1, (5, 7)), (2, (6, 8)), (2, (5, 7)), (3, (7, 10)), (4, (4, 4)), (4, (8, 8)), (2, (4, 6)), (1, (17, 16))],
+)
 def test_reduced_fusion_equals_naive_attention_over_block_mean_keys_and_values(ratio, size):
     """Sequence reduction R: queries at full resolution; keys/values from the R x R block means of the student
     (computed here by loops); the result keeps the full map size. R = 1 is the paper's exact fusion."""
@@ -93,19 +98,67 @@ def test_reduced_fusion_equals_naive_attention_over_block_mean_keys_and_values(r
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_reduced_fusion_keeps_gradients_and_the_fused_kernel():
+@pytest.mark.parametrize("size,max_kv_tokens", [((9, 12), 20), ((9, 12), 4), ((34, 34), 300)])
+def test_reduced_fusion_keeps_gradients_and_the_fused_kernel_where_keys_are_many(size, max_kv_tokens):
+    """Gradients reach both features and every projection, in the factored form (20 keys; 4 keys: W_q folded into
+    the keys) and in the dense one (289 keys > MAX_FACTORED_KEYS), where the fused attention kernel must run: a fall-
+    back to the O(N^2)-memory math kernel would be an error."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from acamkd_hf.fusion import MAX_FACTORED_KEYS, FactoredFusion
+
     torch.manual_seed(0)
-    teacher = torch.randn(2, 16, 9, 12, requires_grad=True)
-    student = torch.randn(2, 16, 9, 12, requires_grad=True)
-    fusion = StudentTeacherCrossAttention(16, mode="teacher_query", detach_student=False, kv_reduction="auto", max_kv_tokens=20)
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # a fall-back to the O(N^2) math kernel would be an error
+    teacher = torch.randn(2, 16, *size, requires_grad=True)
+    student = torch.randn(2, 16, *size, requires_grad=True)
+    fusion = StudentTeacherCrossAttention(16, mode="teacher_query", detach_student=False, kv_reduction="auto", max_kv_tokens=max_kv_tokens)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        fused = fusion.fuse(teacher, student)
+        assert isinstance(fused, FactoredFusion) == (max_kv_tokens <= MAX_FACTORED_KEYS)
         fusion(teacher, student).square().sum().backward()
     assert teacher.grad.abs().sum() > 0 and student.grad.abs().sum() > 0
     for name, parameter in fusion.named_parameters():
         if name != "key.bias":  # softmax ignores it (a constant per query row)
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("ratio", [2, 4])  # 12 keys (queries projected) and 4 keys (W_q folded into the keys)
+def test_masks_from_the_factored_fusion_equal_masks_of_the_dense_map_with_their_gradients(activation, ratio):
+    """The factored form never forms F_fused; its masks and every gradient must be those of the dense map,
+    computed here from the formulas (einsum projections, softmax attention, GAP) on F_fused = A V."""
+    from acamkd_hf.fusion import FactoredFusion
+
+    torch.manual_seed(0)
+    fusion = StudentTeacherCrossAttention(8, kv_reduction=ratio)
+    masking = AdaptiveSpatialChannelMasking(8, num_masks=3, activation=activation, init_std=0.5)
+    teacher, student = torch.randn(2, 8, 6, 8), torch.randn(2, 8, 6, 8)
+    fused = fusion.fuse(teacher, student)
+    assert isinstance(fused, FactoredFusion)
+    spatial, channel = masking(fused)
+    (spatial.square().sum() + channel.square().sum()).backward()
+    got = {name: p.grad.clone() for name, p in [*fusion.named_parameters(), *masking.named_parameters()]}
+    got_masks = (spatial.detach(), channel.detach())
+    for p in [*fusion.parameters(), *masking.parameters()]:
+        p.grad = None
+
+    def conv(layer, x):
+        return torch.einsum("oc,bchw->bohw", layer.weight[:, :, 0, 0], x) + layer.bias.view(1, -1, 1, 1)
+
+    reduced = _block_means(student, ratio)
+    q = conv(fusion.query, teacher).flatten(2).transpose(1, 2)
+    k = conv(fusion.key, reduced).flatten(2).transpose(1, 2)
+    v = conv(fusion.value, reduced).flatten(2).transpose(1, 2)
+    dense = (torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1) @ v).transpose(1, 2).reshape(2, 8, 6, 8)
+    act = (lambda x: torch.sigmoid(x)) if activation == "sigmoid" else (lambda x: torch.softmax(x, dim=1))
+    expected_spatial = act(torch.einsum("mc,bchw->bmhw", masking.spatial_units, dense))
+    expected_channel = act(masking.channel_units.view(1, 3, 1) * dense.mean(dim=(2, 3)).unsqueeze(1))
+    (expected_spatial.square().sum() + expected_channel.square().sum()).backward()
+    torch.testing.assert_close(got_masks[0], expected_spatial.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_masks[1], expected_channel.detach(), atol=1e-5, rtol=1e-5)
+    for name, p in [*fusion.named_parameters(), *masking.named_parameters()]:
+        if name == "key.bias":
+            continue  # zero by construction (softmax ignores a per-row constant); both sides ~1e-9 noise
+        torch.testing.assert_close(got[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_auto_reduction_picks_the_smallest_ratio_within_the_token_budget():
@@ -401,7 +454,7 @@ def test_standardised_acamkd_equals_the_formula_on_standardised_features(activat
         x = x.detach().double().numpy()
         mean = x.mean(axis=(0, 2, 3), keepdims=True)
         std = x.std(axis=(0, 2, 3), ddof=1, keepdims=True)
-        return (x - mean) / (std + 1e-6)
+        return (x - mean) / np.sqrt(std**2 + 1e-6**2)
 
     d2 = (standardised(teacher) - standardised(student)) ** 2  # (B, C, H, W)
     channel, spatial = masks["channel"], masks["spatial"]  # (B, M, C), (B, M, H, W)

@@ -136,8 +136,8 @@ def test_channel_wise_distillation_matches_formula(shape, tau):
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 4, 3, 3), (3, 2, 2, 6)])
 def test_pearson_distillation_matches_formula(shape):
-    """PKD: per channel, standardise each feature over (B, H, W) with the unbiased std, then mean squared
-    difference / 2 over every element; computed here with plain loops in float64."""
+    """PKD: per channel, standardise each feature over (B, H, W) with the unbiased variance (eps = 1e-6 inside the
+    square root), then mean squared difference / 2 over every element; computed here with plain loops in float64."""
     batch, channels, height, width = shape
     g = torch.Generator().manual_seed(3)
     teacher = torch.randn(*shape, generator=g, dtype=torch.float64) * 5 + 2
@@ -147,7 +147,7 @@ def test_pearson_distillation_matches_formula(shape):
         values = [feature[b, c, h, w].item() for b in range(batch) for h in range(height) for w in range(width)]
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        return [(v - mean) / (std + 1e-6) for v in values]
+        return [(v - mean) / math.sqrt(std**2 + 1e-6**2) for v in values]
 
     total = 0.0
     for c in range(channels):

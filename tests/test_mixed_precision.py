@@ -6,6 +6,7 @@ import torch
 
 from acamkd_hf import DistillationArguments, DistillationTrainer
 from acamkd_hf.data import SegmentationTransforms, collate_segmentation, load_cityscapes, make_synthetic_cityscapes
+from acamkd_hf.fusion import MAX_FACTORED_KEYS, FactoredFusion
 from acamkd_hf.losses import ACAMKDLoss
 from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
 
@@ -19,19 +20,34 @@ def _record_dtypes(module, name, seen):
     return module.register_forward_hook(hook)
 
 
-def test_acamkd_loss_under_bf16_autocast_fuses_in_bf16_and_masks_and_losses_in_fp32():
+def _record_fusion_dtype(fusion, seen):
+    """Records the dtype of what the fusion hands the masks (its attention weights, when factored)."""
+    fuse = fusion.fuse
+
+    def recording_fuse(*args):
+        fused = fuse(*args)
+        seen.setdefault("fusion", fused.weights.dtype if isinstance(fused, FactoredFusion) else fused.dtype)
+        seen.setdefault("factored", isinstance(fused, FactoredFusion))
+        return fused
+
+    fusion.fuse = recording_fuse
+
+
+@pytest.mark.parametrize("size", [8, 17])  # 64 key tokens: the factored fusion; 289 (> MAX_FACTORED_KEYS): the kernel
+def test_acamkd_loss_under_bf16_autocast_fuses_in_bf16_and_masks_and_losses_in_fp32(size):
     torch.manual_seed(0)
     loss = ACAMKDLoss(16, 32, num_masks=3)
-    student, teacher = torch.randn(2, 16, 8, 8), torch.randn(2, 32, 8, 8)
+    student, teacher = torch.randn(2, 16, size, size), torch.randn(2, 32, size, size)
     reference = loss(student, teacher)  # float32 throughout
     reference_masks = loss.masks(student, teacher)
     seen = {}
-    _record_dtypes(loss.fusion, "fusion", seen)
+    _record_fusion_dtype(loss.fusion, seen)
     _record_dtypes(loss.align, "align", seen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = loss(student, teacher)
         mixed_masks = loss.masks(student, teacher)
     assert seen["align"] == torch.bfloat16 and seen["fusion"] == torch.bfloat16  # the compute dtype
+    assert seen["factored"] == (size * size <= MAX_FACTORED_KEYS)
     assert all(masks.dtype == torch.float32 for masks in mixed_masks.values())
     assert all(value.dtype == torch.float32 for value in mixed.values())
     # Same numbers up to bf16 rounding of the fused feature and the adapter (8 bits of mantissa).
@@ -70,11 +86,11 @@ def test_bf16_training_runs_the_teacher_under_the_same_autocast(data, tmp_path):
     _record_dtypes(teacher.decode_head.classifier, "teacher", seen)
     _record_dtypes(student.decode_head.classifier, "student", seen)
     point = trainer.distillation_modules.points["logits"]
-    _record_dtypes(point.fusion, "fusion", seen)
+    _record_fusion_dtype(point.fusion, seen)
     mask_dtypes = set()
     point.masking.register_forward_hook(lambda _, inputs, output: mask_dtypes.update(m.dtype for m in output if m is not None))
     trainer.train()
-    assert seen == {"teacher": torch.bfloat16, "student": torch.bfloat16, "fusion": torch.bfloat16}
+    assert seen == {"teacher": torch.bfloat16, "student": torch.bfloat16, "fusion": torch.bfloat16, "factored": True}
     assert mask_dtypes == {torch.float32}
     # Master weights stay float32 (autocast, not a bf16 model); the logged terms are finite.
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
