@@ -237,6 +237,9 @@ class DistillationSettings:
         """``{setting: (this value, the other's)}`` for every setting on which the two would train differently once
         the method's defaults are filled in (the variant name itself is not compared: only what it fills in)."""
         mine, theirs = self.with_method_defaults().to_dict(), other.with_method_defaults().to_dict()
+        for values in (mine, theirs):  # the token budget is read only by ACAM-KD's "auto" reduction
+            if values["method"] != "acamkd" or values["fusion_kv_reduction"] != "auto":
+                values["fusion_max_kv_tokens"] = None
         return {name: (mine[name], theirs[name]) for name in mine if name != "acamkd_variant" and mine[name] != theirs[name]}
 
     def to_dict(self) -> dict[str, Any]:

@@ -191,6 +191,19 @@ def read_run(output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def changed_defaults(argv: list[str], output_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """The distillation settings on which the finished run in ``output_dir`` trained differently from what today's
+    code makes of the same flags (a default changed since it ran), by the rule automatic resume uses."""
+    from acamkd_hf.cli import parse_arguments
+    from acamkd_hf.settings import DistillationSettings
+
+    recorded = json.loads((output_dir / "run_config.json").read_text())["distillation"]
+    today = parse_arguments(argv)[2].distillation_settings()
+    differences = DistillationSettings.from_record(recorded).differences(today)
+    # points and M are resolved from the models when the flags leave them unset: not a change of default
+    return {key: values for key, values in differences.items() if getattr(today, key) is not None}
+
+
 def run_or_reuse(name: str, argv: list[str], output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:
     """The record of the run ``argv`` in ``output_dir``: read back when that folder holds a finished run made with
     the same flags, else run now."""
@@ -200,6 +213,11 @@ def run_or_reuse(name: str, argv: list[str], output_dir: Path, table: dict[str, 
         if timing.get("argv") != argv:
             raise SystemExit(f"{output_dir} holds a run made with other flags ({' '.join(timing['argv'])}): use "
                              f"another --work_dir (or delete that folder)")
+        changed = changed_defaults(argv, output_dir)
+        if changed:
+            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            raise SystemExit(f"{output_dir} holds a run made with the same flags but other defaults ({listed}): the "
+                             f"code's defaults changed since; delete that folder to rerun it (or use another --work_dir)")
         wall = timing.get("wall_s")
     else:
         print(f"[quality] running {name}: acamkd-distill {' '.join(argv)}", flush=True)

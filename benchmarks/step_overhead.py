@@ -65,9 +65,11 @@ DISTILLING = METHODS[1:]
 
 def variants(args) -> list[tuple[str, str, dict]]:
     """``(label, method, settings)`` of every setup: each method with its defaults, then ACAM-KD once per
-    ``--kv-reductions`` value (``acamkd_r<R>``: STCA-FF's keys/values average-pooled R per side)."""
+    ``--kv-reductions`` value (``acamkd_r<R>``: STCA-FF's keys/values average-pooled R per side) and once per
+    ``--kv-budgets`` value (``acamkd_kv<N>``: ``auto`` with at most N key/value tokens per point)."""
     rows = [(method, method, {}) for method in METHODS]
     rows += [(f"acamkd_r{r}", "acamkd", {"fusion_kv_reduction": r}) for r in args.kv_reductions]
+    rows += [(f"acamkd_kv{n}", "acamkd", {"fusion_kv_reduction": "auto", "fusion_max_kv_tokens": n}) for n in args.kv_budgets]
     return rows
 MIB = 2**20
 
@@ -523,6 +525,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-component table")
     parser.add_argument("--kv-reductions", nargs="*", default=[], metavar="R",
                         help="also ACAM-KD with --fusion_kv_reduction R for each value (e.g. 2 4 8 auto): acamkd_r<R>")
+    parser.add_argument("--kv-budgets", nargs="*", type=int, default=[], metavar="N",
+                        help="also ACAM-KD with --fusion_kv_reduction auto --fusion_max_kv_tokens N for each value: "
+                             "acamkd_kv<N>")
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast (cuda only; the losses still compute in float32, as the library does)")
     model = parser.add_argument_group("model mode")
@@ -639,7 +644,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     order = ["acamkd_over_mse", "acamkd_over_student", "mse_over_student", "mgd_over_student", "cwd_over_student",
              "pkd_over_student", "mgd_over_mse", "cwd_over_mse", "pkd_over_mse"]
     result = {key: result[key] for key in order}
-    reduced = [setup.method for setup in setups if setup.method.startswith("acamkd_r")]
+    reduced = [setup.method for setup in setups if setup.method.startswith(("acamkd_r", "acamkd_kv"))]
     for m in reduced:
         result[f"{m}_over_mse"] = ms[m] / ms["mse"]
     for m in ("acamkd", "mse", "mgd", "cwd", "pkd"):

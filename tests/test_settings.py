@@ -92,3 +92,15 @@ def test_a_record_without_the_newer_settings_means_what_the_code_did_then():
         "mask_activation": ("sigmoid", "softmax")}
     assert DistillationSettings(method="cwd").differences(DistillationSettings(method="cwd", cwd_tau=4.0)) == {
         "cwd_tau": (1.0, 4.0)}
+
+
+def test_the_token_budget_differs_only_where_auto_reduction_reads_it():
+    """--fusion_max_kv_tokens is the budget of ACAM-KD's 'auto' reduction: a run with an exact (or fixed-R)
+    fusion, or a baseline, trains the same whatever budget it recorded; under 'auto' a different budget is named."""
+    for method, reduction in (("acamkd", "1"), ("acamkd", "4"), ("mse", None), ("pkd", None)):
+        a = DistillationSettings(method=method, fusion_kv_reduction=reduction, fusion_max_kv_tokens=1024)
+        b = DistillationSettings(method=method, fusion_kv_reduction=reduction, fusion_max_kv_tokens=32)
+        assert a.differences(b) == {}, (method, reduction)
+    auto_a = DistillationSettings(method="acamkd", fusion_max_kv_tokens=128)  # the recommended variant: auto
+    assert auto_a.differences(DistillationSettings(method="acamkd", fusion_max_kv_tokens=32)) == {
+        "fusion_max_kv_tokens": (128, 32)}
