@@ -74,6 +74,15 @@ SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
     **{f"acamkd_std_r{r}": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
                              "--fusion_kv_reduction", str(r)], f"paper + standardised imitation, key/value reduction R = {r}")
        for r in (2, 4, 8)},
+    # the paper's ablations (Tables 8-10) under the recommended variant
+    "acamkd_spatial_only": (["--method", "acamkd", "--mask_kinds", "spatial"],
+                            "recommended, spatial masks only (paper Table 8)"),
+    "acamkd_channel_only": (["--method", "acamkd", "--mask_kinds", "channel"],
+                            "recommended, channel masks only (paper Table 8)"),
+    "acamkd_student_query": (["--method", "acamkd", "--fusion_mode", "student_query"],
+                             "recommended, queries from the student, keys/values from the teacher (paper Table 9)"),
+    "acamkd_teacher_only": (["--method", "acamkd", "--fusion_mode", "teacher_only"],
+                            "recommended, masks from the teacher alone: no cooperation (paper Table 10)"),
 }
 DEFAULT_SEGMENTATION_ROWS = ["student", "mse", "cwd", "mgd", "pkd", "acamkd_paper", "acamkd"]
 #: detection: the recipe inherits the student's encoder/decoder/heads from the teacher (the paper's setting). The
