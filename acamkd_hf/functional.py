@@ -20,6 +20,7 @@ __all__ = [
     "channel_selection",
     "channel_masks_from_pooled",
     "spatial_selection",
+    "squared_error_sums",
     "channel_masked_loss",
     "spatial_masked_loss",
     "dice_diversity",
@@ -150,12 +151,12 @@ def _mask_weight(masks: Tensor, normalizer: str) -> Tensor:
 
 
 def channel_masked_loss(
-    teacher: Tensor,
-    student: Tensor,
+    teacher: Tensor | None,
+    student: Tensor | None,
     channel_masks: Tensor,
     eps: float = 1e-6,
     normalizer: str = "sum",
-    squared_error: Tensor | None = None,
+    error_sums: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Channel loss ``L_c = 1/M sum_m ||M^c_m (.) D||^2 / (H W sum_k M^c_{m,k} + eps)``, ``D = F_T - F_S'``.
 
@@ -165,27 +166,26 @@ def channel_masked_loss(
         channel_masks: ``(B, M, C)``; each mask is broadcast over ``H, W`` and multiplies ``D`` before squaring.
         eps: keeps the normaliser positive when a mask is all but zero.
         normalizer: ``"sum"`` (the paper's ``sum_k M``) or ``"sum_sq"`` (``sum_k M^2``), see :data:`MASK_NORMALIZERS`.
-        squared_error: ``(F_T - F_S')^2`` ``(B, C, H, W)`` when the caller has it already (L_c and L_s share it).
+        error_sums: :func:`squared_error_sums` of ``D`` when the caller has them already (L_c and L_s share
+            them); ``teacher`` and ``student`` may then be None.
 
     Returns:
         Scalar: mean over masks and batch. With every mask equal to 1 this is the plain mean-squared error.
     """
-    _check_pair(teacher, student)
-    height, width = teacher.shape[-2:]
-    squared_error = (teacher - student).pow(2) if squared_error is None else squared_error
-    squared_error_per_channel = squared_error.sum(dim=(2, 3))  # (B, C)
+    squared_error_per_channel, squared_error_per_position = _error_sums(teacher, student, error_sums)  # (B, C), (B, H, W)
+    height, width = squared_error_per_position.shape[-2:]
     numerator = torch.einsum("bmc,bc->bm", channel_masks.pow(2), squared_error_per_channel)
     denominator = height * width * _mask_weight(channel_masks, normalizer).sum(dim=2) + eps  # (B, M)
     return (numerator / denominator).mean()
 
 
 def spatial_masked_loss(
-    teacher: Tensor,
-    student: Tensor,
+    teacher: Tensor | None,
+    student: Tensor | None,
     spatial_masks: Tensor,
     eps: float = 1e-6,
     normalizer: str = "sum",
-    squared_error: Tensor | None = None,
+    error_sums: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Spatial loss ``L_s = 1/M sum_m ||M^s_m (.) D||^2 / (C sum_p M^s_{m,p} + eps)``, ``D = F_T - F_S'``.
 
@@ -195,18 +195,51 @@ def spatial_masked_loss(
         spatial_masks: ``(B, M, H, W)``; each mask is broadcast over ``C`` and multiplies ``D`` before squaring.
         eps: keeps the normaliser positive when a mask is all but zero.
         normalizer: ``"sum"`` (the paper's ``sum_p M``) or ``"sum_sq"`` (``sum_p M^2``), see :data:`MASK_NORMALIZERS`.
-        squared_error: ``(F_T - F_S')^2`` ``(B, C, H, W)`` when the caller has it already (L_c and L_s share it).
+        error_sums: :func:`squared_error_sums` of ``D`` when the caller has them already (L_c and L_s share
+            them); ``teacher`` and ``student`` may then be None.
 
     Returns:
         Scalar: mean over masks and batch. With every mask equal to 1 this is the plain mean-squared error.
     """
-    _check_pair(teacher, student)
-    channels = teacher.shape[1]
-    squared_error = (teacher - student).pow(2) if squared_error is None else squared_error
-    squared_error_per_pixel = squared_error.sum(dim=1)  # (B, H, W)
-    numerator = torch.einsum("bmhw,bhw->bm", spatial_masks.pow(2), squared_error_per_pixel)
+    squared_error_per_channel, squared_error_per_position = _error_sums(teacher, student, error_sums)  # (B, C), (B, H, W)
+    channels = squared_error_per_channel.shape[1]
+    numerator = torch.einsum("bmhw,bhw->bm", spatial_masks.pow(2), squared_error_per_position)
     denominator = channels * _mask_weight(spatial_masks, normalizer).sum(dim=(2, 3)) + eps  # (B, M)
     return (numerator / denominator).mean()
+
+
+class _SquaredErrorSums(torch.autograd.Function):
+    """``sum_{h,w} D^2`` ``(B, C)`` and ``sum_c D^2`` ``(B, H, W)`` of ``D`` ``(B, C, H, W)``, with a hand-written
+    backward: autograd would hold the broadcast gradient ``g_c + g_p``, ``2 D`` and their product at once (four full
+    maps with ``D``, the step's peak at a paper-scale level); here ``2 D g_c + 2 D g_p`` is formed in one buffer
+    (``addcmul_`` in place), two maps with ``D``. Checked against autograd by ``gradcheck`` in the tests."""
+
+    @staticmethod
+    def forward(ctx, difference: Tensor) -> tuple[Tensor, Tensor]:
+        squared = difference.square()
+        ctx.save_for_backward(difference)
+        return squared.sum(dim=(2, 3)), squared.sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_per_channel: Tensor, grad_per_position: Tensor) -> Tensor:
+        (difference,) = ctx.saved_tensors
+        grad = difference * (2 * grad_per_channel)[:, :, None, None]
+        return grad.addcmul_(difference, (2 * grad_per_position).unsqueeze(1))
+
+
+def squared_error_sums(difference: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sum_{h,w} D^2, sum_c D^2)``: ``(B, C)`` per channel and ``(B, H, W)`` per position, for ``D`` ``(B, C, H, W)``
+    (either sign: ``F_T - F_S'`` or ``F_S' - F_T``); what ``L_c`` and ``L_s`` weight by their masks."""
+    return _SquaredErrorSums.apply(difference)
+
+
+def _error_sums(
+    teacher: Tensor | None, student: Tensor | None, error_sums: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    if error_sums is not None:
+        return error_sums
+    check_pair(teacher, student)
+    return squared_error_sums(teacher - student)
 
 
 def dice_diversity(masks: Tensor, eps: float = 1e-12) -> Tensor:
@@ -243,7 +276,7 @@ def feature_mse(teacher: Tensor, student: Tensor) -> Tensor:
     Args:
         teacher, student: ``(B, C, H, W)``.
     """
-    _check_pair(teacher, student)
+    check_pair(teacher, student)
     return F.mse_loss(student, teacher)
 
 
@@ -267,8 +300,8 @@ def channel_standardize(feature: Tensor, eps: float = 1e-6) -> Tensor:
     """
     count = feature.numel() // feature.shape[1]  # n = B H W
     correction = (count - 1) / count
-    normalised = F.batch_norm(feature, None, None, training=True, eps=max(eps**2 * correction, 1e-30))
-    return normalised * correction**0.5
+    scale = feature.new_full((feature.shape[1],), correction**0.5)  # BatchNorm's weight: scaled in the same kernel
+    return F.batch_norm(feature, None, None, weight=scale, training=True, eps=max(eps**2 * correction, 1e-30))
 
 
 def pearson_distillation(teacher: Tensor, student: Tensor, eps: float = 1e-6) -> Tensor:
@@ -279,7 +312,7 @@ def pearson_distillation(teacher: Tensor, student: Tensor, eps: float = 1e-6) ->
     Args:
         teacher, student: ``(B, C, H, W)`` (the student aligned to the teacher first).
     """
-    _check_pair(teacher, student)
+    check_pair(teacher, student)
     return F.mse_loss(channel_standardize(student, eps), channel_standardize(teacher, eps)) / 2
 
 
@@ -293,7 +326,7 @@ def channel_wise_distillation(teacher: Tensor, student: Tensor, tau: float = 1.0
     Returns:
         Scalar: the KL summed over positions, averaged over channels and the batch, times ``tau^2``.
     """
-    _check_pair(teacher, student)
+    check_pair(teacher, student)
     batch, channels = teacher.shape[:2]
     teacher_logp = F.log_softmax(teacher.flatten(2) / tau, dim=2)
     student_logp = F.log_softmax(student.flatten(2) / tau, dim=2)
@@ -327,11 +360,11 @@ def masked_generative_loss(teacher: Tensor, generated: Tensor) -> Tensor:
         teacher: ``(B, C, H, W)`` teacher feature.
         generated: ``(B, C, H, W)`` the generator's output from the masked, aligned student feature.
     """
-    _check_pair(teacher, generated)
+    check_pair(teacher, generated)
     return (generated - teacher).pow(2).sum() / teacher.shape[0]
 
 
-def _check_pair(teacher: Tensor, student: Tensor) -> None:
+def check_pair(teacher: Tensor, student: Tensor) -> None:
     if teacher.shape != student.shape:
         raise ValueError(
             f"teacher and (aligned) student features must have the same shape, got teacher "

@@ -173,9 +173,10 @@ class FactoredFusion:
         return fused.transpose(1, 2).reshape(fused.shape[0], -1, self.height, self.width)
 
     def project(self, units: Tensor) -> Tensor:
-        """``units F_fused`` for ``units`` ``(M, C)``: ``(B, M, H, W)``, computed as ``A (V units^T)``."""
-        projected = self.weights @ (self.values @ units.t())  # (B, HW, M)
-        return projected.transpose(1, 2).reshape(projected.shape[0], -1, self.height, self.width)
+        """``units F_fused`` for ``units`` ``(M, C)``: ``(B, M, H, W)``, computed as ``(A (V units^T))^T`` =
+        ``(units V^T) A^T``, which comes out in the masks' layout (no transposed copy)."""
+        projected = (units @ self.values.transpose(1, 2)) @ self.weights.transpose(1, 2)  # (B, M, HW)
+        return projected.view(projected.shape[0], -1, self.height, self.width)
 
     def spatial_mean(self) -> Tensor:
         """``GAP(F_fused)`` ``(B, C)``, computed as ``mean_p(A) V``."""

@@ -38,6 +38,21 @@ def _imitated_pair(teacher: Tensor, aligned: Tensor, standardize: bool) -> tuple
     return teacher32, aligned32
 
 
+def _imitation_error_sums(teacher: Tensor, aligned: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
+    """:func:`~acamkd_hf.functional.squared_error_sums` of ``D`` in float32 between ``F_T`` and ``F_S'``, raw or
+    each standardised per channel.
+
+    Standardised, the student's map is a fresh tensor that nothing else reads (BatchNorm's backward reads its input):
+    ``F_hat_S' - F_hat_T`` is formed in it in place (the squares are the same either sign), so at most two full maps
+    live at once; a paper-scale level's map is 8 MiB per image.
+    """
+    teacher32, aligned32 = teacher.float(), aligned.float()
+    KD.check_pair(teacher32, aligned32)
+    if not standardize:  # aligned32 may be the adapter's own output: no in-place here
+        return KD.squared_error_sums(teacher32 - aligned32)
+    return KD.squared_error_sums(KD.channel_standardize(aligned32).sub_(KD.channel_standardize(teacher32)))
+
+
 class ACAMKDLoss(nn.Module):
     """ACAM-KD at one distillation point: ``alpha (L_c + L_s) + lambda L_div``.
 
@@ -132,41 +147,44 @@ class ACAMKDLoss(nn.Module):
             imitation_standardize=settings.imitation_standardize,
         )
 
-    def _aligned_and_masks(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``F_S'`` (compute dtype) and the float32 spatial ``(B, M, H, W)`` / channel ``(B, M, C)`` masks."""
-        aligned = self.align(student, teacher.shape[-2:])
+    def _masks(self, teacher: Tensor, aligned: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The float32 spatial ``(B, M, H, W)`` / channel ``(B, M, C)`` masks for ``F_T`` and ``F_S'``."""
         fused = self.fusion.fuse(teacher, aligned)  # the autocast compute dtype; dense or factored
         with float32_region(aligned):
-            spatial_masks, channel_masks = self.masking(fused.float())
-        return aligned, spatial_masks, channel_masks
+            return self.masking(fused.float())
 
     def masks(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         """The masks this point computes for a batch: ``{"spatial": (B, M, H, W), "channel": (B, M, C)}`` (the
         enabled kinds only; float32, with their graph), without the losses. For visualisation and tests."""
-        _, spatial_masks, channel_masks = self._aligned_and_masks(student, teacher.detach())
+        teacher = teacher.detach()
+        spatial_masks, channel_masks = self._masks(teacher, self.align(student, teacher.shape[-2:]))
         return {
             name: masks for name, masks in (("spatial", spatial_masks), ("channel", channel_masks)) if masks is not None
         }
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
-        aligned, spatial_masks, channel_masks = self._aligned_and_masks(student, teacher)
+        aligned = self.align(student, teacher.shape[-2:])
         with float32_region(aligned):
-            teacher32, aligned32 = _imitated_pair(teacher, aligned, self.imitation_standardize)
-            zero = teacher32.new_zeros(())
+            # D^2 summed per channel and per position, shared by L_c and L_s; no full map outlives this line but D.
+            # Before the masks on purpose: autograd runs later-made nodes first, so the masks' and the fusion's
+            # backward (and the tensors they hold) is done before the full-map backward of this one begins.
+            error_sums = _imitation_error_sums(teacher, aligned, self.imitation_standardize)
+        spatial_masks, channel_masks = self._masks(teacher, aligned)
+        with float32_region(aligned):
+            zero = error_sums[0].new_zeros(())
             channel = spatial = diversity = zero
             # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
             imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
             dice = {}
-            squared_error = (teacher32 - aligned32).pow(2)  # D^2, shared by L_c and L_s
             if channel_masks is not None:
                 channel = KD.channel_masked_loss(
-                    teacher32, aligned32, imitation(channel_masks), self.eps, self.mask_normalizer, squared_error
+                    None, None, imitation(channel_masks), self.eps, self.mask_normalizer, error_sums
                 )
                 dice["channel"] = KD.dice_diversity(channel_masks)
             if spatial_masks is not None:
                 spatial = KD.spatial_masked_loss(
-                    teacher32, aligned32, imitation(spatial_masks), self.eps, self.mask_normalizer, squared_error
+                    None, None, imitation(spatial_masks), self.eps, self.mask_normalizer, error_sums
                 )
                 dice["spatial"] = KD.dice_diversity(spatial_masks.flatten(2))
             diversity = sum(dice.values(), zero)

@@ -295,3 +295,23 @@ def test_sum_sq_normalizer_is_a_mask_weighted_mean_unchanged_by_the_masks_scale(
     assert paper == pytest.approx(0.01 * spatial_masked_loss(T, S, torch.from_numpy(ms), eps=0.0).item(), rel=1e-10)
     with pytest.raises(ValueError, match="unknown mask normalizer 'mean'"):
         spatial_masked_loss(T, S, torch.from_numpy(ms), normalizer="mean")
+
+
+def test_squared_error_sums_match_the_formula_and_their_hand_written_backward_matches_autograd():
+    """Per-channel and per-position sums of D^2 (loops here); the backward is written by hand (it saves memory), so
+    gradcheck compares it with finite differences in float64, for both outputs together and each alone."""
+    g = torch.Generator().manual_seed(11)
+    difference = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    per_channel, per_position = KD.squared_error_sums(difference)
+    d = difference.detach()
+    for b in range(2):
+        for c in range(3):
+            expected = sum(d[b, c, h, w].item() ** 2 for h in range(4) for w in range(5))
+            assert per_channel[b, c].item() == pytest.approx(expected, rel=1e-12)
+        for h in range(4):
+            for w in range(5):
+                expected = sum(d[b, c, h, w].item() ** 2 for c in range(3))
+                assert per_position[b, h, w].item() == pytest.approx(expected, rel=1e-12)
+    assert torch.autograd.gradcheck(KD.squared_error_sums, (difference,))
+    assert torch.autograd.gradcheck(lambda x: KD.squared_error_sums(x)[0], (difference,))
+    assert torch.autograd.gradcheck(lambda x: KD.squared_error_sums(x)[1], (difference,))
