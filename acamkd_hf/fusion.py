@@ -15,7 +15,7 @@ pooling the projected keys and values: each reduced key/value is the mean of an 
 Factored form (ours, an exact rewriting; :class:`FactoredFusion`): when there are few keys (``N_k <=``
 :data:`MAX_FACTORED_KEYS`, e.g. after the reduction) the attention weights ``A = softmax(Q K^T / sqrt(d))``
 ``(B, HW, N_k)`` are small, and ``F_fused = A V`` is never formed: the masks need only ``m_s F_fused = A (V m_s^T)``
-(``M`` maps instead of ``C``) and ``GAP(F_fused) = mean_p(A) V``. Likewise ``Q K^T = F_q (W_q^T K^T) + b_q K^T``
+(``M`` maps instead of ``C``) and ``GAP(F_fused) = mean_p(A) V``. Likewise ``K Q^T = (K W_q) F_q + K b_q``
 lets the scores skip the full-resolution query projection when ``N_k`` is small against ``d``. Same numbers,
 a fraction of the arithmetic and memory at large maps (docs/results.md, "fusion cost").
 """
@@ -132,34 +132,37 @@ class StudentTeacherCrossAttention(nn.Module):
         if keys.shape[1] > MAX_FACTORED_KEYS:
             fused = cross_attention_fusion(_project_tokens(self.query, query_source), keys, values)  # (B, HW, C)
             return fused.transpose(1, 2).reshape(batch, -1, height, width)
-        return FactoredFusion(torch.softmax(self._scores(query_source, keys), dim=-1), values, height, width)
+        # A^T: each column (one query position) a softmax over the N_k keys
+        return FactoredFusion(torch.softmax(self._scores(query_source, keys), dim=1), values, height, width)
 
     def _scores(self, query_source: Tensor, keys: Tensor) -> Tensor:
-        """``Q K^T / sqrt(d)`` ``(B, HW, N_k)`` for ``Q = W_q F_q + b_q``, ``keys`` = ``K`` ``(B, N_k, d)``.
+        """``K Q^T / sqrt(d)`` ``(B, N_k, HW)`` (the scores transposed) for ``Q = W_q F_q + b_q``, ``keys`` = ``K``
+        ``(B, N_k, d)``.
 
-        Either as written (project the ``HW`` query tokens to ``d``, then ``Q K^T``: ``HW (C d + d N_k)``
-        multiply-adds) or, when cheaper, as ``F_q (W_q^T K^T) + b_q K^T`` (keys brought back to the input's ``C``
-        channels: ``HW C N_k``); the same numbers either way.
+        Transposed, every product reads the feature map in its own ``(B, C, HW)`` layout and writes contiguous
+        rows: no token-layout copy, and the masks' projection comes out as ``(B, M, HW)``. Either as written
+        (project the ``HW`` query positions to ``d`` by the 1x1 convolution, then ``K Q^T``: ``HW (C d + d N_k)``
+        multiply-adds) or, when cheaper, as ``(K W_q) F_q + K b_q`` (keys brought back to the input's ``C``
+        channels: ``HW C N_k``); the same numbers either way. ``1/sqrt(d)`` is applied to the ``N_k`` keys.
         """
-        tokens = query_source.flatten(2).transpose(1, 2)  # (B, HW, C), a view
-        channels, d, num_keys = tokens.shape[-1], keys.shape[-1], keys.shape[1]
-        scale = d**-0.5
+        features = query_source.flatten(2)  # (B, C, HW)
+        channels, d, num_keys = features.shape[1], keys.shape[-1], keys.shape[1]
+        keys = keys * d**-0.5
         if channels * num_keys < channels * d + d * num_keys:
-            weight = self.query.weight.flatten(1)  # W_q (d, C)
-            keys_in_input = (keys @ weight).transpose(1, 2)  # (W_q^T K^T): (B, C, N_k)
-            key_bias = (keys @ self.query.bias).unsqueeze(1)  # b_q K^T: (B, 1, N_k)
-            return torch.baddbmm(key_bias, tokens, keys_in_input).mul(scale)
-        return (_project_tokens(self.query, query_source) @ keys.transpose(1, 2)).mul(scale)
+            keys_in_input = keys @ self.query.weight.flatten(1)  # K W_q: (B, N_k, C)
+            key_bias = (keys @ self.query.bias).unsqueeze(2)  # K b_q: (B, N_k, 1)
+            return torch.baddbmm(key_bias, keys_in_input, features)
+        return keys @ self.query(query_source).flatten(2)  # K Q^T, Q^T = (B, d, HW)
 
 
 @dataclass
 class FactoredFusion:
-    """``F_fused = A V`` kept as its two factors (exact; see the module docstring).
+    """``F_fused = A V`` kept as its two factors (exact; see the module docstring), ``A`` stored transposed.
 
     Attributes:
-        weights: ``A`` ``(B, HW, N_k)``, the attention weights (rows sum to 1).
+        weights: ``A^T`` ``(B, N_k, HW)``, the attention weights (each column, one query position, sums to 1).
         values: ``V`` ``(B, N_k, C)``.
-        height, width: the map's ``H x W`` (``HW`` query tokens, row-major).
+        height, width: the map's ``H x W`` (``HW`` query positions, row-major).
     """
 
     weights: Tensor
@@ -168,19 +171,19 @@ class FactoredFusion:
     width: int
 
     def dense(self) -> Tensor:
-        """``F_fused`` ``(B, C, H, W)``."""
-        fused = self.weights @ self.values  # (B, HW, C)
-        return fused.transpose(1, 2).reshape(fused.shape[0], -1, self.height, self.width)
+        """``F_fused`` ``(B, C, H, W)``: ``V^T A^T``."""
+        fused = self.values.transpose(1, 2) @ self.weights  # (B, C, HW)
+        return fused.view(fused.shape[0], -1, self.height, self.width)
 
     def project(self, units: Tensor) -> Tensor:
-        """``units F_fused`` for ``units`` ``(M, C)``: ``(B, M, H, W)``, computed as ``(A (V units^T))^T`` =
-        ``(units V^T) A^T``, which comes out in the masks' layout (no transposed copy)."""
-        projected = (units @ self.values.transpose(1, 2)) @ self.weights.transpose(1, 2)  # (B, M, HW)
+        """``units F_fused`` for ``units`` ``(M, C)``: ``(B, M, H, W)``, computed as ``(units V^T) A^T``."""
+        projected = (units @ self.values.transpose(1, 2)) @ self.weights  # (B, M, HW)
         return projected.view(projected.shape[0], -1, self.height, self.width)
 
     def spatial_mean(self) -> Tensor:
-        """``GAP(F_fused)`` ``(B, C)``, computed as ``mean_p(A) V``."""
-        return (self.weights.mean(dim=1, keepdim=True) @ self.values).squeeze(1)
+        """``GAP(F_fused)`` ``(B, C)``: ``(sum_p A^T) V / HW`` (the ``1/HW`` on the ``C`` results, not the map)."""
+        column_sums = self.weights.sum(dim=2).unsqueeze(1)  # (B, 1, N_k)
+        return (column_sums @ self.values).squeeze(1) / (self.height * self.width)
 
     def float(self) -> FactoredFusion:
         return FactoredFusion(self.weights.float(), self.values.float(), self.height, self.width)
