@@ -94,6 +94,8 @@ DETECTION_ROWS = {
     "pkd": (["--method", "pkd"], "PKD on the neck maps, inheritance on"),
     "acamkd_paper": (["--method", "acamkd", "--acamkd_variant", "paper"], "ACAM-KD paper variant, every neck level"),
     "acamkd": (["--method", "acamkd"], "ACAM-KD recommended variant, every neck level (M = 6), inheritance on"),
+    "acamkd_alpha10": (["--method", "acamkd", "--alpha", "10"],
+                       "recommended variant at alpha 10 (the neck imitation at ~0.7x the DETR task loss, not ~0.07x)"),
 }
 
 #: per table: task, point flags, rows, the row every other is paired against, teacher preset, budget, metrics
