@@ -290,7 +290,7 @@ def channel_standardize(feature: Tensor, eps: float = 1e-6) -> Tensor:
 
     Returns:
         ``(B, C, H, W)``: each channel with mean 0 and (unbiased, Bessel-corrected, as ``torch.std``) standard
-        deviation ~1 over ``(B, H, W)``; a channel with a single value becomes 0.
+        deviation ~1 over ``(B, H, W)``. A ``ValueError`` when ``B H W < 2`` (no variance to take).
 
     Computed by :func:`torch.nn.functional.batch_norm` (no affine, batch statistics): one fused kernel for the
     statistics and the normalisation, forward and backward, about 3x faster on CPU than ``mean``/``std`` over
@@ -299,6 +299,11 @@ def channel_standardize(feature: Tensor, eps: float = 1e-6) -> Tensor:
     ``sqrt(var_unbiased + eps^2)``.
     """
     count = feature.numel() // feature.shape[1]  # n = B H W
+    if count < 2:
+        raise ValueError(
+            f"per-channel standardisation needs at least 2 values per channel (batch x positions), got a feature of "
+            f"shape {tuple(feature.shape)}: use a batch of 2 or more, or a point with a larger map"
+        )
     correction = (count - 1) / count
     scale = feature.new_full((feature.shape[1],), correction**0.5)  # BatchNorm's weight: scaled in the same kernel
     return F.batch_norm(feature, None, None, weight=scale, training=True, eps=max(eps**2 * correction, 1e-30))

@@ -109,14 +109,14 @@ class StudentTeacherCrossAttention(nn.Module):
         self.key = nn.Conv2d(channels, channels // 2, kernel_size=1)  # W_k
         self.value = nn.Conv2d(channels, channels, kernel_size=1)  # W_v
 
-    def forward(self, teacher: Tensor, student: Tensor) -> Tensor:
-        """``teacher`` ``F_T`` and aligned ``student`` ``F_S'``, both ``(B, C, H, W)`` -> ``F_fused`` ``(B, C, H, W)``."""
-        fused = self.fuse(teacher, student)
-        return fused.dense() if isinstance(fused, FactoredFusion) else fused
+    def forward(self, teacher: Tensor, student: Tensor, factored: bool = False) -> Tensor | FactoredFusion:
+        """``teacher`` ``F_T`` and aligned ``student`` ``F_S'``, both ``(B, C, H, W)`` -> ``F_fused`` ``(B, C, H, W)``.
 
-    def fuse(self, teacher: Tensor, student: Tensor) -> Tensor | FactoredFusion:
-        """``F_fused`` as the masks consume it: a :class:`FactoredFusion` when the keys are few (``N_k <=``
-        :data:`MAX_FACTORED_KEYS`), else the dense ``(B, C, H, W)`` map from the fused attention kernel."""
+        With ``factored=True``, ``F_fused`` as the masks consume it: a :class:`FactoredFusion` when the keys are few
+        (``N_k <=`` :data:`MAX_FACTORED_KEYS`), else still the dense map from the fused attention kernel. (A flag of
+        ``forward``, not another method: calls go through ``nn.Module.__call__``, so hooks and wrappers such as FSDP,
+        which gathers the parameters in its ``forward``, see them.)
+        """
         if self.detach_student:
             student = student.detach()
         if self.mode == "teacher_query":
@@ -127,13 +127,20 @@ class StudentTeacherCrossAttention(nn.Module):
             query_source, key_value_source = teacher, teacher
         batch, _, height, width = teacher.shape
         key_value_source = reduce_tokens(key_value_source, kv_reduction_ratio(self.kv_reduction, height, width, self.max_kv_tokens))
-        keys = _project_tokens(self.key, key_value_source)  # (B, N_k, d)
-        values = _project_tokens(self.value, key_value_source)  # (B, N_k, C)
-        if keys.shape[1] > MAX_FACTORED_KEYS:
-            fused = cross_attention_fusion(_project_tokens(self.query, query_source), keys, values)  # (B, HW, C)
+        num_keys = key_value_source.shape[-2] * key_value_source.shape[-1]
+        if num_keys > MAX_FACTORED_KEYS:
+            fused = cross_attention_fusion(
+                _project_tokens(self.query, query_source),
+                _project_tokens(self.key, key_value_source),
+                _project_tokens(self.value, key_value_source),
+            )  # (B, HW, C)
             return fused.transpose(1, 2).reshape(batch, -1, height, width)
+        # few keys: the projections through the convolutions' own calls (a wrapper may hold their parameters)
+        keys = self.key(key_value_source).flatten(2).transpose(1, 2)  # (B, N_k, d)
+        values = self.value(key_value_source).flatten(2).transpose(1, 2)  # (B, N_k, C)
         # A^T: each column (one query position) a softmax over the N_k keys
-        return FactoredFusion(torch.softmax(self._scores(query_source, keys), dim=1), values, height, width)
+        fused = FactoredFusion(torch.softmax(self._scores(query_source, keys), dim=1), values, height, width)
+        return fused if factored else fused.dense()
 
     def _scores(self, query_source: Tensor, keys: Tensor) -> Tensor:
         """``K Q^T / sqrt(d)`` ``(B, N_k, HW)`` (the scores transposed) for ``Q = W_q F_q + b_q``, ``keys`` = ``K``
@@ -148,7 +155,8 @@ class StudentTeacherCrossAttention(nn.Module):
         features = query_source.flatten(2)  # (B, C, HW)
         channels, d, num_keys = features.shape[1], keys.shape[-1], keys.shape[1]
         keys = keys * d**-0.5
-        if channels * num_keys < channels * d + d * num_keys:
+        # the fold reads W_q itself: only from a plain convolution (a wrapper, e.g. FSDP's, may hold a shard of it)
+        if type(self.query) is nn.Conv2d and channels * num_keys < channels * d + d * num_keys:
             keys_in_input = keys @ self.query.weight.flatten(1)  # K W_q: (B, N_k, C)
             key_bias = (keys @ self.query.bias).unsqueeze(2)  # K b_q: (B, N_k, 1)
             return torch.baddbmm(key_bias, keys_in_input, features)
@@ -197,6 +205,8 @@ def _project_tokens(projection: nn.Conv2d, feature: Tensor) -> Tensor:
     followed by ``.contiguous()`` would each materialise an extra (B, HW, C) copy (about 40 MiB per projection
     with its gradient at 100x100 tokens, C=256, batch 2).
     """
+    if type(projection) is not nn.Conv2d:  # wrapped (e.g. by FSDP, which may hold a shard): its own call, a copy
+        return projection(feature).flatten(2).transpose(1, 2).contiguous()
     tokens = feature.flatten(2).transpose(1, 2)  # (B, HW, C_in), a view
     weight = projection.weight.flatten(1).t().unsqueeze(0).expand(feature.shape[0], -1, -1)  # (B, C_in, C_out)
     return torch.baddbmm(projection.bias.view(1, 1, -1), tokens, weight)

@@ -149,7 +149,7 @@ class ACAMKDLoss(nn.Module):
 
     def _masks(self, teacher: Tensor, aligned: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """The float32 spatial ``(B, M, H, W)`` / channel ``(B, M, C)`` masks for ``F_T`` and ``F_S'``."""
-        fused = self.fusion.fuse(teacher, aligned)  # the autocast compute dtype; dense or factored
+        fused = self.fusion(teacher, aligned, factored=True)  # the autocast compute dtype; dense or factored
         with float32_region(aligned):
             return self.masking(fused.float())
 

@@ -202,6 +202,10 @@ def read_run(output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+#: distillation settings that the CLI resolves from the models when no flag sets them (not defaults of the code)
+MODEL_RESOLVED_SETTINGS = ("distillation_points", "num_masks")
+
+
 def changed_defaults(argv: list[str], output_dir: Path) -> dict[str, tuple[Any, Any]]:
     """The distillation settings on which the finished run in ``output_dir`` trained differently from what today's
     code makes of the same flags (a default changed since it ran), by the rule automatic resume uses."""
@@ -212,7 +216,8 @@ def changed_defaults(argv: list[str], output_dir: Path) -> dict[str, tuple[Any, 
     today = parse_arguments(argv)[2].distillation_settings()
     differences = DistillationSettings.from_record(recorded).differences(today)
     # points and M are resolved from the models when the flags leave them unset: not a change of default
-    return {key: values for key, values in differences.items() if getattr(today, key) is not None}
+    from_models = {key for key in MODEL_RESOLVED_SETTINGS if getattr(today, key) is None}
+    return {key: values for key, values in differences.items() if key not in from_models}
 
 
 def run_or_reuse(name: str, argv: list[str], output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:

@@ -433,7 +433,7 @@ def breakdown_jobs(
                         forward = lambda: [module.align(source, teacher.shape[-2:])]
                     else:  # the student enters detached by default: the gradient reaches W_q,k,v and the units
                         source = leaf(aligned)
-                        forward = lambda: [m for m in module.masking(module.fusion.fuse(teacher, source)) if m is not None]
+                        forward = lambda: [m for m in module.masking(module.fusion(teacher, source, factored=True)) if m is not None]
                     with torch.no_grad():
                         grads = [torch.randn_like(o) for o in forward()]
 

@@ -112,7 +112,7 @@ def test_reduced_fusion_keeps_gradients_and_the_fused_kernel_where_keys_are_many
     student = torch.randn(2, 16, *size, requires_grad=True)
     fusion = StudentTeacherCrossAttention(16, mode="teacher_query", detach_student=False, kv_reduction="auto", max_kv_tokens=max_kv_tokens)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-        fused = fusion.fuse(teacher, student)
+        fused = fusion(teacher, student, factored=True)
         assert isinstance(fused, FactoredFusion) == (max_kv_tokens <= MAX_FACTORED_KEYS)
         fusion(teacher, student).square().sum().backward()
     assert teacher.grad.abs().sum() > 0 and student.grad.abs().sum() > 0
@@ -132,7 +132,7 @@ def test_masks_from_the_factored_fusion_equal_masks_of_the_dense_map_with_their_
     fusion = StudentTeacherCrossAttention(8, kv_reduction=ratio)
     masking = AdaptiveSpatialChannelMasking(8, num_masks=3, activation=activation, init_std=0.5)
     teacher, student = torch.randn(2, 8, 6, 8), torch.randn(2, 8, 6, 8)
-    fused = fusion.fuse(teacher, student)
+    fused = fusion(teacher, student, factored=True)
     assert isinstance(fused, FactoredFusion)
     spatial, channel = masking(fused)
     (spatial.square().sum() + channel.square().sum()).backward()

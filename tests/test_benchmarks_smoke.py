@@ -75,3 +75,33 @@ def test_inference_cost_quick(tmp_path, capsys):
     assert result["keys_equal"] == 1 and result["distillation_module_params"] > 0
     assert result["forward_ms_distilled"] > 0 and result["forward_ms_alone"] > 0
     assert "FAIL" not in output
+
+
+@pytest.mark.parametrize(
+    "recorded,expected",
+    [
+        ({}, {}),  # the run made with today's defaults: reused
+        ({"imitation_standardize": False}, {"imitation_standardize": (False, True)}),  # a variant default changed
+        ({"mask_normalizer": "sum_sq"}, {"mask_normalizer": ("sum_sq", "sum")}),
+        ({"fusion_kv_reduction": "1"}, {"fusion_kv_reduction": ("1", "auto")}),  # no budget noise next to it
+        ({"fusion_max_kv_tokens": 128}, {"fusion_max_kv_tokens": (128, 32)}),
+        ({"num_masks": 8, "distillation_points": ["logits"]}, {}),  # resolved from the models: not a default
+    ],
+)
+def test_quality_benchmark_refuses_a_finished_run_whose_defaults_changed(tmp_path, recorded, expected):
+    """A finished run is reused only if today's code makes the same settings of its flags; a setting that a
+    variant fills in is a default too (the record here: what --method acamkd resolved to when it ran)."""
+    import json
+
+    quality = _load("quality")
+    today = {"method": "acamkd", "distillation_points": ["logits"], "alpha": 1.0, "acamkd_variant": "recommended",
+             "lambda_div": 1.0, "num_masks": 8, "mask_kinds": "both", "fusion_mode": "teacher_query",
+             "fusion_kv_reduction": "auto", "fusion_max_kv_tokens": 32, "detach_student_in_fusion": True,
+             "alignment": "conv1x1", "detach_masks_in_imitation": False, "mask_normalizer": "sum",
+             "mask_activation": "sigmoid", "imitation_standardize": True}  # fmt: skip
+    (tmp_path / "run_config.json").write_text(json.dumps({"distillation": {**today, **recorded}}))
+    argv = ["--task", "segmentation", "--output_dir", str(tmp_path), "--method", "acamkd"]
+    changed = quality.changed_defaults(argv, tmp_path)
+    if "fusion_kv_reduction" in expected:  # the budget is then read on one side only: named, but not the point
+        changed.pop("fusion_max_kv_tokens", None)
+    assert changed == expected

@@ -5,7 +5,8 @@ FSDP needs GPUs here. On CPU processes (gloo), accelerate 1.15 does not shard: w
 plain multi-process CPU training (MULTI_CPU, DDP-style; the CLI then says so, see
 `test_fsdp_on_cpu_processes_is_said_to_be_plain_data_parallel`), and without it, `fsdp_sync_module_states: true`
 stops with "no available devices". So the end-to-end test runs where GPUs exist (2 processes with 2+ GPUs, 1 with
-one) and is skipped elsewhere with that reason.
+one) and is skipped elsewhere with that reason. torch's own FSDP does shard on CPU processes (gloo): the ACAM-KD
+module's use of its parameters under sharding is tested that way, here too.
 """
 
 from __future__ import annotations
@@ -86,3 +87,67 @@ def test_fsdp_on_cpu_processes_is_said_to_be_plain_data_parallel(monkeypatch):
     ]
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     assert cli.launch_warnings(args) == []
+
+
+def _fsdp_wrapped_fusion_worker(rank: int, world: int, port: int, channels: int, size: int, results) -> None:
+    """One of two gloo processes: ACAM-KD's point loss under torch FSDP with a size policy that shards each of the
+    fusion's projections (W_q, W_k, W_v) as a unit of its own; rank 0 reports loss and gradient norm."""
+    import functools
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+
+    from acamkd_hf.losses import ACAMKDLoss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        loss = ACAMKDLoss(16, channels, num_masks=3, fusion_kv_reduction="1")
+        policy = functools.partial(size_based_auto_wrap_policy, min_num_params=channels * channels // 2)
+        model = FullyShardedDataParallel(loss, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu"))
+        wrapped = [name for name, module in model.named_modules() if isinstance(module, FullyShardedDataParallel)]
+        torch.manual_seed(1)
+        student = torch.randn(2, 16, size, size, requires_grad=True)
+        teacher = torch.randn(2, channels, size, size)
+        out = model(student, teacher)
+        out["loss"].backward()
+        if rank == 0:
+            results.put((wrapped, out["loss"].item(), student.grad.norm().item()))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("size", [8, 17])  # 64 key tokens: the factored fusion; 289 (> 256): the dense kernel path
+def test_acamkd_point_under_fsdp_sharding_of_the_fusion_equals_the_unwrapped_loss(size):
+    """The fusion's projections sharded as FSDP units of their own (torch FSDP on 2 CPU processes, gloo): the
+    parameters must be gathered for every use, so the loss and the student's gradient equal the unwrapped module's.
+    (Reading a wrapped projection's weight directly, outside its own call, would see a shard: an error or wrong
+    numbers.)"""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    channels = 96
+    torch.manual_seed(0)
+    from acamkd_hf.losses import ACAMKDLoss
+
+    reference_loss = ACAMKDLoss(16, channels, num_masks=3, fusion_kv_reduction="1")
+    torch.manual_seed(1)
+    student = torch.randn(2, 16, size, size, requires_grad=True)
+    teacher = torch.randn(2, channels, size, size)
+    expected = reference_loss(student, teacher)["loss"]
+    expected.backward()
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(_fsdp_wrapped_fusion_worker, args=(2, port, channels, size, results), nprocs=2, join=True,
+                       start_method="spawn")  # fmt: skip
+    wrapped, loss, grad_norm = results.get()
+    assert all(any(name.endswith(f"fusion.{conv}") for name in wrapped) for conv in ("query", "key", "value")), wrapped
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert grad_norm == pytest.approx(student.grad.norm().item(), rel=1e-4)

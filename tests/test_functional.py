@@ -315,3 +315,21 @@ def test_squared_error_sums_match_the_formula_and_their_hand_written_backward_ma
     assert torch.autograd.gradcheck(KD.squared_error_sums, (difference,))
     assert torch.autograd.gradcheck(lambda x: KD.squared_error_sums(x)[0], (difference,))
     assert torch.autograd.gradcheck(lambda x: KD.squared_error_sums(x)[1], (difference,))
+
+
+def test_channel_standardize_is_the_formula_with_eps_inside_the_root_and_refuses_a_single_value():
+    """(x - mean) / sqrt(var_unbiased + eps^2) per channel over (B, H, W), computed here by loops in float64, on a
+    channel whose spread is of the order of eps (where eps and the Bessel correction both show) and a normal one."""
+    g = torch.Generator().manual_seed(7)
+    feature = torch.randn(2, 2, 1, 2, generator=g, dtype=torch.float64)  # n = 4 values per channel
+    feature[:, 0] = feature[:, 0] * 1e-6 + 3.0
+    eps = 1e-6
+    got = KD.channel_standardize(feature, eps)
+    for c in range(2):
+        values = feature[:, c].flatten().tolist()
+        mean = sum(values) / len(values)
+        variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+        expected = [(v - mean) / math.sqrt(variance + eps**2) for v in values]
+        assert got[:, c].flatten().tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 values per channel"):
+        KD.channel_standardize(torch.randn(1, 3, 1, 1))
