@@ -36,6 +36,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -202,6 +203,7 @@ def read_run(output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+PARSER_LOCK = threading.Lock()
 #: distillation settings that the CLI resolves from the models when no flag sets them (not defaults of the code)
 MODEL_RESOLVED_SETTINGS = ("distillation_points", "num_masks")
 
@@ -213,7 +215,8 @@ def changed_defaults(argv: list[str], output_dir: Path) -> dict[str, tuple[Any, 
     from acamkd_hf.settings import DistillationSettings
 
     recorded = json.loads((output_dir / "run_config.json").read_text())["distillation"]
-    today = parse_arguments(argv)[2].distillation_settings()
+    with PARSER_LOCK:  # HfArgumentParser resolves the dataclasses' field types in place: not thread-safe
+        today = parse_arguments(argv)[2].distillation_settings()
     differences = DistillationSettings.from_record(recorded).differences(today)
     # points and M are resolved from the models when the flags leave them unset: not a change of default
     from_models = {key for key in MODEL_RESOLVED_SETTINGS if getattr(today, key) is None}
