@@ -174,7 +174,7 @@ def channel_masked_loss(
     """
     squared_error_per_channel, squared_error_per_position = _error_sums(teacher, student, error_sums)  # (B, C), (B, H, W)
     height, width = squared_error_per_position.shape[-2:]
-    numerator = torch.einsum("bmc,bc->bm", channel_masks.pow(2), squared_error_per_channel)
+    numerator = torch.bmm(channel_masks.pow(2), squared_error_per_channel.unsqueeze(2)).squeeze(2)  # (B, M)
     denominator = height * width * _mask_weight(channel_masks, normalizer).sum(dim=2) + eps  # (B, M)
     return (numerator / denominator).mean()
 
@@ -203,7 +203,7 @@ def spatial_masked_loss(
     """
     squared_error_per_channel, squared_error_per_position = _error_sums(teacher, student, error_sums)  # (B, C), (B, H, W)
     channels = squared_error_per_channel.shape[1]
-    numerator = torch.einsum("bmhw,bhw->bm", spatial_masks.pow(2), squared_error_per_position)
+    numerator = torch.bmm(spatial_masks.pow(2).flatten(2), squared_error_per_position.flatten(1).unsqueeze(2)).squeeze(2)
     denominator = channels * _mask_weight(spatial_masks, normalizer).sum(dim=(2, 3)) + eps  # (B, M)
     return (numerator / denominator).mean()
 

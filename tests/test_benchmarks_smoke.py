@@ -84,7 +84,7 @@ def test_inference_cost_quick(tmp_path, capsys):
         ({"imitation_standardize": False}, {"imitation_standardize": (False, True)}),  # a variant default changed
         ({"mask_normalizer": "sum_sq"}, {"mask_normalizer": ("sum_sq", "sum")}),
         ({"fusion_kv_reduction": "1"}, {"fusion_kv_reduction": ("1", "auto")}),  # no budget noise next to it
-        ({"fusion_max_kv_tokens": 128}, {"fusion_max_kv_tokens": (128, 32)}),
+        ({"fusion_max_kv_tokens": 128}, {"fusion_max_kv_tokens": (128, "today")}),
         ({"num_masks": 8, "distillation_points": ["logits"]}, {}),  # resolved from the models: not a default
     ],
 )
@@ -93,10 +93,13 @@ def test_quality_benchmark_refuses_a_finished_run_whose_defaults_changed(tmp_pat
     variant fills in is a default too (the record here: what --method acamkd resolved to when it ran)."""
     import json
 
+    from acamkd_hf.fusion import DEFAULT_MAX_KV_TOKENS
+
     quality = _load("quality")
+    expected = {key: (old, DEFAULT_MAX_KV_TOKENS if new == "today" else new) for key, (old, new) in expected.items()}
     today = {"method": "acamkd", "distillation_points": ["logits"], "alpha": 1.0, "acamkd_variant": "recommended",
              "lambda_div": 1.0, "num_masks": 8, "mask_kinds": "both", "fusion_mode": "teacher_query",
-             "fusion_kv_reduction": "auto", "fusion_max_kv_tokens": 32, "detach_student_in_fusion": True,
+             "fusion_kv_reduction": "auto", "fusion_max_kv_tokens": DEFAULT_MAX_KV_TOKENS, "detach_student_in_fusion": True,
              "alignment": "conv1x1", "detach_masks_in_imitation": False, "mask_normalizer": "sum",
              "mask_activation": "sigmoid", "imitation_standardize": True}  # fmt: skip
     (tmp_path / "run_config.json").write_text(json.dumps({"distillation": {**today, **recorded}}))
