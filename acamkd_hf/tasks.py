@@ -15,6 +15,7 @@ from typing import Any
 from transformers import AutoConfig, AutoImageProcessor
 
 from .data import (
+    SYNTHETIC_CITYSCAPES_VERSION,
     DetectionTransforms,
     SegmentationTransforms,
     collate_detection,
@@ -77,15 +78,16 @@ def require_splits(
             raise ValueError(f"the {split} split of {dataset} has no examples{where}. {fix or 'Add examples to it.'}")
 
 
-def synthetic_dataset(task, data_args, seed: int, layout: str, marker: str, write) -> str:
+def synthetic_dataset(task, data_args, seed: int, layout: str, marker: str, write, version: int = 1) -> str:
     """Folder of the task's synthetic set in its real on-disk layout, written by ``write`` unless already there
-    (``marker`` is a sub-folder a finished set has). Sizes default to the task's."""
+    (``marker`` is a sub-folder a finished set has). Sizes default to the task's. ``version``: the generator's (in
+    the cached folder's name from 2 on, so a set an older generator wrote is not reused)."""
     height, width = data_args.synthetic_image_size or task.synthetic_image_size
     classes = data_args.synthetic_num_classes or task.synthetic_num_classes
     root = data_args.synthetic_dir or os.path.join(
         CACHE_DIR,
         f"synthetic_{layout}_{data_args.synthetic_num_train}_{data_args.synthetic_num_val}_{height}x{width}"
-        f"_{classes}c_seed{seed}",
+        f"_{classes}c_seed{seed}" + (f"_v{version}" if version > 1 else ""),
     )
     if not os.path.isdir(os.path.join(root, marker)):
         logger.info(f"writing a synthetic {layout}-layout dataset to {root}")
@@ -191,7 +193,9 @@ class SegmentationTask(Task):
     def prepare_data(self, data_args, seed: int):
         """``SegmentationData``; a synthetic Cityscapes-layout set is written first when no dataset is given."""
         if data_args.dataset is None:
-            data_args.dataset = synthetic_dataset(self, data_args, seed, "cityscapes", "gtFine", make_synthetic_cityscapes)
+            data_args.dataset = synthetic_dataset(
+                self, data_args, seed, "cityscapes", "gtFine", make_synthetic_cityscapes, SYNTHETIC_CITYSCAPES_VERSION
+            )
         splits = {"train_split": data_args.train_split} if data_args.train_split else {}
         data = load_segmentation_data(
             data_args.dataset,

@@ -308,8 +308,12 @@ def test_generator_carries_signal(tmp_path):
         assert np.abs(colour[c] - colour[c + 1]).max() < 0.05, (c, colour[c], colour[c + 1])
         for d in range(c + 2, 8, 2):
             assert np.abs(colour[c] - colour[d]).max() > 0.1, (c, d, colour[c], colour[d])
-        # ... and differ in texture
-        assert np.abs(texture[c] - texture[c + 1]).max() > 0.03, (c, texture[c], texture[c + 1])
+        # ... and differ in texture, also when one of the two is mirrored: training flips images horizontally, which
+        # swaps the down-right and down-left differences; a pair whose textures are mirror images (45 / 135 degree
+        # stripes) becomes one class to the model and caps every model's mIoU (docs/results.md, settings)
+        mirrored = texture[c][[0, 1, 3, 2]]
+        for other in (texture[c], mirrored):
+            assert np.abs(other - texture[c + 1]).max() > 0.03, (c, other, texture[c + 1])
     # horizontal bars (sidewalk) change going down, vertical bars (building) going right
     assert texture[1][1] > 2 * texture[1][0] and texture[2][0] > 2 * texture[2][1]
 

@@ -16,7 +16,7 @@ from .labels import (
     LABEL_ID_TO_TRAIN_ID,
     reduce_labels_lookup,
 )
-from .synthetic import make_synthetic_cityscapes
+from .synthetic import SYNTHETIC_CITYSCAPES_VERSION, make_synthetic_cityscapes
 from .transforms import SegmentationTransforms, collate_segmentation
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "is_cityscapes_layout",
     "load_cityscapes",
     "load_segmentation_data",
+    "SYNTHETIC_CITYSCAPES_VERSION",
     "make_synthetic_cityscapes",
     "reduce_labels_lookup",
 ]
