@@ -16,7 +16,7 @@ Factored form (ours, an exact rewriting; :class:`FactoredFusion`): when there ar
 :data:`MAX_FACTORED_KEYS`, e.g. after the reduction) the attention weights ``A = softmax(Q K^T / sqrt(d))``
 ``(B, HW, N_k)`` are small, and ``F_fused = A V`` is never formed: the masks need only ``m_s F_fused = A (V m_s^T)``
 (``M`` maps instead of ``C``) and ``GAP(F_fused) = mean_p(A) V``. Likewise ``K Q^T = (K W_q) F_q + K b_q``
-lets the scores skip the full-resolution query projection when ``N_k`` is small against ``d``. Same numbers,
+lets the scores skip the full-resolution query projection (:meth:`StudentTeacherCrossAttention._scores`). Same numbers,
 a fraction of the arithmetic and memory at large maps (docs/results.md, "fusion cost").
 """
 
@@ -148,16 +148,19 @@ class StudentTeacherCrossAttention(nn.Module):
         ``(B, N_k, d)``.
 
         Transposed, every product reads the feature map in its own ``(B, C, HW)`` layout and writes contiguous
-        rows: no token-layout copy, and the masks' projection comes out as ``(B, M, HW)``. Either as written
-        (project the ``HW`` query positions to ``d`` by the 1x1 convolution, then ``K Q^T``: ``HW (C d + d N_k)``
-        multiply-adds) or, when cheaper, as ``(K W_q) F_q + K b_q`` (keys brought back to the input's ``C``
-        channels: ``HW C N_k``); the same numbers either way. ``1/sqrt(d)`` is applied to the ``N_k`` keys.
+        rows: no token-layout copy, and the masks' projection comes out as ``(B, M, HW)``. Computed as
+        ``(K W_q) F_q + K b_q`` (keys brought back to the input's ``C`` channels: ``HW C N_k`` multiply-adds, one
+        product) rather than as written (the 1x1 convolution to ``d`` channels at all ``HW`` query positions, then
+        ``K Q^T``: ``HW d (C + N_k)``); the same numbers. With ``d = C/2`` the fold costs ``2 N_k / (C + N_k)``
+        times the arithmetic, under 2x always and less whenever ``N_k < C``, and it saves the convolution, which
+        costs more than that on the maps of a CPU step (~5 % less time for ACAM-KD's five points of the step
+        benchmark, forward + backward, measured side by side against folding only where it is the cheaper
+        arithmetic). A wrapped projection (e.g. FSDP's, which may hold a shard of ``W_q``) is not read directly:
+        the queries then go through its own call. ``1/sqrt(d)`` is applied to the ``N_k`` keys.
         """
         features = query_source.flatten(2)  # (B, C, HW)
-        channels, d, num_keys = features.shape[1], keys.shape[-1], keys.shape[1]
-        keys = keys * d**-0.5
-        # the fold reads W_q itself: only from a plain convolution (a wrapper, e.g. FSDP's, may hold a shard of it)
-        if type(self.query) is nn.Conv2d and channels * num_keys < channels * d + d * num_keys:
+        keys = keys * keys.shape[-1] ** -0.5
+        if type(self.query) is nn.Conv2d:
             keys_in_input = keys @ self.query.weight.flatten(1)  # K W_q: (B, N_k, C)
             key_bias = (keys @ self.query.bias).unsqueeze(2)  # K b_q: (B, N_k, 1)
             return torch.baddbmm(key_bias, keys_in_input, features)

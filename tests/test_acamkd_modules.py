@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from acamkd_hf.alignment import StudentAligner
 from acamkd_hf.fusion import StudentTeacherCrossAttention
@@ -73,8 +74,8 @@ def _block_means(feature, ratio):
 
 @pytest.mark.parametrize(
     "ratio,size",
-    # key tokens: 35, 12, 12, 12, 1 (factored, queries projected), 4 and 6 (factored, W_q folded into the keys),
-    # 272 (> MAX_FACTORED_KEYS: the dense attention kernel)
+    # key tokens: 35, 12, 12, 12, 1, 4 and 6 (factored, W_q folded into the keys), 272 (> MAX_FACTORED_KEYS: the
+    # dense attention kernel)
     [(1, (5, 7)), (2, (6, 8)), (2, (5, 7)), (3, (7, 10)), (4, (4, 4)), (4, (8, 8)), (2, (4, 6)), (1, (17, 16))],
 )
 def test_reduced_fusion_equals_naive_attention_over_block_mean_keys_and_values(ratio, size):
@@ -100,7 +101,7 @@ def test_reduced_fusion_equals_naive_attention_over_block_mean_keys_and_values(r
 
 @pytest.mark.parametrize("size,max_kv_tokens", [((9, 12), 20), ((9, 12), 4), ((34, 34), 300)])
 def test_reduced_fusion_keeps_gradients_and_the_fused_kernel_where_keys_are_many(size, max_kv_tokens):
-    """Gradients reach both features and every projection, in the factored form (20 keys; 4 keys: W_q folded into
+    """Gradients reach both features and every projection, in the factored form (20 and 4 keys, W_q folded into
     the keys) and in the dense one (289 keys > MAX_FACTORED_KEYS), where the fused attention kernel must run: a fall-
     back to the O(N^2)-memory math kernel would be an error."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -121,15 +122,30 @@ def test_reduced_fusion_keeps_gradients_and_the_fused_kernel_where_keys_are_many
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+class _WrappedConv(nn.Module):
+    """A projection behind a wrapper (as FSDP's may be): the fusion must call it, never read its weight."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.inner = conv
+
+    def forward(self, x):
+        return self.inner(x)
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
-@pytest.mark.parametrize("ratio", [2, 4])  # 12 keys (queries projected) and 4 keys (W_q folded into the keys)
-def test_masks_from_the_factored_fusion_equal_masks_of_the_dense_map_with_their_gradients(activation, ratio):
+@pytest.mark.parametrize("ratio", [2, 4])  # 12 and 4 keys
+@pytest.mark.parametrize("wrapped_query", [False, True])  # W_q folded into the keys / the queries projected by its call
+def test_masks_from_the_factored_fusion_equal_masks_of_the_dense_map_with_their_gradients(activation, ratio, wrapped_query):
     """The factored form never forms F_fused; its masks and every gradient must be those of the dense map,
     computed here from the formulas (einsum projections, softmax attention, GAP) on F_fused = A V."""
     from acamkd_hf.fusion import FactoredFusion
 
     torch.manual_seed(0)
     fusion = StudentTeacherCrossAttention(8, kv_reduction=ratio)
+    query_conv = fusion.query
+    if wrapped_query:
+        fusion.query = _WrappedConv(query_conv)
     masking = AdaptiveSpatialChannelMasking(8, num_masks=3, activation=activation, init_std=0.5)
     teacher, student = torch.randn(2, 8, 6, 8), torch.randn(2, 8, 6, 8)
     fused = fusion(teacher, student, factored=True)
@@ -145,7 +161,7 @@ def test_masks_from_the_factored_fusion_equal_masks_of_the_dense_map_with_their_
         return torch.einsum("oc,bchw->bohw", layer.weight[:, :, 0, 0], x) + layer.bias.view(1, -1, 1, 1)
 
     reduced = _block_means(student, ratio)
-    q = conv(fusion.query, teacher).flatten(2).transpose(1, 2)
+    q = conv(query_conv, teacher).flatten(2).transpose(1, 2)
     k = conv(fusion.key, reduced).flatten(2).transpose(1, 2)
     v = conv(fusion.value, reduced).flatten(2).transpose(1, 2)
     dense = (torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1) @ v).transpose(1, 2).reshape(2, 8, 6, 8)
