@@ -35,8 +35,9 @@ DETECTION_NUM_MASKS = 6
 #: 1). ``recommended`` is the project's default, chosen on the quality benchmark across its tables
 #: (docs/results.md): the paper's losses on per-channel standardised features (the imitation no longer depends on
 #: the features' scale: on the generator-v1 logits table +0.028 mIoU over the student alone, 5/5 seeds, where the
-#: paper's form loses 0.036; on generator v2 at a feature point +0.085, 5/5, the paper's form +0.025), and the fusion's keys/values reduced to at most DEFAULT_MAX_KV_TOKENS tokens (quality inside the
-#: interval of the exact fusion, the attention's cost linear in the map size). A flag given explicitly always wins.
+#: paper's form loses 0.036; on generator v2 at a feature point +0.085, 5/5, the paper's form +0.025), and the
+#: fusion's keys/values reduced to at most DEFAULT_MAX_KV_TOKENS tokens (quality inside the interval of the exact
+#: fusion, the attention's cost linear in the map size). A flag given explicitly always wins.
 ACAMKD_VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {
         "alpha": 1.0,

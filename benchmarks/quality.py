@@ -13,8 +13,8 @@ alone is steady across seeds (40 epochs: std 0.006 over 5 seeds; it learns every
 which only the teacher learns). The teacher (small-segformer) is trained once, longer (--teacher_epochs, default
 120: 0.88 mIoU, 0.12 above the student alone; at 60 epochs 0.82, fence / pole not yet learned), and reused by every
 run; the synthetic set is written once and shared, so seeds change the initialisation, data order and augmentation,
-never the data. The same seed gives the same initial student
-in every row (the CLI builds the student after ``set_seed``): rows are paired by seed.
+never the data. The same seed gives the same initial student in every row (the CLI builds the student after
+``set_seed``): rows are paired by seed.
 
 * Each run has its own folder ``<work_dir>/<table>/<row>/seed<k>``; a run whose ``metrics.json`` exists is reused
   (the benchmark can be interrupted and continued; a reused run must have the same flags); a folder without one is
