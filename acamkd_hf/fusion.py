@@ -39,9 +39,9 @@ FUSION_MODES = ("teacher_query", "student_query", "teacher_only")
 #: ``--fusion_kv_reduction auto``: the smallest ratio that leaves at most this many key/value tokens per image. 32:
 #: R = 4 at the quality benchmark's 16x32 logits, R = 8 at 32x64, R = 16 at a 64x128 paper-scale level. On the
 #: generator-v1 logits table 32 tokens is inside the exact fusion's paired interval (-0.003 mIoU [-0.011, +0.006])
-#: with its mean above the best baseline's; 8 tokens would save ~13 % more of ACAM-KD's per-point cost on the small models, but as
-#: the default it fell 0.008 below the exact fusion (1/5 seeds better) and under CWD's mean, so 32 it is
-#: (docs/results.md, "fusion cost").
+#: with its mean above the best baseline's; 8 tokens would save ~13 % more of ACAM-KD's per-point cost on the small
+#: models, but as the default it fell 0.008 below the exact fusion (1/5 seeds better) and under CWD's mean, so 32 it
+#: is (docs/results.md, "fusion cost").
 DEFAULT_MAX_KV_TOKENS = 32
 #: At most this many key tokens: the attention weights are materialised and the fusion kept factored
 #: (:class:`FactoredFusion`); they then take at most as much memory as a 256-channel feature map. Above it (the
