@@ -145,10 +145,9 @@ def spatial_selection(fused: Tensor, spatial_units: Tensor, activation: str = "s
 MASK_NORMALIZERS = ("sum", "sum_sq")
 
 
-def _mask_weight(masks: Tensor, normalizer: str) -> Tensor:
+def _check_normalizer(normalizer: str) -> None:
     if normalizer not in MASK_NORMALIZERS:
         raise ValueError(f"unknown mask normalizer {normalizer!r}; choose one of {', '.join(MASK_NORMALIZERS)}")
-    return masks if normalizer == "sum" else masks.pow(2)
 
 
 def channel_masked_loss(
@@ -255,7 +254,7 @@ def masked_error_ratio(masks: Tensor, errors: Tensor, extent: float, eps: float 
             channel masks, ``e_p = sum_c D^2`` for spatial ones).
         extent: ``K``, the size of that broadcast dimension (``HW`` for channel masks, ``C`` for spatial ones).
     """
-    _mask_weight(masks, normalizer)  # validates the name
+    _check_normalizer(normalizer)
     return _MaskedErrorRatio.apply(masks, errors, float(extent), float(eps), normalizer)
 
 
