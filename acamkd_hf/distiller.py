@@ -109,6 +109,11 @@ def build_distillation_loss(
         raise ValueError(f"method {settings.method!r} needs at least one distillation point")
     if settings.alpha is None or settings.num_masks is None:
         raise ValueError("build the losses from resolved settings: settings.resolved(points, num_masks)")
+    if settings.method == "acamkd" and settings.mask_objective == "task" and points != ["logits"]:
+        raise ValueError(
+            f"--mask_objective task trains the masks on the teacher's own prediction from its masked class scores: "
+            f"it needs --distillation_points logits, got {' '.join(points)}; use adversarial or predictive at features"
+        )
     for point in points:
         check_alignable(point, tuple(student_shapes[point]), tuple(teacher_shapes[point]), settings.alignment)
     loss_class = DISTILLATION_LOSSES[settings.method]

@@ -27,8 +27,10 @@ __all__ = [
     "dice_diversity",
     "feature_mse",
     "channel_standardize",
+    "STANDARDIZE_OVER",
     "pearson_distillation",
     "channel_wise_distillation",
+    "channel_wise_kl",
     "mgd_random_mask",
     "masked_generative_loss",
 ]
@@ -356,33 +358,48 @@ def feature_mse(teacher: Tensor, student: Tensor) -> Tensor:
     return F.mse_loss(student, teacher)
 
 
-def channel_standardize(feature: Tensor, eps: float = 1e-6) -> Tensor:
-    """Per-channel standardisation over the batch and positions: ``F_hat = (F - mean_c) / sqrt(var_c + eps^2)``.
+#: Over what :func:`channel_standardize` takes each channel's statistics: ``"batch"`` = over the batch and the
+#: positions (PKD's, as BatchNorm: the update then depends on how the batch is split across devices and accumulation
+#: steps); ``"image"`` = over each image's positions alone (as InstanceNorm: batch-independent).
+STANDARDIZE_OVER = ("batch", "image")
+
+
+def channel_standardize(feature: Tensor, eps: float = 1e-6, over: str = "batch") -> Tensor:
+    """Per-channel standardisation: ``F_hat = (F - mean_c) / sqrt(var_c + eps^2)``.
 
     Args:
         feature: ``(B, C, H, W)``.
         eps: guards channels with no variance (mmrazor's ``PKDLoss`` adds its 1e-6 to the std, ``/ (std + eps)``:
             the two differ by less than ``eps / std`` relative, e.g. 1e-5 at std 0.1).
+        over: ``"batch"``: statistics over ``(B, H, W)`` (PKD's); ``"image"``: over ``(H, W)`` of each image
+            (:data:`STANDARDIZE_OVER`).
 
     Returns:
-        ``(B, C, H, W)``: each channel with mean 0 and (unbiased, Bessel-corrected, as ``torch.std``) standard
-        deviation ~1 over ``(B, H, W)``. A ``ValueError`` when ``B H W < 2`` (no variance to take).
+        ``(B, C, H, W)``: each channel (of each image, with ``over="image"``) with mean 0 and (unbiased,
+        Bessel-corrected, as ``torch.std``) standard deviation ~1. A ``ValueError`` when fewer than 2 values enter
+        a statistic (``B H W`` or ``H W``).
 
-    Computed by :func:`torch.nn.functional.batch_norm` (no affine, batch statistics): one fused kernel for the
-    statistics and the normalisation, forward and backward, about 3x faster on CPU than ``mean``/``std`` over
-    ``(0, 2, 3)`` (docs/results.md, fusion cost). BatchNorm divides by ``sqrt(var_biased + eps_bn)``; with
-    ``eps_bn = eps^2 (n - 1) / n`` and the result scaled by ``sqrt((n - 1) / n)`` (``n = B H W``) that is exactly
-    ``sqrt(var_unbiased + eps^2)``.
+    Computed by :func:`torch.nn.functional.batch_norm` / ``instance_norm`` (no affine, input statistics): one fused
+    kernel for the statistics and the normalisation, forward and backward, about 3x faster on CPU than
+    ``mean``/``std`` (docs/results.md, fusion cost). They divide by ``sqrt(var_biased + eps_bn)``; with
+    ``eps_bn = eps^2 (n - 1) / n`` and the result scaled by ``sqrt((n - 1) / n)`` (``n`` values per statistic)
+    that is exactly ``sqrt(var_unbiased + eps^2)``.
     """
-    count = feature.numel() // feature.shape[1]  # n = B H W
+    if over not in STANDARDIZE_OVER:
+        raise ValueError(f"unknown standardisation {over!r}; choose one of {', '.join(STANDARDIZE_OVER)}")
+    count = feature.numel() // feature.shape[1] if over == "batch" else feature.shape[-2] * feature.shape[-1]
     if count < 2:
+        where = "batch x positions" if over == "batch" else "positions of one image"
         raise ValueError(
-            f"per-channel standardisation needs at least 2 values per channel (batch x positions), got a feature of "
+            f"per-channel standardisation needs at least 2 values per channel ({where}), got a feature of "
             f"shape {tuple(feature.shape)}: use a batch of 2 or more, or a point with a larger map"
         )
     correction = (count - 1) / count
-    scale = feature.new_full((feature.shape[1],), correction**0.5)  # BatchNorm's weight: scaled in the same kernel
-    return F.batch_norm(feature, None, None, weight=scale, training=True, eps=max(eps**2 * correction, 1e-30))
+    scale = feature.new_full((feature.shape[1],), correction**0.5)  # the norm's weight: scaled in the same kernel
+    eps_norm = max(eps**2 * correction, 1e-30)
+    if over == "image":
+        return F.instance_norm(feature, weight=scale, use_input_stats=True, eps=eps_norm)
+    return F.batch_norm(feature, None, None, weight=scale, training=True, eps=eps_norm)
 
 
 def pearson_distillation(teacher: Tensor, student: Tensor, eps: float = 1e-6) -> Tensor:
@@ -413,6 +430,28 @@ def channel_wise_distillation(teacher: Tensor, student: Tensor, tau: float = 1.0
     student_logp = F.log_softmax(student.flatten(2) / tau, dim=2)
     kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum()
     return kl * tau**2 / (batch * channels)
+
+
+def channel_wise_kl(teacher: Tensor, student: Tensor, tau: float = 1.0, log_position_weights: Tensor | None = None) -> Tensor:
+    """CWD's per-channel divergence ``tau^2 KL(p_T || p_S)`` ``(B, C)``, with ``p = softmax_HW(F / tau + log w)``.
+
+    Args:
+        teacher, student: ``(B, C, H, W)``.
+        tau: softmax temperature.
+        log_position_weights: ``(B, H, W)`` ``log w`` or None (``w = 1``). Adding ``log w`` to every channel's scores
+            reweights both distributions by the same positive ``w`` and renormalises: the KL between the two
+            distributions *restricted to what the mask weights*, still >= 0 and 0 exactly when the student's
+            distribution equals the teacher's there (the masked distribution imitation of ``--imitation_form
+            distribution``). With ``w = 1`` the mean over ``(B, C)`` is :func:`channel_wise_distillation`.
+    """
+    check_pair(teacher, student)
+    teacher_scores, student_scores = teacher.flatten(2) / tau, student.flatten(2) / tau  # (B, C, HW)
+    if log_position_weights is not None:
+        shift = log_position_weights.flatten(1).unsqueeze(1)  # (B, 1, HW)
+        teacher_scores, student_scores = teacher_scores + shift, student_scores + shift
+    teacher_logp = F.log_softmax(teacher_scores, dim=2)
+    student_logp = F.log_softmax(student_scores, dim=2)
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(dim=2) * tau**2
 
 
 def mgd_random_mask(

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from . import functional as KD
 from .alignment import StudentAligner
 from .fusion import DEFAULT_MAX_KV_TOKENS, StudentTeacherCrossAttention
+from . import mask_objectives as MO
+from .mask_diagnostics import effective_support, rank_correlation
 from .masking import AdaptiveSpatialChannelMasking
 from .settings import DistillationSettings
 
@@ -30,19 +32,20 @@ def float32_region(like: Tensor) -> torch.autocast:
     return torch.autocast(device_type=like.device.type, enabled=False)
 
 
-def _imitated_pair(teacher: Tensor, aligned: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
-    """``(F_T, F_S')`` in float32 as the imitation compares them: raw, or each standardised per channel."""
+def _imitated_pair(teacher: Tensor, aligned: Tensor, standardize: bool, over: str = "batch") -> tuple[Tensor, Tensor]:
+    """``(F_T, F_S')`` in float32 as the imitation compares them: raw, or each standardised per channel (statistics
+    ``over`` the batch or each image, :data:`~acamkd_hf.functional.STANDARDIZE_OVER`)."""
     teacher32, aligned32 = teacher.float(), aligned.float()
     if standardize:
-        return KD.channel_standardize(teacher32), KD.channel_standardize(aligned32)
+        return KD.channel_standardize(teacher32, over=over), KD.channel_standardize(aligned32, over=over)
     return teacher32, aligned32
 
 
-def _imitation_error_sums(teacher: Tensor, aligned: Tensor, standardize: bool) -> tuple[Tensor, Tensor]:
+def _imitation_error_sums(teacher: Tensor, aligned: Tensor, standardize: bool, over: str = "batch") -> tuple[Tensor, Tensor]:
     """:func:`~acamkd_hf.functional.squared_error_sums` of ``D`` in float32 between ``F_T`` and ``F_S'``, raw or
     each standardised per channel.
 
-    Standardised, the student's map is a fresh tensor that nothing else reads (BatchNorm's backward reads its input):
+    Standardised, the student's map is a fresh tensor that nothing else reads (the norm's backward reads its input):
     ``F_hat_S' - F_hat_T`` is formed in it in place (the squares are the same either sign), so at most two full maps
     live at once; a paper-scale level's map is 8 MiB per image.
     """
@@ -50,15 +53,30 @@ def _imitation_error_sums(teacher: Tensor, aligned: Tensor, standardize: bool) -
     KD.check_pair(teacher32, aligned32)
     if not standardize:  # aligned32 may be the adapter's own output: no in-place here
         return KD.squared_error_sums(teacher32 - aligned32)
-    return KD.squared_error_sums(KD.channel_standardize(aligned32).sub_(KD.channel_standardize(teacher32)))
+    return KD.squared_error_sums(
+        KD.channel_standardize(aligned32, over=over).sub_(KD.channel_standardize(teacher32, over=over))
+    )
 
 
 class ACAMKDLoss(nn.Module):
-    """ACAM-KD at one distillation point: ``alpha (L_c + L_s) + lambda L_div``.
+    """ACAM-KD at one distillation point: ``alpha (L_c + L_s) + lambda L_div`` (+ the mask objective).
 
     ``F_S' = f_align(F_S)``; ``F_fused = STCA-FF(F_T, F_S')``; masks from ASCM(``F_fused``); ``L_c``, ``L_s`` the
     masked imitation losses of ``D = F_T - F_S'``; ``L_div`` the Dice diversity of the spatial plus the channel
-    masks.
+    masks. What trains the masks is ``mask_objective`` (:mod:`acamkd_hf.mask_objectives`):
+
+    * ``imitation`` (the paper's reading): the masks train from the total loss, the imitation they weight included;
+      ``L_c = 1/M sum_m ||M^c_m (.) D||^2 / (HW N(M^c_m) + eps)``, ``L_s`` likewise, ``N`` the ``mask_normalizer``.
+    * ``adversarial`` / ``predictive`` / ``task``: budgeted masks (each sums to its ``L``), detached in the
+      imitation: ``L_s = sum_{b,p} omega^s_bp e_bp / (B HW C)`` with ``e_p = sum_c D^2`` and
+      ``omega = (1 - gamma) + gamma mean_m(w_m)``; ``L_c`` likewise over channels. The selection units and the
+      fusion minimise the objective's own loss + ``lambda L_div`` (reported as ``mask_objective``).
+    * ``uniform``: the control: ``omega = 1`` (``L_c = L_s`` = the mean of ``D^2``), no fusion, no selection units.
+
+    With ``imitation_form="distribution"`` (budgeted or uniform masks) the masks weight CWD's per-channel spatial
+    KL instead of ``D^2``: ``L_s = 1/(B C) sum_{b,k} tau^2 KL(p_T || p_S)`` with
+    ``p = softmax_HW(F_k / tau + log omega^s)`` and ``L_c = 1/(B C) sum_{b,k} omega^c_bk tau^2 KL_k`` (each the
+    plain CWD at ``omega = 1``); the masks' objectives still read the standardised squared error.
 
     Args:
         student_channels, teacher_channels: ``C_s``, ``C_t``.
@@ -70,24 +88,31 @@ class ACAMKDLoss(nn.Module):
         mask_kinds: see :data:`acamkd_hf.masking.MASK_KINDS` (Table 8 ablation).
         detach_student_in_fusion: the gradient choice documented in the spec (default True).
         alignment: see :data:`acamkd_hf.alignment.ALIGNMENT_KINDS`.
-        detach_masks_in_imitation: stop the imitation terms' gradient into the masks (the selection units and the
-            fusion then learn from the Dice term only). Default False: the spec trains them from the total loss. With
-            that literal reading ``L_c``, ``L_s`` scale linearly with the masks, so they can fall by shrinking every
-            mask towards 0 (seen in the CPU default run); ``spatial_mask_mean`` / ``channel_mask_mean`` make that
-            visible in the logs.
+        detach_masks_in_imitation: (``imitation`` objective) stop the imitation terms' gradient into the masks (the
+            selection units and the fusion then learn from the Dice term only). Default False: the spec trains them
+            from the total loss. With that literal reading ``L_c``, ``L_s`` scale linearly with the masks, so they
+            can fall by shrinking every mask towards 0; ``spatial_mask_mean`` / ``channel_mask_mean`` show it.
         fusion_kv_reduction, fusion_max_kv_tokens: STCA-FF's key/value sequence reduction (see
             :mod:`acamkd_hf.fusion`; 1 = the paper's exact fusion).
-        mask_activation: ``"sigmoid"`` (the paper's) or ``"softmax"`` across the masks (a partition that cannot
-            collapse), see :data:`acamkd_hf.functional.MASK_ACTIVATIONS`.
+        mask_activation: (``imitation`` objective) ``"sigmoid"`` (the paper's) or ``"softmax"`` across the masks.
         imitation_standardize: compare per-channel standardised features (:func:`acamkd_hf.functional.channel_standardize`,
             PKD's normalisation) instead of raw ones; the masks and the fusion still see the raw features.
-        mask_normalizer: denominators of ``L_c`` / ``L_s``: ``"sum"`` (the paper's, default) or ``"sum_sq"`` (scale-
-            invariant: the masks cannot lower the loss by shrinking). See :data:`acamkd_hf.functional.MASK_NORMALIZERS`.
+        standardize_over: the standardisation's statistics: over the ``"batch"`` or each ``"image"``.
+        mask_normalizer: (``imitation`` objective) denominators of ``L_c`` / ``L_s``: ``"sum"`` (the paper's) or
+            ``"sum_sq"`` (scale-invariant). See :data:`acamkd_hf.functional.MASK_NORMALIZERS`.
+        mask_objective: see :data:`acamkd_hf.mask_objectives.MASK_OBJECTIVES`.
+        imitation_form: see :data:`acamkd_hf.mask_objectives.IMITATION_FORMS`.
+        mask_entropy_weight: ``beta`` of the adversarial objective's KL-to-uniform term.
+        mask_uniform_mix: ``gamma``, the learned masks' share of the imitation weights (the rest uniform).
+        mask_ramp_steps: forward passes over which the adversarial reversal strength ramps from 0 to 1.
+        cwd_tau: the distribution form's temperature.
 
-    Forward returns ``{"loss", "channel", "spatial", "diversity", "spatial_diversity", "channel_diversity",
-    "spatial_mask_mean", "channel_mask_mean"}`` (``diversity`` = the sum of the two kinds' Dice terms; a disabled mask
-    kind contributes 0; the two means are diagnostics, not part of the loss). :meth:`masks` returns the
-    masks of a batch without the losses.
+    Forward returns ``{"loss", "channel", "spatial", ...}``: with masks also ``"diversity"``, per kind
+    ``"<kind>_diversity"`` (Dice, 1 = all masks alike), ``"<kind>_mask_mean"``, ``"<kind>_mask_support"``
+    (:func:`~acamkd_hf.mask_diagnostics.effective_support`) and ``"spatial_error_rank_corr"`` (Spearman between the
+    spatial weight and the per-position error, :func:`~acamkd_hf.mask_diagnostics.rank_correlation`); with a learned
+    objective ``"mask_objective"``. Diagnostics are not part of the loss. :meth:`masks` returns the masks of a
+    batch without the losses.
     """
 
     def __init__(
@@ -109,21 +134,54 @@ class ACAMKDLoss(nn.Module):
         fusion_max_kv_tokens: int = DEFAULT_MAX_KV_TOKENS,
         mask_activation: str = "sigmoid",
         imitation_standardize: bool = False,
+        standardize_over: str = "batch",
+        mask_objective: str = "imitation",
+        imitation_form: str = "squared_error",
+        mask_entropy_weight: float = 1.0,
+        mask_uniform_mix: float = 0.5,
+        mask_ramp_steps: int = 100,
+        cwd_tau: float = 1.0,
     ) -> None:
         super().__init__()
-        self.imitation_standardize = imitation_standardize
         if mask_normalizer not in KD.MASK_NORMALIZERS:
             raise ValueError(f"unknown mask normalizer {mask_normalizer!r}; choose one of {', '.join(KD.MASK_NORMALIZERS)}")
+        if mask_objective not in MO.MASK_OBJECTIVES:
+            raise ValueError(f"unknown mask objective {mask_objective!r}; choose one of {', '.join(MO.MASK_OBJECTIVES)}")
+        if imitation_form not in MO.IMITATION_FORMS:
+            raise ValueError(f"unknown imitation form {imitation_form!r}; choose one of {', '.join(MO.IMITATION_FORMS)}")
+        if imitation_form == "distribution" and mask_objective == "imitation":
+            raise ValueError("--imitation_form distribution needs masks that the imitation does not train: use "
+                             "--mask_objective adversarial, predictive, task or uniform")
+        if standardize_over not in KD.STANDARDIZE_OVER:
+            raise ValueError(f"unknown standardisation {standardize_over!r}; choose one of {', '.join(KD.STANDARDIZE_OVER)}")
+        if not 0.0 <= mask_uniform_mix <= 1.0:
+            raise ValueError(f"mask_uniform_mix must be in [0, 1], got {mask_uniform_mix}")
+        self.imitation_standardize = imitation_standardize
+        self.standardize_over = standardize_over
         self.mask_normalizer = mask_normalizer
         self.alpha = alpha
         self.lambda_div = lambda_div
         self.eps = eps
         self.detach_masks_in_imitation = detach_masks_in_imitation
+        self.mask_objective = mask_objective
+        self.imitation_form = imitation_form
+        self.mask_entropy_weight = mask_entropy_weight
+        self.mask_uniform_mix = mask_uniform_mix
+        self.mask_ramp_steps = mask_ramp_steps
+        self.cwd_tau = cwd_tau
+        self.mask_kinds = mask_kinds
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
-        self.fusion = StudentTeacherCrossAttention(
-            teacher_channels, fusion_mode, detach_student_in_fusion, fusion_kv_reduction, fusion_max_kv_tokens
-        )
-        self.masking = AdaptiveSpatialChannelMasking(teacher_channels, num_masks, mask_kinds, activation=mask_activation)
+        self.fusion = self.masking = None
+        if mask_objective != "uniform":
+            self.fusion = StudentTeacherCrossAttention(
+                teacher_channels, fusion_mode, detach_student_in_fusion, fusion_kv_reduction, fusion_max_kv_tokens
+            )
+            self.masking = AdaptiveSpatialChannelMasking(
+                teacher_channels, num_masks, mask_kinds, activation=mask_activation,
+                budgeted=mask_objective in MO.BUDGETED_OBJECTIVES,
+            )
+        if mask_objective == "adversarial":  # forward passes so far, for the reversal's ramp (checkpointed: exact resume)
+            self.register_buffer("mask_steps", torch.zeros((), dtype=torch.long))
 
     @classmethod
     def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> ACAMKDLoss:
@@ -145,62 +203,172 @@ class ACAMKDLoss(nn.Module):
             fusion_max_kv_tokens=settings.fusion_max_kv_tokens,
             mask_activation=settings.mask_activation,
             imitation_standardize=settings.imitation_standardize,
+            standardize_over=settings.standardize_over,
+            mask_objective=settings.mask_objective,
+            imitation_form=settings.imitation_form,
+            mask_entropy_weight=settings.mask_entropy_weight,
+            mask_uniform_mix=settings.mask_uniform_mix,
+            mask_ramp_steps=settings.mask_ramp_steps,
+            cwd_tau=settings.cwd_tau,
         )
 
-    def _masks(self, teacher: Tensor, aligned: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """The float32 spatial ``(B, M, H, W)`` / channel ``(B, M, C)`` masks for ``F_T`` and ``F_S'``."""
+    def _mask_scores(self, teacher: Tensor, aligned: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The float32 selection scores: spatial ``(B, M, H, W)`` / channel ``(B, M, C)`` for ``F_T`` and ``F_S'``."""
         fused = self.fusion(teacher, aligned, factored=True)  # the autocast compute dtype; dense or factored
         with float32_region(aligned):
-            return self.masking(fused.float())
+            return self.masking.scores(fused.float())
 
     def masks(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         """The masks this point computes for a batch: ``{"spatial": (B, M, H, W), "channel": (B, M, C)}`` (the
-        enabled kinds only; float32, with their graph), without the losses. For visualisation and tests."""
+        enabled kinds only; float32, with their graph; none for the ``uniform`` control), without the losses. For
+        visualisation and tests."""
+        if self.masking is None:
+            return {}
         teacher = teacher.detach()
-        spatial_masks, channel_masks = self._masks(teacher, self.align(student, teacher.shape[-2:]))
-        return {
-            name: masks for name, masks in (("spatial", spatial_masks), ("channel", channel_masks)) if masks is not None
-        }
+        scores = self._mask_scores(teacher, self.align(student, teacher.shape[-2:]))
+        with float32_region(teacher):
+            masks = [None if kind is None else self.masking.activate(kind) for kind in scores]
+        return {name: value for name, value in zip(("spatial", "channel"), masks) if value is not None}
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
         with float32_region(aligned):
-            # D^2 summed per channel and per position, shared by L_c and L_s; no full map outlives this line but D.
-            # Before the masks on purpose: autograd runs later-made nodes first, so the masks' and the fusion's
-            # backward (and the tensors they hold) is done before the full-map backward of this one begins.
-            error_sums = _imitation_error_sums(teacher, aligned, self.imitation_standardize)
-        spatial_masks, channel_masks = self._masks(teacher, aligned)
+            if self.imitation_form == "squared_error":
+                # D^2 summed per channel and per position, shared by L_c and L_s; no full map outlives this line but
+                # D. Before the masks on purpose: autograd runs later-made nodes first, so the masks' and the
+                # fusion's backward (and the tensors they hold) is done before the full-map backward of this one.
+                error_sums = _imitation_error_sums(teacher, aligned, self.imitation_standardize, self.standardize_over)
+            else:  # what the masks' objectives and diagnostics read: the standardised squared error, no gradient
+                with torch.no_grad():
+                    error_sums = _imitation_error_sums(teacher, aligned.detach(), True, self.standardize_over)
+        if self.masking is None:
+            return self._uniform_terms(teacher, aligned, error_sums)
+        spatial_scores, channel_scores = self._mask_scores(teacher, aligned)
         with float32_region(aligned):
-            zero = error_sums[0].new_zeros(())
-            channel = spatial = diversity = zero
-            # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
-            imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
-            dice = {}
-            if channel_masks is not None:
-                channel = KD.channel_masked_loss(
-                    None, None, imitation(channel_masks), self.eps, self.mask_normalizer, error_sums
+            spatial_masks = None if spatial_scores is None else self.masking.activate(spatial_scores)
+            channel_masks = None if channel_scores is None else self.masking.activate(channel_scores)
+            if self.mask_objective == "imitation":
+                terms = self._imitation_trained_terms(spatial_masks, channel_masks, error_sums)
+            else:
+                terms = self._budgeted_terms(
+                    teacher, aligned, spatial_scores, channel_scores, spatial_masks, channel_masks, error_sums
                 )
-                dice["channel"] = KD.dice_diversity(channel_masks)
-            if spatial_masks is not None:
-                spatial = KD.spatial_masked_loss(
-                    None, None, imitation(spatial_masks), self.eps, self.mask_normalizer, error_sums
-                )
-                dice["spatial"] = KD.dice_diversity(spatial_masks.flatten(2))
-            diversity = sum(dice.values(), zero)
-            loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
-            # Each kind's Dice term (1 = all masks alike, 0 = disjoint) and, as a diagnostic outside the loss, its
-            # mean mask value: collapse and lack of diversity show in the logs.
-            stats = {}
-            for name, masks in (("spatial", spatial_masks), ("channel", channel_masks)):
-                stats[f"{name}_diversity"] = dice[name] if masks is not None else zero
-                stats[f"{name}_mask_mean"] = masks.detach().mean() if masks is not None else zero
-        return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity, **stats}
+            terms.update(self._diagnostics(spatial_masks, channel_masks, error_sums))
+        return terms
+
+    # ----------------------------------------------------------------------------------------------- the objectives
+    def _dice_terms(self, spatial_masks: Tensor | None, channel_masks: Tensor | None) -> dict[str, Tensor]:
+        """Each enabled kind's Dice term (``(B, M, L)`` masks; 1 = all masks alike, 0 = disjoint)."""
+        dice = {}
+        if channel_masks is not None:
+            dice["channel"] = KD.dice_diversity(channel_masks)
+        if spatial_masks is not None:
+            dice["spatial"] = KD.dice_diversity(spatial_masks.flatten(2))
+        return dice
+
+    def _imitation_trained_terms(
+        self, spatial_masks: Tensor | None, channel_masks: Tensor | None, error_sums: tuple[Tensor, Tensor]
+    ) -> dict[str, Tensor]:
+        """The paper's terms: the masks weight the imitation and train from it (unless detached)."""
+        zero = error_sums[0].new_zeros(())
+        channel = spatial = zero
+        # What the imitation terms see of the masks (detached only with detach_masks_in_imitation).
+        imitation = (lambda masks: masks.detach()) if self.detach_masks_in_imitation else (lambda masks: masks)
+        if channel_masks is not None:
+            channel = KD.channel_masked_loss(None, None, imitation(channel_masks), self.eps, self.mask_normalizer, error_sums)
+        if spatial_masks is not None:
+            spatial = KD.spatial_masked_loss(None, None, imitation(spatial_masks), self.eps, self.mask_normalizer, error_sums)
+        dice = self._dice_terms(spatial_masks, channel_masks)
+        diversity = sum(dice.values(), zero)
+        loss = self.alpha * (channel + spatial) + self.lambda_div * diversity
+        return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity,
+                **{f"{kind}_diversity": dice.get(kind, zero) for kind in ("spatial", "channel")}}
+
+    def _weighted_imitation(
+        self, teacher: Tensor, aligned: Tensor, spatial_weights: Tensor | None, channel_weights: Tensor | None,
+        error_sums: tuple[Tensor, Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        """``(L_c, L_s)`` under detached imitation weights ``omega`` (``(B, C)`` / ``(B, HW)``; None: the kind is off)."""
+        zero = error_sums[0].new_zeros(())
+        channel = spatial = zero
+        if self.imitation_form == "squared_error":
+            per_channel, per_position = error_sums  # (B, C), (B, H, W)
+            if channel_weights is not None:
+                channel = MO.weighted_error_mean(channel_weights, per_channel, per_position[0].numel())
+            if spatial_weights is not None:
+                spatial = MO.weighted_error_mean(spatial_weights, per_position.flatten(1), per_channel.shape[1])
+            return channel, spatial
+        teacher32, aligned32 = _imitated_pair(teacher, aligned, self.imitation_standardize, self.standardize_over)
+        if channel_weights is not None:
+            channel = (channel_weights * KD.channel_wise_kl(teacher32, aligned32, self.cwd_tau)).mean()
+        if spatial_weights is not None:
+            log_weights = spatial_weights.clamp_min(1e-30).log().view(teacher.shape[0], *teacher.shape[-2:])
+            spatial = KD.channel_wise_kl(teacher32, aligned32, self.cwd_tau, log_weights).mean()
+        return channel, spatial
+
+    def _uniform_terms(self, teacher: Tensor, aligned: Tensor, error_sums: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        """The control: every weight 1 (both kinds unless ``mask_kinds`` turns one off)."""
+        with float32_region(aligned):
+            batch, channels = error_sums[0].shape
+            ones = {
+                "channel": error_sums[0].new_ones(batch, channels) if self.mask_kinds != "spatial" else None,
+                "spatial": error_sums[0].new_ones(batch, error_sums[1][0].numel()) if self.mask_kinds != "channel" else None,
+            }
+            channel, spatial = self._weighted_imitation(teacher, aligned, ones["spatial"], ones["channel"], error_sums)
+            return {"loss": self.alpha * (channel + spatial), "channel": channel, "spatial": spatial}
+
+    def _budgeted_terms(
+        self, teacher: Tensor, aligned: Tensor, spatial_scores: Tensor | None, channel_scores: Tensor | None,
+        spatial_masks: Tensor | None, channel_masks: Tensor | None, error_sums: tuple[Tensor, Tensor],
+    ) -> dict[str, Tensor]:
+        """Budgeted masks, detached in the imitation; the selection units minimise the objective + ``lambda L_div``."""
+        zero = error_sums[0].new_zeros(())
+        weights = {
+            kind: None if masks is None else MO.imitation_weights(masks.flatten(2), self.mask_uniform_mix)
+            for kind, masks in (("spatial", spatial_masks), ("channel", channel_masks))
+        }
+        channel, spatial = self._weighted_imitation(teacher, aligned, weights["spatial"], weights["channel"], error_sums)
+        per_channel, per_position = error_sums[0], error_sums[1].flatten(1)
+        pairs = [(scores.flatten(2), errors) for scores, errors in ((spatial_scores, per_position), (channel_scores, per_channel))
+                 if scores is not None]
+        if self.mask_objective == "adversarial":
+            strength = MO.ramp(int(self.mask_steps), self.mask_ramp_steps)
+            if self.training:
+                self.mask_steps += 1
+            objective = sum((MO.adversarial_mask_objective(s, e, self.mask_entropy_weight, strength) for s, e in pairs), zero)
+        elif self.mask_objective == "predictive":
+            objective = sum((MO.predictive_mask_objective(s, e) for s, e in pairs), zero)
+        else:  # task
+            objective = MO.task_mask_objective(teacher.float(), spatial_masks, channel_masks)
+        dice = self._dice_terms(spatial_masks, channel_masks)
+        diversity = sum(dice.values(), zero)
+        loss = self.alpha * (channel + spatial) + objective + self.lambda_div * diversity
+        return {"loss": loss, "channel": channel, "spatial": spatial, "diversity": diversity, "mask_objective": objective.detach(),
+                **{f"{kind}_diversity": dice.get(kind, zero) for kind in ("spatial", "channel")}}
+
+    @torch.no_grad()
+    def _diagnostics(
+        self, spatial_masks: Tensor | None, channel_masks: Tensor | None, error_sums: tuple[Tensor, Tensor]
+    ) -> dict[str, Tensor]:
+        """Per kind: the mean mask value and the effective support; the spatial weight's rank correlation with the
+        per-position error (a disabled kind logs 0)."""
+        zero = error_sums[0].new_zeros(())
+        stats = {}
+        for name, masks in (("spatial", spatial_masks), ("channel", channel_masks)):
+            stats[f"{name}_mask_mean"] = masks.detach().mean() if masks is not None else zero
+            stats[f"{name}_mask_support"] = effective_support(masks.detach().flatten(2)) if masks is not None else zero
+        stats["spatial_error_rank_corr"] = (
+            rank_correlation(spatial_masks.detach().flatten(2).mean(dim=1), error_sums[1].flatten(1))
+            if spatial_masks is not None else zero
+        )
+        return stats
 
 
 class FeatureMSELoss(nn.Module):
     """FitNet-style baseline (the paper's "no mask" row): ``weight * mean((F_T - f_align(F_S))^2)``; with
-    ``standardize``, of the per-channel standardised features (then twice PKD's loss).
+    ``standardize``, of the per-channel standardised features (statistics over ``standardize_over``: the batch, then
+    twice PKD's loss, or each image).
 
     Forward returns ``{"loss", "mse"}``.
     """
@@ -213,24 +381,28 @@ class FeatureMSELoss(nn.Module):
         weight: float = 1.0,
         alignment: str = "conv1x1",
         standardize: bool = False,
+        standardize_over: str = "batch",
     ) -> None:
         super().__init__()
+        if standardize_over not in KD.STANDARDIZE_OVER:
+            raise ValueError(f"unknown standardisation {standardize_over!r}; choose one of {', '.join(KD.STANDARDIZE_OVER)}")
         self.weight = weight
         self.standardize = standardize
+        self.standardize_over = standardize_over
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
 
     @classmethod
     def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> FeatureMSELoss:
         return cls(
             student_channels, teacher_channels, weight=settings.alpha, alignment=settings.alignment,
-            standardize=settings.imitation_standardize,
+            standardize=settings.imitation_standardize, standardize_over=settings.standardize_over,
         )
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
         aligned = self.align(student, teacher.shape[-2:])
         with float32_region(aligned):
-            mse = KD.feature_mse(*_imitated_pair(teacher, aligned, self.standardize))
+            mse = KD.feature_mse(*_imitated_pair(teacher, aligned, self.standardize, self.standardize_over))
         return {"loss": self.weight * mse, "mse": mse}
 
 

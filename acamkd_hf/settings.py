@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .alignment import ALIGNMENT_KINDS
-from .functional import MASK_ACTIVATIONS, MASK_NORMALIZERS
+from .functional import MASK_ACTIVATIONS, MASK_NORMALIZERS, STANDARDIZE_OVER
 from .fusion import DEFAULT_MAX_KV_TOKENS, FUSION_MODES, kv_reduction_ratio
+from .mask_objectives import IMITATION_FORMS, MASK_OBJECTIVES
 from .masking import MASK_KINDS
 
 #: ``--method`` values: the per-point losses of :data:`acamkd_hf.losses.DISTILLATION_LOSSES` plus ``none`` (the
@@ -46,7 +47,10 @@ ACAMKD_VARIANTS: dict[str, dict[str, Any]] = {
         "mask_activation": "sigmoid",
         "detach_masks_in_imitation": False,
         "imitation_standardize": False,
+        "standardize_over": "batch",
         "fusion_kv_reduction": "1",
+        "mask_objective": "imitation",
+        "imitation_form": "squared_error",
     },
 }
 ACAMKD_VARIANTS["recommended"] = {**ACAMKD_VARIANTS["paper"], "imitation_standardize": True, "fusion_kv_reduction": "auto"}
@@ -58,11 +62,15 @@ BEFORE_THE_SETTING_EXISTED: dict[str, Any] = {
     "imitation_standardize": False,
     "fusion_kv_reduction": "1",
     "fusion_max_kv_tokens": DEFAULT_MAX_KV_TOKENS,
+    "standardize_over": "batch",
+    "mask_objective": "imitation",
+    "imitation_form": "squared_error",
 }
 #: The same settings for the other methods when not given (only ``imitation_standardize`` applies to them).
 BASELINE_DEFAULTS: dict[str, Any] = {"lambda_div": 1.0, "mask_normalizer": "sum", "mask_activation": "sigmoid",
                                      "detach_masks_in_imitation": False, "imitation_standardize": False,
-                                     "fusion_kv_reduction": "1"}
+                                     "standardize_over": "batch", "fusion_kv_reduction": "1",
+                                     "mask_objective": "imitation", "imitation_form": "squared_error"}
 
 
 @dataclass
@@ -88,6 +96,12 @@ class DistillationSettings:
         mask_normalizer: denominator of ``L_c`` / ``L_s`` (``sum``: the paper's; ``sum_sq``: scale-invariant).
         mask_activation: ``sigmoid`` (the paper's) or ``softmax`` across the masks (a partition).
         imitation_standardize: per-channel standardisation of both features before the imitation (PKD's).
+        standardize_over: the standardisation's statistics: over the ``batch`` (PKD's) or each ``image``.
+        mask_objective: what trains ACAM-KD's selection units (:mod:`acamkd_hf.mask_objectives`).
+        imitation_form: what the masks weight: the paper's squared error or CWD's spatial distributions.
+        mask_entropy_weight: the adversarial objective's KL-to-uniform weight ``beta``.
+        mask_uniform_mix: the learned masks' share ``gamma`` of the imitation weights (the rest uniform).
+        mask_ramp_steps: forward passes over which the adversarial reversal ramps up.
         distillation_eps: normaliser guard of ``L_c`` and ``L_s``.
         cwd_tau: CWD's temperature.
         mgd_mask_ratio: MGD's fraction of masked positions.
@@ -166,6 +180,38 @@ class DistillationSettings:
                           "imitation (as PKD does; ours, not the paper's): one weight serves logits, features and "
                           "necks. acamkd and mse. Default: the variant's (other methods: False)."},
     )
+    standardize_over: str | None = field(
+        default=None,
+        metadata={"help": "Statistics of --imitation_standardize: over the 'batch' and positions (PKD's; the update "
+                          "then depends on the per-device batch) or over each 'image' (batch-independent). "
+                          "Default: the variant's.", "choices": list(STANDARDIZE_OVER)},
+    )
+    mask_objective: str | None = field(
+        default=None,
+        metadata={"help": "What trains ACAM-KD's masks: 'imitation' (the paper's: the total loss, the imitation they "
+                          "weight included; they shrink), 'adversarial' (budgeted masks maximise the imitation "
+                          "error, ramped gradient reversal + KL to uniform), 'predictive' (they regress the "
+                          "student's standardised error), 'task' (they keep the teacher's prediction from its masked "
+                          "logits; logits point only) or 'uniform' (the control: constant masks, no fusion). "
+                          "Default: the variant's.", "choices": list(MASK_OBJECTIVES)},
+    )
+    imitation_form: str | None = field(
+        default=None,
+        metadata={"help": "What the masks weight: 'squared_error' (the paper's) or 'distribution' (CWD's per-channel "
+                          "spatial KL at --cwd_tau under the masks; not with --mask_objective imitation). Default: "
+                          "the variant's.", "choices": list(IMITATION_FORMS)},
+    )
+    mask_entropy_weight: float = field(
+        default=1.0, metadata={"help": "--mask_objective adversarial: weight of the masks' KL-to-uniform term."}
+    )
+    mask_uniform_mix: float = field(
+        default=0.5,
+        metadata={"help": "Learned (non-imitation) objectives: the masks' share of the imitation weights; the rest "
+                          "is uniform weight (0 = uniform, 1 = the masks alone)."},
+    )
+    mask_ramp_steps: int = field(
+        default=100, metadata={"help": "--mask_objective adversarial: forward passes over which the reversal ramps up."}
+    )
     distillation_eps: float = field(default=1e-6, metadata={"help": "Normaliser guard of L_c and L_s."})
     cwd_tau: float = field(default=1.0, metadata={"help": "CWD temperature (mmrazor 1; segmentation forks 4)."})
     mgd_mask_ratio: float = field(default=0.65, metadata={"help": "MGD: fraction of positions masked."})
@@ -195,6 +241,11 @@ class DistillationSettings:
             kv_reduction_ratio(self.fusion_kv_reduction or "1", 1, 1, self.fusion_max_kv_tokens)
         except ValueError as error:
             raise ValueError(f"--fusion_kv_reduction / --fusion_max_kv_tokens: {error}") from None
+        if not 0.0 <= self.mask_uniform_mix <= 1.0:
+            raise ValueError(f"--mask_uniform_mix must be in [0, 1], got {self.mask_uniform_mix}")
+        if self.imitation_form == "distribution" and self.mask_objective == "imitation":
+            raise ValueError("--imitation_form distribution needs masks that the imitation does not train: use "
+                             "--mask_objective adversarial, predictive, task or uniform")
         if not 0.0 <= self.mgd_mask_ratio < 1.0:
             raise ValueError(f"--mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}")
 

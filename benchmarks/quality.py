@@ -46,6 +46,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "acamkd_hf.cli"]
 
+#: the mask study (issue: masks that matter), rows of every table: each mask objective on the recommended imitation,
+#: the uniform-mask control they are paired against, and the per-image standardisation (on the control, so that
+#: only the statistics differ)
+MASK_STUDY_ROWS: dict[str, tuple[list[str], str]] = {
+    "acamkd_uniform": (["--method", "acamkd", "--mask_objective", "uniform"],
+                       "the recommended imitation with every mask a constant 1: no fusion, no selection units (the control)"),
+    "acamkd_adversarial": (["--method", "acamkd", "--mask_objective", "adversarial"],
+                           "budgeted masks that maximise the imitation error (ramped reversal, KL to uniform), detached"),
+    "acamkd_predictive": (["--method", "acamkd", "--mask_objective", "predictive"],
+                          "budgeted masks that regress the student's standardised error, detached"),
+    "acamkd_uniform_image": (["--method", "acamkd", "--mask_objective", "uniform", "--standardize_over", "image"],
+                             "the control with per-image standardisation statistics (batch-independent)"),
+}
 #: row name -> (extra CLI flags, description), for the two segmentation tables (the point is the table's). Rows
 #: beyond the default ones (--rows) are the method study's variants (docs/results.md).
 SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
@@ -87,6 +100,16 @@ SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
                              "recommended, queries from the student, keys/values from the teacher (paper Table 9)"),
     "acamkd_teacher_only": (["--method", "acamkd", "--fusion_mode", "teacher_only"],
                             "recommended, masks from the teacher alone: no cooperation (paper Table 10)"),
+    **MASK_STUDY_ROWS,
+    # the masked distribution imitation (CWD's spatial KL under the masks), raw logits as CWD
+    "acamkd_uniform_distribution": (["--method", "acamkd", "--mask_objective", "uniform", "--imitation_form",
+                                     "distribution", "--imitation_standardize", "false"],
+                                    "CWD's per-channel spatial KL in ACAM-KD's two terms, constant masks (the control)"),
+    "acamkd_predictive_distribution": (["--method", "acamkd", "--mask_objective", "predictive", "--imitation_form",
+                                        "distribution", "--imitation_standardize", "false"],
+                                       "CWD's per-channel spatial KL weighted by predictive masks"),
+    "acamkd_task": (["--method", "acamkd", "--mask_objective", "task"],
+                    "masks trained to keep the teacher's prediction from its masked logits (MasKD's stage 1, online)"),
 }
 DEFAULT_SEGMENTATION_ROWS = ["student", "mse", "cwd", "mgd", "pkd", "acamkd_paper", "acamkd"]
 #: detection: the recipe inherits the student's encoder/decoder/heads from the teacher (the paper's setting). The
@@ -102,6 +125,8 @@ DETECTION_ROWS = {
                    "the recommended variant with 8 key/value tokens instead of 32 (a larger saving, tried as the default)"),
     "acamkd_alpha10": (["--method", "acamkd", "--alpha", "10"],
                        "recommended variant at alpha 10 (the neck imitation at ~0.7x the DETR task loss, not ~0.07x)"),
+    "cwd": (["--method", "cwd"], "CWD on the neck maps (tau 1, weight 1), inheritance on"),
+    **MASK_STUDY_ROWS,
 }
 
 #: per table: task, point flags, rows, the row every other is paired against, teacher preset, budget, metrics
@@ -448,8 +473,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for seed in options.seeds:
         for name in options.rows:
             flags, _ = table["rows"][name]
-            output_dir = work / options.table / f"{name}{options.tag}" / f"seed{seed}"
-            run_argv = [*common_flags(options, output_dir, seed), *table["point"], *flags, *budget_flags(options)]
+            if flags == ["--method", "none"]:  # the student alone has no point: one run serves every table of the task
+                output_dir = work / f"{name}{options.tag}" / f"seed{seed}"
+                point = []
+            else:
+                output_dir = work / options.table / f"{name}{options.tag}" / f"seed{seed}"
+                point = table["point"]
+            run_argv = [*common_flags(options, output_dir, seed), *point, *flags, *budget_flags(options)]
             if "none" not in flags:
                 run_argv += ["--teacher", str(teacher_dir)]
             jobs.append((name, seed, [*run_argv, *options.extra], output_dir))

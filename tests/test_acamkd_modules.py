@@ -259,7 +259,8 @@ def test_acamkd_terms_are_consistent_with_their_weights():
     student, teacher = _features()
     out = loss(student, teacher)
     assert set(out) == {"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean",
-                        "spatial_diversity", "channel_diversity"}
+                        "spatial_diversity", "channel_diversity", "spatial_mask_support", "channel_mask_support",
+                        "spatial_error_rank_corr"}
     torch.testing.assert_close(out["spatial_diversity"] + out["channel_diversity"], out["diversity"])
     assert out["spatial_mask_mean"].item() == pytest.approx(loss.masks(student, teacher)["spatial"].mean().item())
     expected = 0.3 * (out["channel"] + out["spatial"]) + 2.0 * out["diversity"]
@@ -375,7 +376,8 @@ def test_multi_point_sums_points_and_names_every_term():
     out = container({"neck1": s1, "neck2": s2}, {"neck1": t1, "neck2": t2})
     assert set(out) == {"loss", "neck1/loss", "neck1/channel", "neck1/spatial", "neck1/diversity", "neck2/loss", "neck2/mse",
                         "neck1/spatial_mask_mean", "neck1/channel_mask_mean",
-                        "neck1/spatial_diversity", "neck1/channel_diversity"}
+                        "neck1/spatial_diversity", "neck1/channel_diversity", "neck1/spatial_mask_support",
+                        "neck1/channel_mask_support", "neck1/spatial_error_rank_corr"}
     torch.testing.assert_close(out["loss"], out["neck1/loss"] + out["neck2/loss"])
     with pytest.raises(KeyError, match="neck2 \\(teacher\\)"):
         container({"neck1": s1, "neck2": s2}, {"neck1": t1})
