@@ -9,8 +9,8 @@ itself (masks computed every step from the fused student-teacher feature, so the
 imitation's gradient out of the masks:
 
 * ``adversarial`` (CTKD's gradient reversal with a ramp, ADIOS's fixed mask budget): the masks *maximise* the
-  masked imitation error, kept spread by a KL-to-uniform term and the Dice term; the student minimises the
-  imitation with the masks detached. Optimum: weight proportional to ``exp(e / beta)``, where the student lags.
+  masked (log) imitation error, kept spread by a KL-to-uniform term and the Dice term; the student minimises the
+  imitation with the masks detached. Optimum: weight proportional to ``e^(1 / beta)``, where the student lags.
 * ``predictive`` (HPM): the selection units regress the student's per-image standardised error (a detached target
   that moves with the student and cannot be gamed); the imitation uses their masks detached.
 * ``task`` (MasKD's stage 1, online, at class scores only): the masks learn to keep the frozen teacher's prediction
@@ -83,12 +83,15 @@ def relative_errors(errors: Tensor) -> Tensor:
 def adversarial_mask_objective(scores: Tensor, errors: Tensor, entropy_weight: float, strength: float) -> Tensor:
     """What the selection units minimise under ``adversarial`` (without the Dice term):
 
-    ``- s * 1/(B M) sum_{b,m} sum_l q_bml e~_bl + beta * 1/(B M) sum_{b,m} KL(q_bm || U)``
+    ``- s * 1/(B M) sum_{b,m} sum_l q_bml log e~_bl + beta * 1/(B M) sum_{b,m} KL(q_bm || U)``
 
-    with ``q = softmax_l(scores / T)`` (a budgeted mask over ``L``), ``e~`` the relative errors (:func:`relative_errors`,
-    detached), ``U`` uniform over ``L`` (``KL = sum_l q log q + log L``) and ``s`` the reversal strength (ramped from
-    0 to 1). For fixed errors the minimiser is ``q proportional to exp(s e~ / beta)``: weight where the student lags,
-    never all of it on one position.
+    with ``q = softmax_l(scores / T)`` (a budgeted mask over ``L``), ``e~`` the relative errors
+    (:func:`relative_errors`, detached, floored at 1e-6), ``U`` uniform over ``L`` (``KL = sum_l q log q + log L``)
+    and ``s`` the reversal strength (ramped from 0 to 1). For fixed errors the minimiser is
+    ``q proportional to e~^(s / beta)``: at ``beta = 1`` each position's weight is proportional to the student's error
+    there. The log is what keeps it spread: maximising the error itself (``sum_l q e~``) has the minimiser
+    ``exp(e~ / beta)``, which put all the weight on one or two positions of a toy map whose errors are skewed
+    (effective support 0.04 of the map, tests/test_mask_objectives.py), a collapse onto outliers.
 
     Args:
         scores: ``(B, M, L)`` the selection units' scores (with their graph).
@@ -97,7 +100,7 @@ def adversarial_mask_objective(scores: Tensor, errors: Tensor, entropy_weight: f
     """
     log_q = torch.log_softmax(scores / BUDGET_TEMPERATURE, dim=-1)
     q = log_q.exp()
-    gain = torch.einsum("bml,bl->bm", q, relative_errors(errors)).mean()
+    gain = torch.einsum("bml,bl->bm", q, relative_errors(errors).clamp_min(1e-6).log()).mean()
     kl_to_uniform = ((q * log_q).sum(dim=-1) + math.log(scores.shape[-1])).mean()
     return -strength * gain + entropy_weight * kl_to_uniform
 
