@@ -301,16 +301,47 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+#: per-point diagnostics that are averaged over the points (the loss terms are summed)
+AVERAGED_TERMS = ("_mask_mean", "_mask_support", "_error_rank_corr")
+#: the mask study's control: every row is also paired against it (a row of the distribution form against that
+#: form's own control, :func:`mask_control_of`)
+MASK_CONTROL = "acamkd_uniform"
+
+
+def mask_control_of(name: str) -> str:
+    """The uniform-mask row ``name`` is paired against: the same imitation with constant masks."""
+    return f"{MASK_CONTROL}_distribution" if name.endswith("_distribution") else MASK_CONTROL
+
+
 def last_term(record: dict[str, Any], suffix: str) -> float | None:
-    """Sum over points of the last logged ``distill/<point>/<suffix>`` (or the top-level key itself)."""
+    """Sum over points of the last logged ``distill/<point>/<suffix>`` (or the top-level key itself); the mean over
+    points for the mask diagnostics (:data:`AVERAGED_TERMS`)."""
     log = record["last_log"]
     kinds = (record.get("distillation") or {}).get("mask_kinds")
-    if suffix.endswith("_mask_mean") and kinds in ("spatial", "channel") and not suffix.startswith(kinds):
+    if suffix.startswith(("spatial_", "channel_")) and kinds in ("spatial", "channel") and not suffix.startswith(kinds):
         return None  # a disabled mask kind (logged as 0)
     if suffix in log:
         return log[suffix]
     values = [value for key, value in log.items() if key.startswith("distill/") and key.endswith("/" + suffix)]
-    return sum(values) / len(values) if values and suffix.endswith("_mask_mean") else (sum(values) if values else None)
+    if not values:
+        return None
+    return sum(values) / len(values) if suffix.endswith(AVERAGED_TERMS) else sum(values)
+
+
+def paired_difference(records: list[dict[str, Any]], baseline: dict[int, float | None], headline: str) -> dict[str, Any]:
+    """The row minus the baseline row, paired by seed: ``{"deltas", "mean", "ci95", "seeds_better"}``."""
+    deltas = [r.get(headline) - baseline[r["seed"]] for r in records
+              if baseline.get(r["seed"]) is not None and r.get(headline) is not None]
+    mean, low, high = t_interval(deltas) if deltas else (float("nan"),) * 3
+    return {"deltas": deltas, "mean": mean, "ci95": [low, high], "seeds_better": sum(d > 0 for d in deltas)}
+
+
+def paired_cell(paired: dict[str, Any]) -> tuple[str, str]:
+    """The table's two cells of a paired difference: ``mean [low, high]`` and ``better/n``."""
+    if not paired["deltas"]:
+        return "-", "-"
+    low, high = paired["ci95"]
+    return f"{paired['mean']:+.4f} [{low:+.4f}, {high:+.4f}]", f"{paired['seeds_better']}/{len(paired['deltas'])}"
 
 
 def fmt(value: float | None, digits: int = 4, mask: bool = False) -> str:
@@ -339,16 +370,24 @@ def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], ta
     control = table["control"]
     summary: dict[str, Any] = {}
     baseline = {r["seed"]: r.get(headline) for r in rows.get(control, [])}
+    mask_baselines = {name: {r["seed"]: r.get(headline) for r in rows.get(mask_control_of(name), [])} for name in rows}
     header = (
         f"| row | {title} mean +- std | per seed | minus {control}, paired by seed: mean [95% t-interval] | "
-        f"seeds better | {second_title} mean +- std | imitation / task loss, first log -> last | "
-        f"final spatial / channel mask mean | wall s (mean) |"
+        f"seeds better | minus its uniform-mask control ({MASK_CONTROL}[_distribution]), paired | seeds better | {second_title} mean +- std | imitation / task "
+        f"loss, first log -> last | final spatial / channel mask mean | final spatial / channel support, spatial "
+        f"rank corr. with the error | wall s (mean) |"
     )
     teacher_line = (
-        f"| teacher ({table['teacher']}, 1 run) | {fmt(teacher.get(headline))} | - | - | - | "
-        f"{fmt(teacher.get(second))} | - | - | {fmt(teacher.get('wall_s'), 0)} |"
+        f"| teacher ({table['teacher']}, 1 run) | {fmt(teacher.get(headline))} | - | - | - | - | - | "
+        f"{fmt(teacher.get(second))} | - | - | - | {fmt(teacher.get('wall_s'), 0)} |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|", teacher_line]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|", teacher_line]
+
+    def final(records, key):
+        values = [last_term(r, key) for r in records]
+        values = [v for v in values if v is not None]
+        return statistics.fmean(values) if values else None
+
     for name, records in rows.items():
         m, s = mean_std([r.get(headline) for r in records])
         m2, s2 = mean_std([r.get(second) for r in records])
@@ -356,26 +395,35 @@ def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], ta
         ratios = [(imitation_ratio(r, r["first_log"]), imitation_ratio(r, r["last_log"])) for r in records]
         first = mean_std([a for a, _ in ratios if a is not None])[0] if any(a is not None for a, _ in ratios) else None
         last = mean_std([b for _, b in ratios if b is not None])[0] if any(b is not None for _, b in ratios) else None
-        masks = [mean_std([last_term(r, key) for r in records])[0] if any(last_term(r, key) is not None for r in records)
-                 else None for key in ("spatial_mask_mean", "channel_mask_mean")]
-        deltas = [r.get(headline) - baseline[r["seed"]] for r in records
-                  if baseline.get(r["seed"]) is not None and r.get(headline) is not None]
-        dm, low, high = t_interval(deltas) if deltas else (float("nan"),) * 3
+        masks = [final(records, key) for key in ("spatial_mask_mean", "channel_mask_mean")]
+        diagnostics = [final(records, key) for key in ("spatial_mask_support", "channel_mask_support", "spatial_error_rank_corr")]
+        versus_control = paired_difference(records, baseline, headline)
+        versus_uniform = paired_difference(records, mask_baselines[name], headline)
         summary[name] = {
             "mean": m, "std": s, "per_seed": [r.get(headline) for r in records], "seeds": [r["seed"] for r in records],
             f"{second}_mean": m2, f"{second}_std": s2, "wall_s_mean": wall,
-            "paired_delta_mean": dm, "paired_delta_ci95": [low, high], "paired_deltas": deltas,
-            "seeds_better": sum(d > 0 for d in deltas), "imitation_over_task_first": first,
+            "paired_delta_mean": versus_control["mean"], "paired_delta_ci95": versus_control["ci95"],
+            "paired_deltas": versus_control["deltas"], "seeds_better": versus_control["seeds_better"],
+            "imitation_over_task_first": first,
             "imitation_over_task_last": last, "final_spatial_mask_mean": masks[0], "final_channel_mask_mean": masks[1],
+            "final_spatial_mask_support": diagnostics[0], "final_channel_mask_support": diagnostics[1],
+            "final_spatial_error_rank_corr": diagnostics[2],
         }
+        if versus_uniform["deltas"] and name != mask_control_of(name):
+            summary[name].update({
+                "mask_control": mask_control_of(name), "minus_mask_control_mean": versus_uniform["mean"],
+                "minus_mask_control_ci95": versus_uniform["ci95"], "minus_mask_control_deltas": versus_uniform["deltas"],
+                "minus_mask_control_seeds_better": versus_uniform["seeds_better"],
+            })
         per_seed = ", ".join(fmt(r.get(headline)) for r in records)
-        paired = "-" if name == control or not deltas else f"{dm:+.4f} [{low:+.4f}, {high:+.4f}]"
-        better = "-" if name == control or not deltas else f"{sum(d > 0 for d in deltas)}/{len(deltas)}"
+        paired, better = ("-", "-") if name == control else paired_cell(versus_control)
+        paired_uniform, better_uniform = ("-", "-") if name == mask_control_of(name) else paired_cell(versus_uniform)
         ratio = "-" if first is None else f"{fmt(first, 3)} -> {fmt(last, 3)}"
         mask_cell = "-" if masks == [None, None] else f"{fmt(masks[0], 3, mask=True)} / {fmt(masks[1], 3, mask=True)}"
+        diagnostics_cell = "-" if diagnostics == [None] * 3 else " / ".join(fmt(v, 3) for v in diagnostics)
         lines.append(
-            f"| {name} | {fmt(m)} +- {fmt(s)} | {per_seed} | {paired} | {better} | {fmt(m2)} +- {fmt(s2)} | "
-            f"{ratio} | {mask_cell} | {fmt(wall, 0)} |"
+            f"| {name} | {fmt(m)} +- {fmt(s)} | {per_seed} | {paired} | {better} | {paired_uniform} | {better_uniform} | "
+            f"{fmt(m2)} +- {fmt(s2)} | {ratio} | {mask_cell} | {diagnostics_cell} | {fmt(wall, 0)} |"
         )
     return "\n".join(lines), summary
 
@@ -506,6 +554,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     result = "RESULT " + " ".join(
         [f"teacher={teacher.get(table['metrics'][0][0]):.4f}"] + [f"{name}={summary[name]['mean']:.4f}" for name in summary]
+        + [f"{name}_minus_{summary[name]['mask_control']}={summary[name]['minus_mask_control_mean']:+.4f}"
+           for name in summary if "mask_control" in summary[name]]
     )
     command = "python benchmarks/quality.py " + " ".join(cli)
     descriptions = "\n".join(
