@@ -42,6 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint
 import acamkd_hf
 
 from .config import DistillationArguments
+from .errors import input_checks, input_error_message, is_input_error
 from .hub import HubPushError, build_model_card, files_to_push, model_card, push_student
 from .models import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, canonical_preset_name, preset_options
 from .models.presets import pretrained_backbone_license
@@ -135,7 +136,16 @@ class DataArguments:
         metadata={"help": "Segmentation maps whose 0 means 'other' (ADE20K style): 0 -> ignore, k -> k - 1."},
     )
     crop_size: list[int] | None = field(
-        default=None, metadata={"help": "Training crop H W (paper: 512 1024). Default: the first training image's size."}
+        default=None, metadata={"help": "Segmentation: training crop H W (paper: 512 1024). Default: the first training "
+                                        "image's size. (Detection: --image_size.)"}
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Detection input size, by the family's convention: RT-DETR, every image resized to N x N "
+                          "(a multiple of 32); DETR / Deformable DETR, the shortest edge N (the longest at most "
+                          "N * 1333 / 800; aspect ratio kept, batches padded). Default: the student's own processor; "
+                          "a preset: the family's (RT-DETR 640, DETR 800), the synthetic set's side for it. "
+                          "Metrics are always scored on the original image sizes."},
     )
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0], metadata={"help": "Random scale range."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
@@ -377,6 +387,15 @@ def check_writable_directory(directory: str, flag: str = "--output_dir") -> None
         ) from error
 
 
+def check_task_flags(task, data_args: DataArguments) -> None:
+    """Flags of the other task: refused, with the flag that does it here (``--crop_size`` vs ``--image_size``)."""
+    if task.name == "detection" and data_args.crop_size:
+        raise ValueError("--crop_size is a segmentation flag; detection resizes whole images: use --image_size N "
+                         "(RT-DETR: N x N; DETR family: shortest edge N)")
+    if task.name == "segmentation" and data_args.image_size is not None:
+        raise ValueError("--image_size is a detection flag; segmentation trains on crops: use --crop_size H W")
+
+
 def output_directories(args: DistillationArguments, model_args: ModelArguments) -> list[str]:
     """Every folder the run writes: the student's, the teacher's when it is trained here, the lone student's."""
     folders = [args.output_dir]
@@ -551,7 +570,8 @@ class Workbench:
 # ----------------------------------------------------------------------------------------------------- the run
 def run(argv: list[str]) -> dict[str, Any]:
     """The whole program for ``argv`` (flags, as on the command line); returns what it measured (``metrics.json``)."""
-    model_args, data_args, args = parse_arguments(argv)
+    with input_checks():  # a setting no loss can use (the settings' own checks): one line
+        model_args, data_args, args = parse_arguments(argv)
     setup_logging(args)
     task = TASKS[model_args.task]()
     arguments = arguments_record(model_args, data_args, args)
@@ -568,30 +588,33 @@ def run(argv: list[str]) -> dict[str, Any]:
 
     # Everything that can be wrong with the inputs is checked before anything trains: output folders (first: no
     # data is read for a run that could not save), the data (files, splits, labels: in the task's loader), model
-    # paths, label sets, distillation points.
-    for folder in output_directories(args, model_args):
-        check_writable_directory(folder)
-    with args.main_process_first(local=True, desc="preparing the data"):  # one process writes a synthetic set
-        data = task.prepare_data(data_args, data_args.synthetic_seed)
-    origin = dataset_origin(data_args.dataset)
-    if args.should_log:
-        for warning in [*recipe_warnings(task, data, data_args, args), *launch_warnings(args)]:
-            logger.warning(warning)
+    # paths, label sets, distillation points. Each problem is one line (acamkd_hf.errors).
+    with input_checks(data_args.dataset):
+        check_task_flags(task, data_args)
+        for folder in output_directories(args, model_args):
+            check_writable_directory(folder)
+        with args.main_process_first(local=True, desc="preparing the data"):  # one process writes a synthetic set
+            data = task.prepare_data(data_args, data_args.synthetic_seed)
+        origin = dataset_origin(data_args.dataset)
+        if args.should_log:
+            for warning in [*recipe_warnings(task, data, data_args, args), *launch_warnings(args)]:
+                logger.warning(warning)
 
-    student = load_model(task, model_args.student, data, model_args, "student", args.seed)
-    teacher = None
-    teacher_name = args.teacher or model_args.teacher_architecture
-    teacher_knows_the_classes = True
-    if args.method != "none":
-        teacher = load_model(task, teacher_name, data, model_args, "teacher", args.seed)
-        # The trainer checks the points too, but the teacher trained here would train first: a wrong name fails now.
-        points = resolve_distillation_points(
-            student, teacher, args.distillation_points, student_name=model_args.student, teacher_name=teacher_name
+        student = load_model(task, model_args.student, data, model_args, "student", args.seed)
+        teacher = None
+        teacher_name = args.teacher or model_args.teacher_architecture
+        teacher_knows_the_classes = True
+        if args.method != "none":
+            teacher = load_model(task, teacher_name, data, model_args, "teacher", args.seed)
+            # The trainer checks the points too, but the teacher trained here would train first: a wrong name fails now.
+            points = resolve_distillation_points(
+                student, teacher, args.distillation_points, student_name=model_args.student, teacher_name=teacher_name
+            )
+            teacher_knows_the_classes = check_teacher(teacher, data, points, args, teacher_name)
+        image_processor = task.image_processor(
+            model_args.student, data, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision,
+            input_size=data_args.image_size,
         )
-        teacher_knows_the_classes = check_teacher(teacher, data, points, args, teacher_name)
-    image_processor = task.image_processor(
-        model_args.student, data, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
-    )
     bench = Workbench(task, data, image_processor, data_args)
 
     results: dict[str, Any] = {}
@@ -812,6 +835,12 @@ def main(argv: list[str] | None = None) -> None:
     except BackboneDownloadError as error:
         print(f"acamkd-distill: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except Exception as error:
+        if not is_input_error(error):  # unexpected: its traceback
+            raise
+        # what the user asked for cannot be done (acamkd_hf.errors): one line, argparse's exit status
+        print(f"acamkd-distill: error: {input_error_message(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
     if interrupted:
         gc.collect()  # the interrupted frames' objects, freed (quietly) before the last line
         sys.unraisablehook = unraisable_hook

@@ -221,8 +221,10 @@ class SegmentationTask(Task):
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data
 
-    def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None):
-        """The student's own image processor (Hub/folder) when it has one, else the default for the data's size."""
+    def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None,
+                        input_size: int | None = None):
+        """The student's own image processor (Hub/folder) when it has one, else the default for the data's size.
+        (``input_size`` is detection's ``--image_size``; the CLI refuses it for segmentation.)"""
         processor = _pretrained_image_processor(student, self.presets, trust_remote_code=trust_remote_code, revision=revision)
         return processor or default_image_processor(first_image_size(data.dataset["validation"]))
 
@@ -301,8 +303,6 @@ class DetectionTask(Task):
     default_student = "tiny-rtdetr-resnet-student"
     synthetic_image_size = (128, 128)
     synthetic_num_classes = 6
-    #: processor size for real datasets when the student brings no processor (RT-DETR/DETR style square input)
-    default_input_size = (640, 640)
     default_recipe: dict[str, Any] = {
         "output_dir": "outputs/acamkd-synthetic-detection",
         "compare_student_alone": False,  # keeps the CPU default under 5 minutes; pass true to measure it
@@ -321,7 +321,8 @@ class DetectionTask(Task):
 
     def prepare_data(self, data_args, seed: int):
         """``DetectionData``; a synthetic COCO-layout set is written first when no dataset is given."""
-        if data_args.dataset is None:
+        synthetic = data_args.dataset is None
+        if synthetic:
             data_args.dataset = synthetic_dataset(self, data_args, seed, "coco", "annotations", make_synthetic_coco)
         data = load_detection_data(
             data_args.dataset,
@@ -331,17 +332,26 @@ class DetectionTask(Task):
         )
         require_splits(data.dataset, data_args.dataset)
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
+        data.synthetic = synthetic
         return data
 
-    def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None):
+    def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None,
+                        input_size: int | None = None):
+        """The student's own processor (Hub/folder) when it has one, else the family's conventions
+        (:func:`~acamkd_hf.models.default_detection_image_processor`); ``input_size`` (``--image_size``) overrides
+        either's size. A preset on the synthetic set (square images) uses the set's side by default."""
         processor = _pretrained_image_processor(student, self.presets, trust_remote_code=trust_remote_code, revision=revision)
-        if processor is not None:
-            return processor
         if student in self.presets:
-            return default_detection_image_processor(detection_family(student), first_image_size(data.dataset["validation"]))
-        # A folder or Hub id without a processor: the family comes from its config.
-        config = AutoConfig.from_pretrained(student, trust_remote_code=trust_remote_code, revision=revision)
-        return default_detection_image_processor(detection_family(config), self.default_input_size)
+            family = detection_family(student)
+            if input_size is None and data.synthetic:
+                input_size = max(first_image_size(data.dataset["validation"]))
+        else:  # a folder or Hub id: the family comes from its config
+            family = detection_family(AutoConfig.from_pretrained(student, trust_remote_code=trust_remote_code, revision=revision))
+        if processor is None:
+            return default_detection_image_processor(family, input_size)
+        if input_size is not None:
+            processor.size = default_detection_image_processor(family, input_size).size  # the family's convention
+        return processor
 
     def datasets(self, data, image_processor, data_args):
         # Undecoded files go to the transforms, which decode them (a broken file is named).

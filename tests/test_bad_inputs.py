@@ -81,7 +81,7 @@ def test_unknown_distillation_point_lists_the_available_ones(distill_script, tmp
     with pytest.raises(ValueError, match=rf"the teacher '[^']+' cannot be distilled at \['{wrong}'\]: Unknown distillation "
                                          rf"point '{wrong}' for \w+; available: {available}.*\. Pass --distillation_points "
                                          r"with names both models have"):  # fmt: skip
-        distill_script.main(_flags(tmp_path, dataset, "--task", task, "--distillation_points", wrong))
+        distill_script.run(_flags(tmp_path, dataset, "--task", task, "--distillation_points", wrong))
     assert _nothing_trained(tmp_path)
 
 
@@ -108,7 +108,7 @@ def test_a_teacher_with_another_label_set_is_refused_where_class_outputs_are_com
                     r"classifies other classes: Label sets differ .*Only in teacher: 'cat', 'dog'\. .*Pass "
                     r"--inherit_from_teacher false")
     with pytest.raises(ValueError, match=expected):
-        distill_script.main(flags)
+        distill_script.run(flags)
     assert _nothing_trained(tmp_path)
 
 
@@ -120,7 +120,7 @@ def test_truncated_and_non_image_files_in_a_cityscapes_folder_fail_at_load(disti
     text = _cityscapes_files(root, "val", "label")[1]
     text.write_text("this is not a PNG\n")
     with pytest.raises(ValueError) as info:
-        distill_script.main(_flags(tmp_path, root))
+        distill_script.run(_flags(tmp_path, root))
     message = str(info.value)
     assert message.startswith(f"2 of the 24 image and label files of the Cityscapes folder {root} cannot be read")
     assert f"{truncated} is a truncated or corrupt PNG" in message
@@ -136,7 +136,7 @@ def test_truncated_and_non_image_files_in_a_coco_folder_fail_at_load(distill_scr
     empty = min((root / "val2017").glob("*.jpg"))
     empty.write_bytes(b"")
     with pytest.raises(ValueError) as info:
-        distill_script.main(_flags(tmp_path, root, "--task", "detection"))
+        distill_script.run(_flags(tmp_path, root, "--task", "detection"))
     message = str(info.value)
     # The train split is read first: its broken file stops the run (the val one would be named on the next try).
     assert f"1 of the 6 images of {root / 'annotations' / 'instances_train2017.json'} cannot be read" in message
@@ -177,7 +177,7 @@ def test_an_image_damaged_inside_fails_when_read_naming_the_file(distill_script,
     damaged = _cityscapes_files(root, "train", "image")[-1]  # not the first one, which sizes the crops
     _damage_inside(damaged)
     with pytest.raises(ValueError) as info:
-        distill_script.main(_flags(tmp_path, root, "--dataloader_num_workers", str(workers)))
+        distill_script.run(_flags(tmp_path, root, "--dataloader_num_workers", str(workers)))
     message = str(info.value)
     assert f"the image {damaged} cannot be decoded" in message
     assert "Replace it with an intact copy, or remove the example (image and its labels) from the dataset." in message
@@ -194,7 +194,7 @@ def test_a_coco_image_damaged_inside_fails_when_read_naming_the_file(tmp_path, c
     data = damaged.read_bytes()
     damaged.write_bytes(data[:3] + bytes(len(data) - 5) + data[-2:])  # SOI ... EOI, nothing readable between
     loaded = load_detection_data(root)
-    train, _ = TASKS["detection"]().datasets(loaded, default_detection_image_processor("rt_detr", (64, 64)), None)
+    train, _ = TASKS["detection"]().datasets(loaded, default_detection_image_processor("rt_detr", 64), None)
     assert train[0]["labels"]["boxes"].shape[-1] == 4  # the others are read as before
     with pytest.raises(ValueError, match=re.escape(f"the image {damaged} cannot be decoded (UnidentifiedImageError")):
         train[1]
@@ -249,7 +249,7 @@ def test_label_values_outside_the_classes_fail_at_load_naming_the_example(distil
     folder = tmp_path / "parquet"
     _write_parquet_segmentation(folder, num_train=6, bad={2: 40})
     with pytest.raises(ValueError) as info:
-        distill_script.main(_flags(tmp_path, folder))
+        distill_script.run(_flags(tmp_path, folder))
     assert str(info.value).startswith(
         "the label map train_0002_label.png (example 2 of the 'train' split) has values 40 outside the 19 classes "
         "(0..18) and the ignore index 255. Map them to class ids or to 255"
@@ -267,7 +267,7 @@ def test_label_values_beyond_the_first_examples_fail_when_read_naming_the_file(d
     with pytest.raises(ValueError, match=re.escape(
         "the label map train_0009_label.png has values 19 outside the 19 classes (0..18) and the ignore index 255."
     )):  # fmt: skip
-        distill_script.main(_flags(tmp_path, folder, "--method", "none"))
+        distill_script.run(_flags(tmp_path, folder, "--method", "none"))
 
 
 def test_cityscapes_label_ids_without_a_train_id_are_ignored_not_errors(tmp_path, cityscapes):
@@ -301,7 +301,7 @@ def test_a_coco_image_missing_on_disk_is_named(distill_script, tmp_path, coco):
     missing = sorted((root / "train2017").glob("*.jpg"))[4]
     missing.unlink()
     with pytest.raises(ValueError) as info:
-        distill_script.main(_flags(tmp_path, root, "--task", "detection"))
+        distill_script.run(_flags(tmp_path, root, "--task", "detection"))
     assert str(info.value) == (
         f"{root / 'annotations' / 'instances_train2017.json'}: 1 of its 6 images are not on disk: image 5 "
         f"({missing.name}): file not found: {missing}. Put the files in {root / 'train2017'}, or remove those images "
@@ -328,7 +328,7 @@ def test_a_broken_coco_box_is_named(distill_script, tmp_path, coco, bbox, proble
 
     _edit_json(root, "val2017", edit)
     with pytest.raises(ValueError) as info:
-        distill_script.main(_flags(tmp_path, root, "--task", "detection"))
+        distill_script.run(_flags(tmp_path, root, "--task", "detection"))
     message = str(info.value)
     assert message.startswith(f"{root / 'annotations' / 'instances_val2017.json'}: annotation {chosen['id']} "
                               f"(image {chosen['image']}) has the broken box")  # fmt: skip
@@ -377,7 +377,7 @@ def test_a_cityscapes_split_folder_without_images_names_the_pattern(distill_scri
     pattern = root / "leftImg8bit" / "train" / "*/*_leftImg8bit.png"
     expected = f"no Cityscapes images found for the train split: searched {pattern}. Put the train images there"
     with pytest.raises(FileNotFoundError, match=re.escape(expected)):
-        distill_script.main(_flags(tmp_path, root))
+        distill_script.run(_flags(tmp_path, root))
     assert _nothing_trained(tmp_path)
 
 
@@ -386,7 +386,7 @@ def test_a_cityscapes_folder_without_a_validation_split_names_the_pattern(distil
     shutil.rmtree(root / "leftImg8bit" / "val")
     shutil.rmtree(root / "gtFine" / "val")
     with pytest.raises(FileNotFoundError) as info:
-        distill_script.main(_flags(tmp_path, root))
+        distill_script.run(_flags(tmp_path, root))
     assert str(info.value) == (
         f"{root} has no validation split: searched {root / 'leftImg8bit' / 'val' / '*' / '*_leftImg8bit.png'}. Put "
         "the val images there and their label maps in gtFine/val/ (the Cityscapes layout)."
@@ -399,7 +399,7 @@ def test_a_coco_json_without_images_names_the_json_and_split(distill_script, tmp
     _edit_json(root, "train2017", lambda d: d.update(images=[], annotations=[]))
     json_path = root / "annotations" / "instances_train2017.json"
     with pytest.raises(ValueError, match=re.escape(f"{json_path} lists no images, so the 'train2017' split is empty.")):
-        distill_script.main(_flags(tmp_path, root, "--task", "detection"))
+        distill_script.run(_flags(tmp_path, root, "--task", "detection"))
     assert _nothing_trained(tmp_path)
 
 
@@ -411,7 +411,7 @@ def test_a_coco_folder_without_a_validation_json_names_the_jsons_searched(distil
         "{val2017,val2014,val,validation}.json (present: instances_train2017.json). Add that json with its image "
         "folder, or name an existing split with --validation_split"
     )):  # fmt: skip
-        distill_script.main(_flags(tmp_path, root, "--task", "detection"))
+        distill_script.run(_flags(tmp_path, root, "--task", "detection"))
     assert _nothing_trained(tmp_path)
 
 
@@ -430,7 +430,7 @@ def test_a_model_path_that_does_not_exist_is_named(distill_script, tmp_path, cit
     missing = f"./no-such-{role}"
     with pytest.raises(FileNotFoundError, match=rf"'{re.escape(missing)}' is not a .*preset name and no such folder "
                                                 r"exists\..* Presets: .*tiny-"):  # fmt: skip
-        distill_script.main(_flags(tmp_path, dataset, "--task", task, f"--{role}", missing))
+        distill_script.run(_flags(tmp_path, dataset, "--task", task, f"--{role}", missing))
     assert _nothing_trained(tmp_path)
 
 
@@ -442,7 +442,7 @@ def test_an_output_dir_under_a_file_fails_before_the_data_is_read(distill_script
         f"the output directory {blocker / 'run'} cannot be created: {blocker} is a file, not a folder. Choose another "
         "--output_dir"
     )):  # fmt: skip
-        distill_script.main(_flags(tmp_path, None, out="a_file/run"))
+        distill_script.run(_flags(tmp_path, None, out="a_file/run"))
     assert not (tmp_path / "synthetic").exists()  # checked first: not even the synthetic set was written
 
 
@@ -450,7 +450,7 @@ def test_a_teacher_output_dir_that_cannot_be_written_fails_before_anything_train
     """The embedded default trains its teacher into <output_dir>_teacher: that folder is checked at the start too."""
     (tmp_path / "student_teacher").write_text("in the way")
     with pytest.raises(PermissionError, match=re.escape(f"{tmp_path / 'student_teacher'} is a file, not a folder")):
-        distill_script.main(_flags(tmp_path, None))
+        distill_script.run(_flags(tmp_path, None))
     assert not (tmp_path / "synthetic").exists() and not (tmp_path / "student").exists()
 
 
@@ -470,7 +470,7 @@ def test_a_read_only_output_dir_fails_before_the_data_is_read(distill_script, tm
             f"the output directory {locked / 'run'} is not writable: {locked}, where it would be created, refuses new "
             "files (Permission denied). Choose a writable --output_dir, or give yourself write permission there."
         )):  # fmt: skip
-            distill_script.main(_flags(tmp_path, None, out=str(locked / "run")))  # an absolute out replaces tmp_path
+            distill_script.run(_flags(tmp_path, None, out=str(locked / "run")))  # an absolute out replaces tmp_path
     finally:
         if locked.is_relative_to(tmp_path):
             locked.chmod(0o700)

@@ -146,9 +146,9 @@ def _tiny_flags(tmp_path, out="student"):
 
 def test_bad_inputs_fail_before_anything_trains(tmp_path):
     with pytest.raises(ValueError, match=r"'stage9'.*available: logits, stage1"):
-        cli.main([*_tiny_flags(tmp_path), "--distillation_points", "stage9"])
+        cli.run([*_tiny_flags(tmp_path), "--distillation_points", "stage9"])
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        cli.main([*_tiny_flags(tmp_path), "--student", "./no-such-model"])
+        cli.run([*_tiny_flags(tmp_path), "--student", "./no-such-model"])
     assert not (tmp_path / "student_teacher").exists()  # the teacher was never trained
 
 

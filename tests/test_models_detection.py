@@ -199,13 +199,14 @@ def test_detection_family():
      ("deformable_detr", DeformableDetrImageProcessor, True)],
 )
 def test_image_processor_resizes_and_converts_coco_annotations(family, cls, normalize):
-    processor = default_detection_image_processor(family, (128, 96))
+    processor = default_detection_image_processor(family, 96)
     assert type(processor) is cls
     image = Image.fromarray(np.full((80, 160, 3), 255, dtype=np.uint8))
     box = {"bbox": [10, 20, 30, 40], "category_id": 2, "area": 1200, "iscrowd": 0}
     annotation = {"image_id": 7, "annotations": [box]}
     encoded = processor(images=[image], annotations=[annotation], return_tensors="pt")
-    assert encoded["pixel_values"].shape == (1, 3, 128, 96)
+    # RT-DETR: 96 x 96; the DETR family: shortest edge 96 unless the longest passes 96 * 1333 / 800 = 160
+    assert encoded["pixel_values"].shape == ((1, 3, 96, 96) if family == "rt_detr" else (1, 3, 80, 160))
     white = (1.0 - 0.485) / 0.229 if normalize else 1.0  # ImageNet mean/std, or only rescaled to [0, 1]
     assert encoded["pixel_values"][0, 0, 64, 48].item() == pytest.approx(white, abs=1e-3)
     label = encoded["labels"][0]
@@ -218,7 +219,7 @@ def test_image_processor_resizes_and_converts_coco_annotations(family, cls, norm
 @pytest.mark.parametrize("name", ["tiny-detr-resnet", "tiny-rtdetr-resnet", "tiny-deformable-detr"])
 def test_post_process_and_pipeline_offline(tmp_path, name):
     model = _build(name).eval()
-    processor = default_detection_image_processor(name, (128, 128))
+    processor = default_detection_image_processor(name, 128)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8))
     with torch.no_grad():
         outputs = model(**processor(images=[image], return_tensors="pt"))

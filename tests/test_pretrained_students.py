@@ -109,7 +109,7 @@ def test_an_architecture_without_a_head_for_the_task_is_refused_in_one_sentence(
     ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1],
                                               id2label=IMAGENET)).save_pretrained(folder)  # fmt: skip
     with pytest.raises(ValueError) as info:
-        cli.main(_seg_flags(tmp_path, cityscapes, "--student", str(folder)))
+        cli.run(_seg_flags(tmp_path, cityscapes, "--student", str(folder)))
     assert str(info.value) == (
         f"the student '{folder}' is a resnet checkpoint (ResNetForImageClassification), and transformers has no "
         "semantic-segmentation model for that architecture: use a semantic-segmentation checkpoint or one whose "
@@ -127,7 +127,7 @@ def test_an_architecture_without_a_head_for_the_task_is_refused_in_one_sentence(
 def test_an_80_class_rtdetr_student_distils_on_the_6_class_set_and_loads_with_its_labels(tmp_path, coco, caplog):
     hub_folder = tmp_path / "rtdetr_r18vd"  # stands for PekingU/rtdetr_r18vd: 80 classes, with its processor
     DETECTION_PRESETS["tiny-rtdetr-resnet-student"](COCO80).save_pretrained(hub_folder)
-    default_detection_image_processor("rt_detr", (64, 64)).save_pretrained(hub_folder)
+    default_detection_image_processor("rt_detr", 64).save_pretrained(hub_folder)
     flags = ["--task", "detection", "--dataset", str(coco), "--student", str(hub_folder), "--teacher_architecture",
              "tiny-rtdetr-resnet", "--output_dir", str(tmp_path / "student"), "--num_train_epochs", "1",
              "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--save_strategy", "no",

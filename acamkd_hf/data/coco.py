@@ -71,6 +71,8 @@ class DetectionData(ClassNames):
     id2label: dict[int, str]
     label_to_category_id: dict[int, int]
     ground_truth: dict[str, str | None]
+    #: made by this package (:func:`~acamkd_hf.data.make_synthetic_coco`): square images of one size
+    synthetic: bool = False
 
 
 def detection_features(class_names: Iterable[str]) -> datasets.Features:
@@ -129,15 +131,15 @@ class BoxCounts:
                 f"height] in pixels with finite values and width, height >= 0{self.hint}: fix or remove that "
                 "annotation."
             )
+        if w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+            return [x, y, w, h]  # inside: as it is (recomputing x1 - x0 would change float boxes in the last bit)
         x0, y0 = max(x, 0.0), max(y, 0.0)
         x1, y1 = min(x + w, float(width)), min(y + h, float(height))
         if x1 <= x0 or y1 <= y0:
             self.dropped.append(name)
             return None
-        clipped = [x0, y0, x1 - x0, y1 - y0]
-        if clipped != [x, y, w, h]:
-            self.clipped.append(name)
-        return clipped
+        self.clipped.append(name)
+        return [x0, y0, x1 - x0, y1 - y0]
 
     def _examples(self, names: list[str]) -> str:
         names = [n for n in names if n][: self._EXAMPLES]

@@ -384,26 +384,53 @@ def detection_family(model_or_name: Any) -> str:
     return _FAMILY_ALIASES[key]
 
 
-def default_detection_image_processor(family: Any, image_size: tuple[int, int]):
+#: Each family's input size on real data when its checkpoint brings no processor, as the family's public processors:
+#: RT-DETR a fixed square side (640, a multiple of its stride 32); DETR / Deformable DETR the shortest edge (800,
+#: the longest at most 1333), aspect ratio kept, batches padded with a ``pixel_mask``.
+DETECTION_INPUT_SIZES = {"rt_detr": 640, "detr": 800, "deformable_detr": 800}
+#: DETR's longest edge per unit of its shortest (1333 / 800), kept when the shortest edge is set.
+DETR_LONGEST_PER_SHORTEST = 1333 / 800
+#: RT-DETR's encoder merges levels at strides 8, 16, 32 (its FPN upsamples by 2 and concatenates): an input side
+#: that is not a multiple of 32 gives levels of mismatched size (a crash inside the model's forward).
+RTDETR_SIZE_MULTIPLE = 32
+
+
+def detection_input_size_error(family: Any, input_size: int) -> str | None:
+    """Why ``input_size`` cannot be ``family``'s input size (``None`` when it can)."""
+    if input_size < 1:
+        return f"--image_size must be a positive number of pixels, got {input_size}"
+    if detection_family(family) == "rt_detr" and input_size % RTDETR_SIZE_MULTIPLE:
+        lower = max(RTDETR_SIZE_MULTIPLE, input_size // RTDETR_SIZE_MULTIPLE * RTDETR_SIZE_MULTIPLE)
+        return (f"--image_size {input_size}: RT-DETR needs a multiple of {RTDETR_SIZE_MULTIPLE} (its encoder merges "
+                f"strides 8, 16 and 32); use {lower} or {lower + RTDETR_SIZE_MULTIPLE}")
+    return None
+
+
+def default_detection_image_processor(family: Any, input_size: int | None = None):
     """The processor to save next to a detection checkpoint so `pipeline("object-detection")` and
-    `post_process_object_detection` work: a fixed resize to `image_size` = (height, width) (the training
-    resolution; no padding needed), rescale to [0, 1], the family's normalisation (ImageNet mean/std for DETR and
-    Deformable DETR, none for RT-DETR, as their public checkpoints), COCO-detection annotations converted to
-    normalised (cx, cy, w, h). Built without the Hub.
+    `post_process_object_detection` work, built without the Hub, with the family's own conventions:
+
+    * RT-DETR: every image resized to ``input_size x input_size`` (a multiple of 32; default 640), rescaled to
+      [0, 1], no normalisation, no padding (as its public checkpoints);
+    * DETR / Deformable DETR: shortest edge ``input_size`` (default 800), longest at most ``input_size * 1333 / 800``,
+      aspect ratio kept, ImageNet normalisation, padded per batch with a ``pixel_mask``.
+
+    COCO-detection annotations are converted to boxes normalised by each image's own size, so predictions
+    post-processed with the original sizes land on the original images, whatever the resize.
 
     `family`: "detr", "rt_detr", "deformable_detr" (or a preset name, a model, a config)."""
     family = detection_family(family)
-    height, width = (int(s) for s in image_size)
-    common = dict(
-        do_resize=True,
-        size={"height": height, "width": width},
-        do_rescale=True,
-        do_pad=False,
-        do_convert_annotations=True,
-    )
+    input_size = int(input_size or DETECTION_INPUT_SIZES[family])
+    problem = detection_input_size_error(family, input_size)
+    if problem is not None:
+        raise ValueError(problem)
+    common = dict(do_resize=True, do_rescale=True, do_convert_annotations=True)
     if family == "rt_detr":
-        return RTDetrImageProcessor(**common, do_normalize=False)
+        return RTDetrImageProcessor(**common, size={"height": input_size, "width": input_size}, do_pad=False,
+                                    do_normalize=False)
     processor_class = DetrImageProcessor if family == "detr" else DeformableDetrImageProcessor
+    longest = max(input_size, round(input_size * DETR_LONGEST_PER_SHORTEST))
     return processor_class(
-        **common, do_normalize=True, image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD)
+        **common, size={"shortest_edge": input_size, "longest_edge": longest}, do_pad=True, do_normalize=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
     )
