@@ -42,6 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint
 import acamkd_hf
 
 from .config import DistillationArguments
+from .console import phase_heading
 from .errors import input_checks, input_error_message, is_input_error
 from .hub import HubPushError, build_model_card, files_to_push, model_card, push_student
 from .models import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, canonical_preset_name, preset_options
@@ -625,13 +626,16 @@ def run(argv: list[str]) -> dict[str, Any]:
             teacher_args = plain_training_args(
                 args, output_dir=teacher_dir, num_train_epochs=model_args.teacher_num_train_epochs or args.num_train_epochs
             )
+            phase_heading(f"teacher: training {teacher_name} here (no distillation) into {teacher_dir}", args.should_log)
             results["teacher"] = {**describe(teacher, teacher_name), "trained_here": teacher_dir, **bench.train(teacher, teacher_args)}
             args = replace(args, teacher=teacher_dir)
         elif teacher_knows_the_classes:
+            phase_heading(f"teacher: evaluating {teacher_name}", args.should_log)
             results["teacher"] = {**describe(teacher, teacher_name), **bench.evaluate(teacher, args)}
         else:  # its predictions are of other classes: no score on this dataset
             results["teacher"] = {**describe(teacher, teacher_name), "not_evaluated": "another label set than the dataset's"}
 
+    phase_heading(f"student before training: evaluating {model_args.student}", args.should_log)
     results["student_untrained"] = {**describe(student, model_args.student), **bench.evaluate(student, args)}
 
     if model_args.compare_student_alone and args.method != "none":
@@ -639,9 +643,12 @@ def run(argv: list[str]) -> dict[str, Any]:
         with _quiet_loading():  # the same student again: its loading was reported above
             alone = load_model(task, model_args.student, data, model_args, "student", args.seed)
         alone_args = plain_training_args(args, output_dir=alone_dir)
+        phase_heading(f"student alone (the control: no teacher) into {alone_dir}", args.should_log)
         results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir, **bench.train(alone, alone_args)}
 
     trainer = bench.trainer(student, teacher, args)
+    phase_heading(f"student with {args.method}" + (f" from {teacher_name}" if teacher is not None else "")
+                  + f" into {args.output_dir}", args.should_log)
     results["student"] = {**describe(student, model_args.student), "method": args.method, **train_and_evaluate(trainer, args)}
 
     if trainer.is_world_process_zero():

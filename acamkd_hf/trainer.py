@@ -21,6 +21,7 @@ import safetensors.torch
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 from transformers.utils import logging
 
@@ -33,6 +34,7 @@ from .checkpointing import (
     publish_directory,
 )
 from .config import DistillationArguments
+from .console import BarsWithoutLogs, ConsoleLog
 from .distiller import Distiller, build_distillation_loss
 from .inheritance import inherit_from_teacher
 from .models.labels import check_label_sets
@@ -108,6 +110,11 @@ class DistillationTrainer(Trainer):
                     "the same augmentation every epoch. Turn persistent workers off for per-epoch augmentations."
                 )
         super().__init__(model=Distiller(model, distillation_loss), args=args, **kwargs)
+        # The console: compact loss lines at a readable cadence (acamkd_hf.console), not every logged dict.
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(BarsWithoutLogs)
+        self.pop_callback(PrinterCallback)
+        self.add_callback(ConsoleLog)
         if isinstance(self.train_dataset, PerExampleSeededDataset):
             self.add_callback(SetDatasetEpoch(self.train_dataset))
 
