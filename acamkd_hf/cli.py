@@ -43,6 +43,7 @@ import acamkd_hf
 
 from .config import DistillationArguments
 from .console import phase_heading
+from .interrupts import Interrupts
 from .errors import input_checks, input_error_message, is_input_error
 from .hub import HubPushError, build_model_card, files_to_push, model_card, push_student
 from .models import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, canonical_preset_name, preset_options
@@ -510,6 +511,8 @@ def train_and_evaluate(trainer: DistillationTrainer, args: DistillationArguments
     else:
         _TRAINING_INTO[:] = [args.output_dir]
         train_result = trainer.train(resume_from_checkpoint=resume)  # Ctrl-C leaves _TRAINING_INTO set: main reads it
+        if Interrupts.installed is not None and Interrupts.installed.received is not None:
+            raise KeyboardInterrupt  # stopped at a step boundary by a signal, its checkpoint written: end here
         _TRAINING_INTO[:] = []
         trainer.save_metrics("train", train_result.metrics)
         trained = {"train_runtime": train_result.metrics["train_runtime"]}
@@ -828,11 +831,15 @@ def print_table(task, results: dict[str, Any], method: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``acamkd-distill`` (and ``scripts/distill.py``): :func:`run` on the command line's flags.
 
-    Ctrl-C ends with one line saying how to resume (exit status 130); a preset's backbone that cannot be downloaded
-    ends with one line saying how to run anyway (exit status 1)."""
+    Ctrl-C and SIGTERM stop training at the next step boundary with a checkpoint (:mod:`acamkd_hf.interrupts`; a
+    second Ctrl-C at once) and end with one line saying how to resume (exit status 130 / 143); a preset's backbone
+    that cannot be downloaded ends with one line saying how to run anyway (exit status 1); an input error with one
+    line (exit status 2)."""
     interrupted, unraisable_hook = False, sys.unraisablehook
+    interrupts = Interrupts()
     try:
-        run(sys.argv[1:] if argv is None else argv)
+        with interrupts:
+            run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
         interrupted = True
         # Objects the interrupted frames held (e.g. a progress bar interrupted inside its __init__) fail in their
@@ -854,7 +861,8 @@ def main(argv: list[str] | None = None) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             sys.stdout.flush()
             print(f"\n{interrupted_message()}", file=sys.stderr)
-        raise SystemExit(130)
+        _TRAINING_INTO[:] = []  # said: the next run in this process starts with none
+        raise SystemExit(interrupts.exit_status)
 
 
 def interrupted_message() -> str:

@@ -35,6 +35,7 @@ from .checkpointing import (
 )
 from .config import DistillationArguments
 from .console import BarsWithoutLogs, ConsoleLog
+from .interrupts import Interrupts, StopAtStepBoundary
 from .distiller import Distiller, build_distillation_loss
 from .inheritance import inherit_from_teacher
 from .models.labels import check_label_sets
@@ -115,6 +116,8 @@ class DistillationTrainer(Trainer):
             self.add_callback(BarsWithoutLogs)
         self.pop_callback(PrinterCallback)
         self.add_callback(ConsoleLog)
+        if Interrupts.installed is not None:  # the command line's handlers: Ctrl-C / SIGTERM stop at a step boundary
+            self.add_callback(StopAtStepBoundary(Interrupts.installed))
         if isinstance(self.train_dataset, PerExampleSeededDataset):
             self.add_callback(SetDatasetEpoch(self.train_dataset))
 
