@@ -45,7 +45,7 @@ from .config import DistillationArguments
 from .console import phase_heading
 from .interrupts import Interrupts
 from .errors import input_checks, input_error_message, is_input_error
-from .hub import HubPushError, build_model_card, files_to_push, model_card, push_student
+from .hub import HubPushError, custom_code_files, model_card, push_student, upload_contents
 from .models import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, canonical_preset_name, preset_options
 from .models.presets import pretrained_backbone_license
 from .models.labels import check_teacher_labels, describe_label_mismatch
@@ -661,7 +661,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         # The card is written before the records: a folder with metrics.json is a finished run (finished_run).
         run_config, metrics = (json.loads(json.dumps(record, default=str)) for record in (run_config, results))
         model_card(run_config, metrics, repo_id=repo_id, model_type=student.config.model_type,
-                   model_path=local_model_path(args.output_dir)).save(card)
+                   model_path=local_model_path(args.output_dir), custom_code=custom_code_files(args.output_dir)).save(card)
         write_run_record(args.output_dir, run_config, results)
         print_table(task, results, args.method)
         logger.info(f"student, run record and model card ({card.name}) in {args.output_dir}")
@@ -876,6 +876,27 @@ def interrupted_message() -> str:
     return "interrupted before training started: run the same command again."
 
 
+def dry_run_report(output_dir: str, repo_id: str, include_distillation_modules: bool, private: bool,
+                   revision: str | None) -> str:
+    """``acamkd-push --dry_run``: the target repository, each file with its size as uploaded (records without local
+    paths, the card rendered for ``repo_id``), and the card."""
+    uploads = upload_contents(output_dir, repo_id, include_distillation_modules)
+    lines = [f"would push to https://huggingface.co/{repo_id}" + (f" (branch {revision})" if revision else "")
+             + (" as a private repository" if private else "") + f": {len(uploads)} files, nothing uploaded"]
+    lines += [f"  {name:<40} {_size(content):>12}" for name, content in uploads.items()]
+    lines += ["", "README.md (the model card):", "", uploads["README.md"].decode()]
+    return "\n".join(lines)
+
+
+def _size(content: bytes | str) -> str:
+    count = len(content) if isinstance(content, bytes) else Path(content).stat().st_size
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
 def push_main(argv: list[str] | None = None) -> int:
     """``acamkd-push`` (and ``scripts/push_to_hub.py``): uploads exactly the student's files, run_config.json,
     metrics.json and the training log (:func:`acamkd_hf.hub.files_to_push`), with the card rendered for the Hub
@@ -897,9 +918,9 @@ def push_main(argv: list[str] | None = None) -> int:
                         "and write nothing")
     args = parser.parse_args(argv)
     try:
-        if args.dry_run:
-            build_model_card(args.output_dir, args.repo_id)  # renders (fails like a push would), writes nothing
-            print("\n".join(files_to_push(args.output_dir, args.include_distillation_modules)))
+        if args.dry_run:  # what a push would upload, where, and the card itself; uploads and writes nothing
+            print(dry_run_report(args.output_dir, args.repo_id, args.include_distillation_modules, args.private,
+                                 args.revision))
             return 0
         url = push_student(args.output_dir, args.repo_id, private=args.private or None, revision=args.revision,
                            include_distillation_modules=args.include_distillation_modules)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,11 @@ METHOD_TITLES = {
 }
 #: Why each ACAM-KD variant, in the card (the variants themselves: acamkd_hf.settings.ACAMKD_VARIANTS).
 ACAMKD_VARIANT_REASONS = {
-    "recommended": "The project's default, chosen on its quality benchmark (docs/results.md): the paper's losses on "
+    "recommended": "The project's default, chosen on its quality benchmark ({results}): the paper's losses on "
                    "per-channel standardised features (the imitation no longer depends on the features' scale) and "
                    "the fusion's keys/values reduced to a token budget; settings given explicitly override it.",
     "paper": "The paper's losses as written (raw features, exact fusion, alpha = lambda = 1); at these weights the "
-             "masks shrink towards 0 during training (docs/results.md).",
+             "masks shrink towards 0 during training ({results}).",
 }
 #: Files of the run's record pushed next to the model (the training log is trainer_state.json's log_history).
 RECORD_FILES = (
@@ -58,6 +59,24 @@ RECORD_FILES = (
 #: The student's own files: config, weights (single or sharded), image processor, custom modeling code.
 MODEL_FILE_SUFFIXES = (".safetensors", ".safetensors.index.json", ".py")
 MODEL_FILES = ("config.json", "preprocessor_config.json")
+
+
+#: Where the project lives when the installed package's metadata does not say (pyproject.toml's [project.urls]).
+PROJECT_URL = "https://github.com/acamkd-hf/acamkd-hf"
+
+
+def project_url() -> str:
+    """The project's home page, as the installed package declares it (``Homepage`` in pyproject.toml)."""
+    try:
+        from importlib.metadata import metadata
+
+        for entry in metadata("acamkd-hf").get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip().lower() == "homepage":
+                return url.strip()
+    except Exception:  # not installed (a source checkout on sys.path): the constant
+        pass
+    return PROJECT_URL
 
 
 class HubPushError(RuntimeError):
@@ -147,7 +166,14 @@ def _teacher_names(teacher_id: str | None, model_record: dict[str, Any], trained
     return f"{folder} (local folder)", f"{folder} (a local folder, not on the Hub)"
 
 
+def _defined(value: Any) -> bool:
+    """False for COCOeval's -1 ("no ground-truth objects of that size on this split"): not a score."""
+    return not (isinstance(value, (int, float)) and value == -1)
+
+
 def _fmt(value: Any) -> str:
+    if not _defined(value):
+        return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
@@ -161,7 +187,16 @@ def build_model_card(
     config_path = Path(output_dir) / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     repo_id = repo_id or Path(output_dir).resolve().name
-    return model_card(run_config, metrics, repo_id=repo_id, model_type=config.get("model_type"), model_path=model_path)
+    return model_card(run_config, metrics, repo_id=repo_id, model_type=config.get("model_type"), model_path=model_path,
+                      custom_code=custom_code_files(output_dir))
+
+
+def custom_code_files(output_dir: str | os.PathLike) -> list[str]:
+    """The model code a folder ships for ``trust_remote_code`` (its ``*.py`` files, when ``config.json`` has an
+    ``auto_map``), sorted."""
+    config_path = Path(output_dir) / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return sorted(path.name for path in Path(output_dir).glob("*.py")) if config.get("auto_map") else []
 
 
 def model_card(
@@ -171,9 +206,12 @@ def model_card(
     repo_id: str,
     model_type: str | None,
     model_path: str | None = None,
+    custom_code: list[str] | None = None,
 ) -> ModelCard:
     """The student's card from the run's record: ``run_config`` and ``metrics`` are the dicts that
     ``run_config.json`` and ``metrics.json`` hold; ``model_type`` is the student's (its ``config.model_type``);
+    ``custom_code`` the model code files shipped with it (``config.json``'s ``auto_map``: loaded with
+    ``trust_remote_code=True``);
     ``model_path`` is what the usage snippet loads (default ``repo_id``: the Hub repository; before a push, the
     local folder relative to where the run started)."""
     task = TASKS[run_config["model"].get("task", "segmentation")]
@@ -197,7 +235,7 @@ def model_card(
             metric_value=float(student[f"eval_{key}"]),
         )
         for key, title in task.metrics
-        if f"eval_{key}" in student
+        if f"eval_{key}" in student and _defined(student[f"eval_{key}"])
     ]
     teacher_id = distillation.get("teacher")
     model_record = run_config["model"]
@@ -207,7 +245,7 @@ def model_card(
     model_path = model_path or repo_id
     tags = ["knowledge-distillation", task.pipeline_tag, "acamkd-hf"]
     tags += ["acam-kd"] if method == "acamkd" else [method]
-    tags += [t for t in (model_type, teacher_record.get("model_type")) if t and t not in tags]
+    tags += [model_type] if model_type and model_type not in tags else []  # the student's family, not the teacher's
     card_data = ModelCardData(
         model_name=repo_id,
         library_name="transformers",
@@ -254,7 +292,8 @@ def model_card(
         method=method,
         method_title=METHOD_TITLES[method],
         acamkd_variant=distillation.get("acamkd_variant") if method == "acamkd" else None,
-        acamkd_variant_reason=ACAMKD_VARIANT_REASONS.get(distillation.get("acamkd_variant"), ""),
+        acamkd_variant_reason=ACAMKD_VARIANT_REASONS.get(distillation.get("acamkd_variant"), "").format(
+            results=f"[docs/results.md]({project_url()}/blob/main/docs/results.md)"),
         task_title=task.title,
         pipeline_tag=task.pipeline_tag,
         auto_class=task.auto_class,
@@ -266,7 +305,10 @@ def model_card(
         has_student_alone="student_alone" in metrics,
         distillation_settings=[(name, value) for name, value in distillation.items() if name != "teacher"],
         training_rows=training_rows,
-        needs_package=model_type == "timm_deeplabv3",
+        custom_code=custom_code or [],
+        project_url=project_url(),
+        example_image="street.png" if task.name == "segmentation" else "image.jpg",
+        undefined_metrics=[title for key, title in task.metrics if not _defined(student.get(f"eval_{key}"))],
     )
 
 
@@ -317,7 +359,13 @@ def _without_local_paths(value: Any) -> Any:
         return [_without_local_paths(item) for item in value]
     if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")) and "\n" not in value:
         return f"<local>/{Path(value).name}"
+    if isinstance(value, str):  # a command line or a message naming paths: each shortened in place
+        return _PATH_IN_TEXT.sub(lambda match: f"<local>/{Path(match.group(0)).name}", value)
     return value
+
+
+#: An absolute path inside a longer text (after a space, '=', a quote or a bracket; not the '//' of a URL)
+_PATH_IN_TEXT = re.compile(r"""(?:(?<=^)|(?<=[\s='"(\[,]))(?:~|/(?!/))[^\s'"),\]]*""")
 
 
 def _public_json(path: Path) -> bytes | str:
@@ -329,6 +377,28 @@ def _public_json(path: Path) -> bytes | str:
         return str(path)
     public = _without_local_paths(document)
     return str(path) if public == document else (json.dumps(public, indent=2) + "\n").encode()
+
+
+def upload_contents(
+    output_dir: str | os.PathLike, repo_id: str, include_distillation_modules: bool = False
+) -> dict[str, bytes | str]:
+    """What a push uploads, ``{path in the repository: bytes, or a local file's path}``: the card rendered for
+    ``repo_id`` first, the JSON records without local paths, the other files as they are (:func:`files_to_push`)."""
+    folder = Path(output_dir)
+    names = files_to_push(folder, include_distillation_modules)
+    try:
+        card = str(build_model_card(folder, repo_id)).encode()
+    except FileNotFoundError:  # no run record (a folder not written by acamkd-distill): its own card, if any
+        if not (folder / "README.md").is_file():
+            raise
+        card = (folder / "README.md").read_bytes()
+    uploads: dict[str, bytes | str] = {"README.md": card}
+    for name in names:
+        if name not in ("README.md", DISTILLATION_MODULES_NAME):
+            uploads[name] = _public_json(folder / name) if name.endswith(".json") else str(folder / name)
+    if include_distillation_modules:
+        uploads[DISTILLATION_MODULES_NAME] = str(_latest_distillation_modules(folder))
+    return uploads
 
 
 def push_student(
@@ -348,28 +418,14 @@ def push_student(
     The token is never printed or written anywhere.
     """
     folder = Path(output_dir)
-    names = files_to_push(folder, include_distillation_modules)
-    modules_file = _latest_distillation_modules(folder) if include_distillation_modules else None
-    try:
-        card = str(build_model_card(folder, repo_id)).encode()
-    except FileNotFoundError:  # no run record (a folder not written by acamkd-distill): its own card, if any
-        if not (folder / "README.md").is_file():
-            raise
-        card = (folder / "README.md").read_bytes()
+    uploads = upload_contents(folder, repo_id, include_distillation_modules)
     token = token or get_token()
     if not token:
         raise HubPushError(
             f"no Hugging Face token: log in with `hf auth login` or set HF_TOKEN, then run "
             f"`python scripts/push_to_hub.py {folder} {repo_id}`. Nothing was uploaded; {folder} is intact."
         )
-    operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card)]
-    operations += [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=_public_json(folder / name) if name.endswith(".json") else str(folder / name))
-        for name in names
-        if name not in ("README.md", DISTILLATION_MODULES_NAME)
-    ]
-    if modules_file is not None:
-        operations.append(CommitOperationAdd(path_in_repo=DISTILLATION_MODULES_NAME, path_or_fileobj=str(modules_file)))
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in uploads.items()]
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
@@ -397,6 +453,9 @@ __all__ = [
     "write_model_card",
     "files_to_push",
     "push_student",
+    "upload_contents",
+    "custom_code_files",
+    "project_url",
     "card_template_path",
     "read_run",
 ]

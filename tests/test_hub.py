@@ -4,6 +4,7 @@ calls patched: the Hub is unreachable here, and tests must not push anywhere).""
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from pathlib import Path
 from unittest import mock
@@ -12,7 +13,7 @@ import pytest
 from huggingface_hub import HfApi, ModelCard
 
 from acamkd_hf import cli, hub
-from acamkd_hf.hub import HubPushError, push_student
+from acamkd_hf.hub import HubPushError, model_card, push_student, upload_contents
 
 SECRET = "hf_FAKE_secret_token_0123456789"
 REPO_ID = "someone/tiny-segformer-acamkd"
@@ -206,9 +207,16 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
 def test_push_script_dry_run_lists_the_files_and_no_token_fails_cleanly(run, tmp_path):
     out, _, _ = run
     before = _snapshot(out)
-    listed = _push_script([str(out), REPO_ID, "--dry_run"], tmp_path)
+    listed = _push_script([str(out), REPO_ID, "--dry_run", "--private"], tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert set(listed.stdout.split()) == EXPECTED_UPLOAD
+    lines = listed.stdout.splitlines()
+    assert lines[0] == f"would push to https://huggingface.co/{REPO_ID} as a private repository: {len(EXPECTED_UPLOAD)} files, nothing uploaded"
+    files = {line.split()[0]: line.split()[1:] for line in lines[1:len(EXPECTED_UPLOAD) + 1]}
+    assert set(files) == EXPECTED_UPLOAD
+    weights = (out / "model.safetensors").stat().st_size / 1024**2
+    assert files["model.safetensors"] == [f"{weights:.1f}", "MB"]  # each file with its size
+    card = listed.stdout.split("README.md (the model card):", 1)[1]
+    assert f'from_pretrained("{REPO_ID}")' in card and str(out) not in listed.stdout  # the card as pushed, no local path
     refused = _push_script([str(out), REPO_ID], tmp_path)
     assert refused.returncode == 1
     assert "error: no Hugging Face token" in refused.stderr and "Traceback" not in refused.stderr
@@ -311,3 +319,56 @@ def test_license_and_base_model_where_known(run, tmp_path):
     assert cli.provenance(model_args) == {"base_model": None, "license": "apache-2.0"}
     model_args.pretrained_backbone = False  # random init: no one's weights
     assert cli.provenance(model_args) == {"base_model": None, "license": None}
+
+
+# ------------------------------------------------------------------------------------- cards true for every architecture
+def _records(out: Path) -> tuple[dict, dict]:
+    return json.loads((out / "run_config.json").read_text()), json.loads((out / "metrics.json").read_text())
+
+
+def test_a_card_for_a_student_with_custom_code_loads_without_the_package(run):
+    out, _, _ = run
+    run_config, metrics = _records(out)
+    card = str(model_card(run_config, metrics, repo_id=REPO_ID, model_type="timm_deeplabv3", custom_code=["deeplabv3.py"]))
+    usage = card.split("## Usage", 1)[1]
+    assert f'from_pretrained("{REPO_ID}", trust_remote_code=True)' in usage
+    assert f'pipeline("image-segmentation", model="{REPO_ID}", trust_remote_code=True)' in usage
+    assert "import acamkd_hf" not in usage.split("```python", 1)[1].split("```")[0].replace("`import acamkd_hf.models`", "")
+    assert "plain `transformers` model" not in card and "custom code (`deeplabv3.py`" in card
+    tags = card.split("tags:", 1)[1].split("\n---", 1)[0].split(":", 1)[0]  # the tag list
+    assert "- timm_deeplabv3" in tags and "- segformer" not in tags  # the student's family, not the teacher's
+    plain = str(model_card(run_config, metrics, repo_id=REPO_ID, model_type="segformer"))
+    assert "trust_remote_code" not in plain and "plain `transformers` model" in plain
+
+
+def test_a_detection_card_publishes_no_minus_one_and_links_that_work_on_the_hub(run):
+    out, _, _ = run
+    run_config, metrics = _records(out)
+    run_config["model"]["task"] = "detection"
+    scores = {"eval_map": 0.31, "eval_map_50": 0.52, "eval_map_75": 0.3, "eval_map_small": -1.0, "eval_map_medium": 0.2,
+              "eval_map_large": -1.0, "eval_mar_100": 0.4}
+    metrics = {key: {**row, **scores} for key, row in metrics.items()}
+    card = str(model_card(run_config, metrics, repo_id=REPO_ID, model_type="rt_detr"))
+    assert "-1.0" not in card and "value: -1" not in card
+    model_index = card.split("---", 2)[1]
+    assert "AP_S" not in model_index and "AP_M" in model_index
+    assert "| n/a |" in card and "AP_S, AP_L is undefined on this split" in card
+    from importlib.metadata import metadata
+
+    declared = [u.split(",", 1)[1].strip() for u in metadata("acamkd-hf").get_all("Project-URL") if u.startswith("Homepage")]
+    assert declared and f"[acamkd-hf]({declared[0]})" in card
+    assert f"]({declared[0]}/blob/main/docs/results.md)" in card  # not a bare relative path, dead on the Hub
+
+
+def test_uploaded_records_name_no_local_path_even_inside_a_command_line(run, tmp_path):
+    out, _, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    record = json.loads((copy / "run_config.json").read_text())
+    record["command"] = f"acamkd-distill --dataset {tmp_path}/data/city --output_dir={copy}"
+    (copy / "run_config.json").write_text(json.dumps(record))
+    uploads = upload_contents(copy, REPO_ID)
+    for name, content in uploads.items():
+        text = content.decode() if isinstance(content, bytes) else Path(content).read_bytes().decode(errors="ignore")
+        assert str(tmp_path) not in text and "/root" not in text, name
+    assert "--dataset <local>/city --output_dir=<local>/copy" in uploads["run_config.json"].decode()
