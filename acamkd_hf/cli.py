@@ -149,6 +149,12 @@ class DataArguments:
                           "a preset: the family's (RT-DETR 640, DETR 800), the synthetic set's side for it. "
                           "Metrics are always scored on the original image sizes."},
     )
+    ignore_unknown_label_values: bool = field(
+        default=False,
+        metadata={"help": "Segmentation: label-map values the dataset's table does not define (e.g. 250 in a "
+                          "Cityscapes labelIds map) become ignored pixels instead of an error naming the file; the "
+                          "first maps' unknown values are counted in the log."},
+    )
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0], metadata={"help": "Random scale range."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})

@@ -27,6 +27,7 @@ from .data import (
     make_synthetic_coco,
 )
 from .data.checks import decode_image, lazily_decoded
+from .data.labels import count_unknown_values
 from .metrics import CocoDetectionMetrics, StreamingSegmentationMetrics, detection_labels_for_metrics
 from .models import (
     DETECTION_PRESETS,
@@ -221,6 +222,24 @@ class SegmentationTask(Task):
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         return data
 
+    @staticmethod
+    def _unknown_label_values(data, first: int = 8) -> list[str]:
+        """One line per split: the values outside the dataset's label table in its first maps (ignored pixels)."""
+        if data.stored_values is None:
+            return []
+        lines = []
+        for split, dataset in data.dataset.items():
+            head = lazily_decoded(dataset.select_columns(["label"]).select(range(min(first, len(dataset)))), ["label"])
+            counts: dict[int, int] = {}
+            for item in head["label"]:
+                for value, pixels in count_unknown_values(decode_image(item, "label map"), data.stored_values).items():
+                    counts[value] = counts.get(value, 0) + pixels
+            if counts:
+                listed = ", ".join(f"{value} ({pixels} pixels)" for value, pixels in sorted(counts.items()))
+                lines.append(f"{split}: the first {len(head)} label maps hold values outside the dataset's label table: "
+                             f"{listed}; ignored in training and evaluation (--ignore_unknown_label_values)")
+        return lines
+
     def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None,
                         input_size: int | None = None):
         """The student's own image processor (Hub/folder) when it has one, else the default for the data's size.
@@ -229,14 +248,17 @@ class SegmentationTask(Task):
         return processor or default_image_processor(first_image_size(data.dataset["validation"]))
 
     def recipe_warnings(self, data, data_args) -> list[str]:
-        """A training crop larger than the images (the crops are then mostly padding, which the loss ignores)."""
+        """A training crop larger than the images (the crops are then mostly padding, which the loss ignores); with
+        --ignore_unknown_label_values, the unknown label values of the first maps of each split, counted."""
+        warnings = self._unknown_label_values(data) if data_args.ignore_unknown_label_values else []
         if not data_args.crop_size:
-            return []
+            return warnings
         crop_h, crop_w = (int(v) for v in data_args.crop_size)
         height, width = first_image_size(data.dataset["train"])
         if crop_h <= height and crop_w <= width:
-            return []
+            return warnings
         return [
+            *warnings,
             f"--crop_size {crop_h} {crop_w} is larger than the training images ({height}x{width}): each crop is the "
             f"(randomly scaled) image padded with ignored pixels. Pass --crop_size {min(crop_h, height)} "
             f"{min(crop_w, width)} or smaller for crops cut from the images."
@@ -245,6 +267,7 @@ class SegmentationTask(Task):
     def datasets(self, data, image_processor, data_args):
         """(train, validation) with on-the-fly transforms: random scale/crop/flip for training; eval untouched."""
         crop_size = tuple(data_args.crop_size) if data_args.crop_size else first_image_size(data.dataset["train"])
+        stored_values = None if data_args.ignore_unknown_label_values else data.stored_values
         # Undecoded files go to the transforms, which decode them (a broken file is named) and check label values.
         train = lazily_decoded(data.dataset["train"]).with_transform(
             SegmentationTransforms(
@@ -255,6 +278,7 @@ class SegmentationTask(Task):
                 label_lookup=data.label_lookup,
                 ignore_index=data.ignore_index,
                 num_labels=data.num_labels,
+                stored_values=stored_values,
             )
         )
         evaluation = lazily_decoded(data.dataset["validation"]).with_transform(
@@ -264,6 +288,7 @@ class SegmentationTask(Task):
                 label_lookup=data.label_lookup,
                 ignore_index=data.ignore_index,
                 num_labels=data.num_labels,
+                stored_values=stored_values,
             )
         )
         return train, evaluation

@@ -270,22 +270,36 @@ def test_label_values_beyond_the_first_examples_fail_when_read_naming_the_file(d
         distill_script.run(_flags(tmp_path, folder, "--method", "none"))
 
 
-def test_cityscapes_label_ids_without_a_train_id_are_ignored_not_errors(tmp_path, cityscapes):
-    """labelIds map through the official table: an id without a trainId (here 40, unknown to Cityscapes) becomes 255."""
+def test_cityscapes_values_outside_its_table_are_an_error_naming_the_file_or_counted_and_ignored(tmp_path, cityscapes, caplog):
+    """A labelIds map with a value Cityscapes does not define (here 250) was once mapped to ignore without a word: now
+    an error naming the file and the value; with --ignore_unknown_label_values, ignored pixels counted in the log.
+    Void labelIds (0..6, no trainId) stay ignore pixels, as in Cityscapes' own table."""
     from acamkd_hf.data import SegmentationTransforms
     from acamkd_hf.data.checks import lazily_decoded
     from acamkd_hf.models import default_image_processor
+    from acamkd_hf.tasks import SegmentationTask
 
     root = _copy(cityscapes, tmp_path)
     label_path = _cityscapes_files(root, "val", "label")[0]
     raw = np.array(Image.open(label_path))
-    raw[:4, :8] = 40
+    raw[:4, :8] = 250
+    raw[4:6, :8] = 3  # a void labelId: no trainId, a legitimate ignore pixel
     Image.fromarray(raw).save(label_path)
     data = load_segmentation_data(root)
-    transform = SegmentationTransforms(default_image_processor(SEG_SIZE), train=False, label_lookup=data.label_lookup,
-                                       num_labels=data.num_labels)  # fmt: skip
-    labels = lazily_decoded(data.dataset["validation"]).with_transform(transform)[0]["labels"]
-    assert (labels[:4, :8] == 255).all() and int(labels[labels != 255].max()) < data.num_labels
+
+    def first_labels(stored_values):
+        transform = SegmentationTransforms(default_image_processor(SEG_SIZE), train=False, label_lookup=data.label_lookup,
+                                           num_labels=data.num_labels, stored_values=stored_values)  # fmt: skip
+        return lazily_decoded(data.dataset["validation"]).with_transform(transform)[0]["labels"]
+
+    with pytest.raises(ValueError, match=re.escape(f"the label map {label_path} holds values 250 (32 pixels) that "
+                                                   "the dataset's label table does not define")):  # fmt: skip
+        first_labels(data.stored_values)
+    labels = first_labels(None)  # --ignore_unknown_label_values
+    assert (labels[:6, :8] == 255).all() and int(labels[labels != 255].max()) < data.num_labels
+    data_args = type("Args", (), {"ignore_unknown_label_values": True, "crop_size": None})()
+    [line] = SegmentationTask().recipe_warnings(data, data_args)
+    assert line.startswith("validation: the first 4 label maps hold values outside the dataset's label table: 250 (32 pixels)")
 
 
 # ------------------------------------------------------------------------------------------------ 5. COCO json

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from acamkd_hf import cli
 from acamkd_hf.data import DetectionTransforms, collate_detection, load_coco
+from acamkd_hf.data.checks import lazily_decoded
 from acamkd_hf.metrics import CocoDetectionMetrics
 from acamkd_hf.models import default_detection_image_processor
 
@@ -127,3 +128,42 @@ def test_wrong_sizing_flags_are_one_line_errors(mixed_root, tmp_path, capsys):
         cli.main([*common, "--crop_size", "64", "64"])
     assert exit_info.value.code == 2
     assert "--crop_size is a segmentation flag" in capsys.readouterr().err
+
+
+def _exif_coco(root: Path, annotated_size: tuple[int, int]) -> Path:
+    """One JPEG stored 160x120 with EXIF orientation 6 (a phone's portrait photo), annotated with
+    ``annotated_size`` and one box in the stored frame."""
+    (root / "annotations").mkdir(parents=True)
+    stored = np.zeros((120, 160, 3), dtype=np.uint8)
+    stored[10:40, 100:150] = 255  # the object, in the stored frame: x 100..150, y 10..40
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    width, height = annotated_size
+    for split in ("train2017", "val2017"):
+        (root / split).mkdir()
+        Image.fromarray(stored).save(root / split / "phone.jpg", exif=exif, quality=95)
+        doc = {"images": [{"id": 1, "file_name": "phone.jpg", "width": width, "height": height}],
+               "annotations": [{"id": 1, "image_id": 1, "bbox": [100, 10, 50, 30], "category_id": 1, "area": 1500,
+                                "iscrowd": 0}],
+               "categories": [{"id": 1, "name": "thing"}]}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_an_exif_rotated_jpeg_is_read_in_the_frame_its_boxes_are_in(tmp_path):
+    data = load_coco(_exif_coco(tmp_path / "coco", (160, 120)))
+    processor = default_detection_image_processor("rt_detr", 64)
+    validation = lazily_decoded(data.dataset["validation"], ["image"])  # as the task hands it to the transforms
+    example = validation.with_transform(DetectionTransforms(processor, train=False))[0]
+    assert example["labels"]["orig_size"].tolist() == [120, 160]  # stored frame, not the upright 160x120
+    cx, cy, w, h = example["labels"]["boxes"][0].tolist()
+    pixels = example["pixel_values"]  # the white object is where the box says, in the resized image
+    x0, x1, y0, y1 = int((cx - w / 2) * 64) + 1, int((cx + w / 2) * 64) - 1, int((cy - h / 2) * 64) + 1, int((cy + h / 2) * 64) - 1
+    assert pixels[:, y0:y1, x0:x1].mean() > 0.9 and pixels.mean() < 0.3
+
+
+def test_an_image_that_does_not_match_its_annotation_is_named(tmp_path):
+    data = load_coco(_exif_coco(tmp_path / "coco", (200, 100)))
+    processor = default_detection_image_processor("rt_detr", 64)
+    with pytest.raises(ValueError, match=r"phone.jpg is 120x160 as decoded, but its annotation says 200x100"):
+        lazily_decoded(data.dataset["validation"], ["image"]).with_transform(DetectionTransforms(processor, train=False))[0]

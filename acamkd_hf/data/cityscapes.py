@@ -32,6 +32,7 @@ from .hub_datasets import (
 from .labels import (
     CITYSCAPES_TRAIN_CLASSES,
     IGNORE_INDEX,
+    CITYSCAPES_STORED_VALUES,
     LABEL_ID_TO_TRAIN_ID,
     ClassNames,
     reduce_labels_lookup,
@@ -62,12 +63,15 @@ class SegmentationData(ClassNames):
     label_lookup: uint8 (256,) table applied per pixel to the raw map (`label_lookup[raw]`); None when the raw map
         already holds class ids (and `ignore_index` for unlabeled pixels).
     ignore_index: label value excluded from the loss and from mIoU.
+    stored_values: bool (256,): the values the stored maps may hold (Cityscapes': its labelIds and 255); None when
+        any value the lookup maps is fine.
     """
 
     dataset: datasets.DatasetDict
     id2label: dict[int, str]
     label_lookup: np.ndarray | None
     ignore_index: int = IGNORE_INDEX
+    stored_values: np.ndarray | None = None
 
 
 def _pair_features() -> datasets.Features:
@@ -155,6 +159,7 @@ def load_cityscapes(root: str | Path) -> SegmentationData:
         id2label=id2label,
         label_lookup=label_lookup,
         ignore_index=IGNORE_INDEX,
+        stored_values=CITYSCAPES_STORED_VALUES,
     )
 
 

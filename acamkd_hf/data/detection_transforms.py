@@ -24,13 +24,14 @@ False) returns none. Set the processor's `size` for small images: DETR's default
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
-from .checks import decode_image
+from .checks import decode_image, describe_source
 
 __all__ = ["DetectionTransforms", "collate_detection", "coco_annotation"]
 
@@ -70,6 +71,32 @@ def _hflip(image: Image.Image, annotation: dict[str, Any]) -> tuple[Image.Image,
     return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), {**annotation, "annotations": flipped}
 
 
+def in_the_annotations_frame(stored: Any, decoded: Image.Image, width: int, height: int) -> Image.Image:
+    """The image in the frame its annotation describes (``width`` x ``height``, the boxes' frame).
+
+    ``datasets`` decodes a JPEG with an EXIF orientation tag turned upright (``ImageOps.exif_transpose``): a phone's
+    portrait photo stored 160x120 with orientation 6 comes out 120x160. COCO-style annotations give the stored size
+    and boxes in the stored frame, so the stored pixels are what the boxes fit: they are read again without the
+    orientation. Any other disagreement is an error naming the file (the boxes would land on the wrong pixels).
+    """
+    source = None
+    if isinstance(stored, dict):
+        source = io.BytesIO(stored["bytes"]) if stored.get("bytes") else stored.get("path")
+    elif getattr(stored, "filename", None):  # decoded by datasets from a file
+        source = stored.filename
+    if source is not None:
+        raw = Image.open(source)
+        raw.load()
+        if raw.size == (width, height):
+            return raw
+    raise ValueError(
+        f"the image {describe_source(stored)} is {decoded.width}x{decoded.height} as decoded"
+        f"{' (EXIF orientation applied)' if decoded.size == (height, width) else ''}, but its annotation says "
+        f"{width}x{height}: its boxes would not fit it. Correct the width and height of its entry in the json (and "
+        "its boxes) to the image as stored, or replace the image."
+    )
+
+
 class DetectionTransforms:
     """Batch transform for `datasets.Dataset.with_transform` on a `DetectionData` split.
 
@@ -96,8 +123,13 @@ class DetectionTransforms:
 
     def __call__(self, batch: dict[str, Sequence[Any]]) -> dict[str, list[Any]]:
         pixel_values, pixel_masks, labels = [], [], []
-        for image, image_id, objects in zip(batch["image"], batch["image_id"], batch["objects"], strict=True):
+        count = len(batch["image_id"])
+        sizes = zip(batch.get("width") or [None] * count, batch.get("height") or [None] * count, strict=True)
+        for image, image_id, objects, (width, height) in zip(batch["image"], batch["image_id"], batch["objects"], sizes, strict=True):
+            stored = image
             image = decode_image(image, "image")  # undecoded (checks.lazily_decoded): a broken file is named
+            if width is not None and image.size != (width, height):
+                image = in_the_annotations_frame(stored, image, width, height)
             if image.mode != "RGB":
                 image = image.convert("RGB")
             annotation = coco_annotation(image_id, objects, include_crowd=False)

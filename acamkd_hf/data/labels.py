@@ -25,11 +25,13 @@ import numpy as np
 
 __all__ = [
     "CITYSCAPES_LABEL_IDS",
+    "CITYSCAPES_STORED_VALUES",
     "CITYSCAPES_TRAIN_CLASSES",
     "IGNORE_INDEX",
     "LABEL_ID_TO_TRAIN_ID",
     "ClassNames",
     "check_label_values",
+    "count_unknown_values",
     "label_array",
     "lookup_is_safe",
     "reduce_labels_lookup",
@@ -66,6 +68,16 @@ CITYSCAPES_TRAIN_CLASSES: tuple[str, ...] = (
 # labelId of each trainId, from the official table (cityscapesscripts/helpers/labels.py). Every labelId not listed
 # here (unlabeled 0, ego vehicle 1, ..., license plate -1) has trainId 255 (ignored in training and evaluation).
 CITYSCAPES_LABEL_IDS: tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+
+#: The values a Cityscapes ``*_gtFine_labelIds.png`` may hold: its labelIds 0..33 (the 19 classes and the void
+#: ones, which become ignore pixels) and 255, the ignore convention of Cityscapes-style tools. Any other value (e.g.
+#: 250 from a hand-made map) is not in Cityscapes' table: an error naming the file, unless the user asks to ignore
+#: such values (``--ignore_unknown_label_values``).
+CITYSCAPES_STORED_VALUES = np.zeros(256, dtype=bool)
+CITYSCAPES_STORED_VALUES[:34] = True
+CITYSCAPES_STORED_VALUES[IGNORE_INDEX] = True
+CITYSCAPES_STORED_VALUES.flags.writeable = False
 
 
 def _build_label_id_to_train_id() -> np.ndarray:
@@ -106,13 +118,24 @@ class ClassNames:
         return {name: i for i, name in self.id2label.items()}
 
 
-def label_array(label: Any, lookup: np.ndarray | None, source: str) -> np.ndarray:
+def label_array(label: Any, lookup: np.ndarray | None, source: str, stored_values: np.ndarray | None = None) -> np.ndarray:
     """PIL / array label map -> (H, W) array of class ids in its stored dtype (uint8 for 8-bit maps, where checking
-    the values costs a tenth of what it costs on int64), through `lookup` (uint8 (256,)) when given. `source` names
-    the map in errors."""
+    the values costs a tenth of what it costs on int64), through `lookup` (uint8 (256,)) when given. `stored_values`
+    (bool (256,)): the values the stored map may hold (e.g. :data:`CITYSCAPES_STORED_VALUES`), checked before the
+    lookup (which would otherwise turn any unknown value into an ignore pixel without a word). `source` names the map
+    in errors."""
     array = np.array(label)  # a writable copy: torch.from_numpy warns on read-only PIL buffers
     if array.ndim == 3:  # a map saved as RGB with equal channels (some Hub datasets do this)
         array = array[:, :, 0]
+    if stored_values is not None and array.dtype == np.uint8:
+        unknown = ~stored_values[array]
+        if unknown.any():
+            values = ", ".join(str(int(v)) for v in np.unique(array[unknown])[:_SHOWN])
+            raise ValueError(
+                f"the label map {source} holds values {values} ({int(unknown.sum())} pixels) that the dataset's label "
+                "table does not define. Fix the map, or pass --ignore_unknown_label_values true to train with them "
+                "as ignored pixels."
+            )
     if lookup is not None:
         if array.dtype != np.uint8:
             if array.min() < 0 or array.max() > 255:
@@ -132,6 +155,17 @@ def lookup_is_safe(lookup: np.ndarray | None, num_labels: int, ignore_index: int
         return False
     lookup = np.asarray(lookup)
     return bool(np.all((lookup < num_labels) | (lookup == ignore_index)))
+
+
+def count_unknown_values(label: Any, stored_values: np.ndarray) -> dict[int, int]:
+    """``{value: pixels}`` of the stored map's values outside ``stored_values`` (bool (256,))."""
+    array = np.array(label)
+    if array.ndim == 3:
+        array = array[:, :, 0]
+    if array.dtype != np.uint8:
+        return {}
+    values, counts = np.unique(array[~stored_values[array]], return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
 
 
 def _label_values_error(source: str, values: np.ndarray, num_labels: int, ignore_index: int) -> ValueError:

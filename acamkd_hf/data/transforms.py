@@ -74,6 +74,7 @@ class SegmentationTransforms:
         ignore_index: int = IGNORE_INDEX,
         eval_size: tuple[int, int] | None = None,
         num_labels: int | None = None,
+        stored_values: np.ndarray | None = None,
     ):
         if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
             raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
@@ -88,6 +89,7 @@ class SegmentationTransforms:
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.hflip = hflip
         self.label_lookup = label_lookup
+        self.stored_values = stored_values
         self.ignore_index = ignore_index
         self.eval_size = tuple(eval_size) if eval_size is not None else None
         self.num_labels = num_labels
@@ -153,7 +155,7 @@ class SegmentationTransforms:
         for image, label in zip(batch["image"], batch["label"], strict=True):
             image_name, label_name = describe_source(image), describe_source(label)
             image_t = _to_image_tensor(decode_image(image, "image"))
-            label_ids = label_array(decode_image(label, "label map"), self.label_lookup, label_name)
+            label_ids = label_array(decode_image(label, "label map"), self.label_lookup, label_name, self.stored_values)
             if self.check_labels:
                 check_label_values(label_ids, self.num_labels, self.ignore_index, label_name)
             label_t = torch.from_numpy(np.ascontiguousarray(label_ids)).long()
