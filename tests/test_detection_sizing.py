@@ -167,3 +167,17 @@ def test_an_image_that_does_not_match_its_annotation_is_named(tmp_path):
     processor = default_detection_image_processor("rt_detr", 64)
     with pytest.raises(ValueError, match=r"phone.jpg is 120x160 as decoded, but its annotation says 200x100"):
         lazily_decoded(data.dataset["validation"], ["image"]).with_transform(DetectionTransforms(processor, train=False))[0]
+
+
+def test_loading_a_coco_split_says_what_it_holds(tmp_path, caplog):
+    root = write_mixed_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_val2017.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"][0]["iscrowd"] = 1
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != 2]  # image 2 without annotations
+    path.write_text(json.dumps(doc))
+    with caplog.at_level("INFO", logger="acamkd_hf.data.coco"):
+        load_coco(root)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("instances_val2017.json:")]
+    assert line.startswith(f"instances_val2017.json: {len(SIZES)} images (1 without annotations: trained on as "
+                           f"background), {2 * len(SIZES) - 2} boxes (1 crowd: left out of the training targets")

@@ -252,6 +252,15 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
             }
         )
     counts.log()
+    boxes = sum(len(anns) for anns in objects.values())
+    crowd = sum(a["iscrowd"] for anns in objects.values() for a in anns)
+    empty = sum(not anns for anns in objects.values())
+    logger.info(
+        f"{json_path.name}: {len(by_id)} images ({empty} without annotations: trained on as background), {boxes} "
+        f"boxes ({crowd} crowd: left out of the training targets, ignored by COCOeval), {len(counts.clipped)} "
+        f"clipped to their image, {len(counts.dropped)} dropped; images not stored as RGB are converted as they are "
+        f"read (grayscale: channels repeated; RGBA: alpha dropped)"
+    )
 
     rows: dict[str, list] = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
     for image_id in sorted(by_id):
