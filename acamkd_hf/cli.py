@@ -96,7 +96,8 @@ class ModelArguments:
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the loaded models."})
     compare_student_alone: bool = field(
         default=False,
-        metadata={"help": "Also train the student without distillation under the same recipe, for the table."},
+        metadata={"help": "Also train the student without distillation under the same recipe, for the table (the "
+                          "control; with --inherit_from_teacher it inherits too: only the imitation differs)."},
     )
 
 
@@ -540,7 +541,7 @@ def last_step_state(checkpoint: str) -> TrainerState | None:
 
 def plain_training_args(args: DistillationArguments, **changes) -> DistillationArguments:
     """The run's recipe for plain training (the teacher trained here, the student alone, evaluations)."""
-    return replace(args, method="none", inherit_from_teacher=False, resume_from_checkpoint=None, **changes)
+    return replace(args, **{"method": "none", "inherit_from_teacher": False, "resume_from_checkpoint": None, **changes})
 
 
 @dataclass
@@ -568,9 +569,10 @@ class Workbench:
             compute_metrics=self.task.compute_metrics(self.data, self.image_processor),
         )
 
-    def train(self, model, args: DistillationArguments) -> dict[str, float]:
-        """Plain training (``args`` from :func:`plain_training_args`), then evaluation."""
-        return train_and_evaluate(self.trainer(model, None, args), args)
+    def train(self, model, args: DistillationArguments, inherit_from=None) -> dict[str, float]:
+        """Plain training (``args`` from :func:`plain_training_args`), then evaluation; ``inherit_from``: the teacher
+        whose neck and heads the model starts from (``args.inherit_from_teacher``)."""
+        return train_and_evaluate(self.trainer(model, inherit_from, args), args)
 
     def evaluate(self, model, args: DistillationArguments) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as scratch:  # an evaluation writes nothing worth keeping
@@ -651,9 +653,14 @@ def run(argv: list[str]) -> dict[str, Any]:
         alone_dir = _sibling(args, "student_alone")
         with _quiet_loading():  # the same student again: its loading was reported above
             alone = load_model(task, model_args.student, data, model_args, "student", args.seed)
-        alone_args = plain_training_args(args, output_dir=alone_dir)
-        phase_heading(f"student alone (the control: no teacher) into {alone_dir}", args.should_log)
-        results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir, **bench.train(alone, alone_args)}
+        # The control differs from the distilled student by the imitation alone: it inherits when the run inherits
+        # (the benchmark's student_inherited row).
+        alone_args = plain_training_args(args, output_dir=alone_dir, inherit_from_teacher=args.inherit_from_teacher)
+        control = "inheriting from the teacher, no imitation" if args.inherit_from_teacher else "no teacher"
+        phase_heading(f"student alone (the control: {control}) into {alone_dir}", args.should_log)
+        results["student_alone"] = {**describe(alone, model_args.student), "output_dir": alone_dir,
+                                    "inherited_from_teacher": args.inherit_from_teacher,
+                                    **bench.train(alone, alone_args, teacher if args.inherit_from_teacher else None)}
 
     trainer = bench.trainer(student, teacher, args)
     phase_heading(f"student with {args.method}" + (f" from {teacher_name}" if teacher is not None else "")
@@ -819,7 +826,8 @@ def print_table(task, results: dict[str, Any], method: str) -> None:
     rows = [
         ("teacher", "teacher"),
         ("student, untrained", "student_untrained"),
-        ("student alone (no KD)", "student_alone"),
+        ("student alone (no KD)" if not results.get("student_alone", {}).get("inherited_from_teacher")
+         else "student alone, inherited (no KD)", "student_alone"),
         (f"student, {method}", "student"),
     ]
     titles = [title for _, title in task.metrics[:2]]

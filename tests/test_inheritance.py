@@ -146,3 +146,27 @@ def test_backbone_prefix_per_family():
     assert find_backbone_prefix(SEGMENTATION_PRESETS["tiny-segformer"](ID2LABEL)) == "segformer"
     with pytest.raises(TypeError, match="No backbone prefix"):
         find_backbone_prefix(torch.nn.Linear(2, 2))
+
+
+def test_the_control_row_inherits_when_the_distilled_student_does(tmp_path, monkeypatch):
+    """--compare_student_alone with --inherit_from_teacher: the control starts from the teacher's neck and heads too
+    (the benchmark's student_inherited), so the table's control differs from the distilled student by the imitation
+    alone."""
+    import acamkd_hf.trainer as trainer_module
+    from acamkd_hf import cli
+
+    calls = []
+    original = trainer_module.inherit_from_teacher
+
+    def recording(student, teacher):
+        calls.append((id(student), id(teacher)))
+        return original(student, teacher)
+
+    monkeypatch.setattr(trainer_module, "inherit_from_teacher", recording)
+    results = cli.run(["--task", "detection", "--output_dir", str(tmp_path / "student"), "--synthetic_dir",
+                       str(tmp_path / "data"), "--synthetic_num_train", "8", "--synthetic_num_val", "4",
+                       "--max_steps", "1", "--teacher_num_train_epochs", "1", "--per_device_train_batch_size", "4",
+                       "--compare_student_alone", "true", "--inherit_from_teacher", "true", "--disable_tqdm", "true",
+                       "--report_to", "none", "--save_strategy", "no"])
+    assert len(calls) == 2 and calls[0][1] == calls[1][1] and calls[0][0] != calls[1][0]  # control + student
+    assert results["student_alone"]["inherited_from_teacher"] is True
