@@ -42,10 +42,11 @@ from transformers.trainer_utils import get_last_checkpoint
 import acamkd_hf
 
 from .config import DistillationArguments
+from .connectivity import not_cached_error, offline, work_offline_if_the_hub_is_unreachable
 from .console import phase_heading
 from .interrupts import Interrupts
 from .errors import input_checks, input_error_message, is_input_error
-from .hub import HubPushError, custom_code_files, model_card, push_student, upload_contents
+from .hub import HubPushError, custom_code_files, is_hub_id, model_card, push_student, upload_contents
 from .models import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, canonical_preset_name, preset_options
 from .models.presets import pretrained_backbone_license
 from .models.labels import check_teacher_labels, describe_label_mismatch
@@ -429,6 +430,15 @@ def load_model(task, name_or_path: str, data, model_args: ModelArguments, role: 
     The seed is set first, so a preset's random initialisation is the same wherever it is built: the distilled
     student, the student trained alone and the "untrained" row all start from the same weights."""
     set_seed(seed)
+    try:
+        return _load(task, name_or_path, data, model_args, role)
+    except OSError as error:
+        if offline() and is_hub_id(name_or_path):  # not in the cache: one line, not the loader's traceback
+            raise not_cached_error(name_or_path, role) from error
+        raise
+
+
+def _load(task, name_or_path: str, data, model_args: ModelArguments, role: str):
     return task.load_model(
         name_or_path,
         data.id2label,
@@ -603,6 +613,9 @@ def run(argv: list[str]) -> dict[str, Any]:
     # paths, label sets, distillation points. Each problem is one line (acamkd_hf.errors).
     with input_checks(data_args.dataset):
         check_task_flags(task, data_args)
+        hub_ids = [name for name in (model_args.student, args.teacher or model_args.teacher_architecture,
+                                     data_args.dataset) if is_hub_id(name)]
+        work_offline_if_the_hub_is_unreachable(hub_ids)
         for folder in output_directories(args, model_args):
             check_writable_directory(folder)
         with args.main_process_first(local=True, desc="preparing the data"):  # one process writes a synthetic set

@@ -11,7 +11,10 @@ raised anywhere else (a library's, or a bug of ours) keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+
+import datasets
 
 #: The exception types our input checks raise with a message for the user.
 CHECK_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
@@ -38,12 +41,17 @@ def input_error_message(error: BaseException) -> str:
     return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
-def _raising_module(error: BaseException) -> str:
-    """The module whose frame raised ``error`` (the innermost frame of its traceback)."""
+def _raised_in(error: BaseException, package_dir: str) -> bool:
+    """Whether the frame that raised ``error`` (the innermost of its traceback) runs a file under ``package_dir``
+    (by file, not module name: ``python -m acamkd_hf.cli`` runs the CLI as ``__main__``)."""
     traceback = error.__traceback__
     while traceback is not None and traceback.tb_next is not None:
         traceback = traceback.tb_next
-    return traceback.tb_frame.f_globals.get("__name__", "") if traceback is not None else ""
+    return traceback is not None and os.path.abspath(traceback.tb_frame.f_code.co_filename).startswith(package_dir + os.sep)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_DATASETS_DIR = os.path.dirname(os.path.abspath(datasets.__file__))
 
 
 @contextlib.contextmanager
@@ -55,11 +63,10 @@ def input_checks(dataset: str | None = None) -> Iterator[None]:
     except InputError:
         raise
     except Exception as error:
-        module = _raising_module(error)
-        if module.split(".")[0] == "acamkd_hf" and isinstance(error, CHECK_ERRORS):
+        if isinstance(error, CHECK_ERRORS) and _raised_in(error, _PACKAGE_DIR):
             error.acamkd_input_error = True
             raise
-        if module.split(".")[0] == "datasets" and isinstance(error, FileNotFoundError):  # EmptyDatasetError too
+        if isinstance(error, FileNotFoundError) and _raised_in(error, _DATASETS_DIR):  # EmptyDatasetError too
             raise InputError(
                 f"no data found at --dataset {dataset!r} ({str(error).splitlines()[0]}). The layouts read: "
                 f"{DATASET_LAYOUTS}."

@@ -51,3 +51,35 @@ def test_only_the_packages_own_checks_are_user_errors():
         DistillationSettings(num_masks=0)
     assert is_input_error(caught.value)
     assert is_input_error(InputError("x"))
+
+
+def test_an_unreachable_hub_is_found_in_seconds_and_a_missing_model_is_one_line(tmp_path, capsys, monkeypatch):
+    """No HF_HUB_OFFLINE and no connection: one probe of the endpoint, then offline mode (no minute of retries);
+    a Hub id that is not cached is one line saying why."""
+    import socket
+    import time
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    from acamkd_hf import connectivity
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(connectivity, "SWITCHED", [])
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    probes = []
+
+    def refused(address, timeout=None):
+        probes.append((address, timeout))
+        raise ConnectionRefusedError("no network here")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    start = time.monotonic()
+    message = _one_line_error(capsys, [*_tiny_flags(tmp_path), "--student", "some-org/some-model"])
+    assert time.monotonic() - start < 60
+    assert len(probes) == 1 and probes[0][1] <= connectivity.PROBE_TIMEOUT_S
+    assert "the student 'some-org/some-model' is a Hub id, the Hub cannot be reached (ConnectionRefusedError" in message
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True  # switched (monkeypatch restores it after the test)
