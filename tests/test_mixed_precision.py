@@ -85,7 +85,14 @@ def test_bf16_training_runs_the_teacher_under_the_same_autocast(data, tmp_path):
     point = trainer.distillation_modules.points["logits"]
     _record_fusion_dtype(point.fusion, seen)
     mask_dtypes = set()
-    point.masking.register_forward_hook(lambda _, inputs, output: mask_dtypes.update(m.dtype for m in output if m is not None))
+    activate = point.masking.activate  # scores -> masks, for every kind
+
+    def recording_activate(scores):
+        masks = activate(scores)
+        mask_dtypes.add(masks.dtype)
+        return masks
+
+    point.masking.activate = recording_activate
     trainer.train()
     assert seen == {"teacher": torch.bfloat16, "student": torch.bfloat16, "fusion": torch.bfloat16, "factored": True}
     assert mask_dtypes == {torch.float32}
