@@ -305,3 +305,30 @@ def test_deepspeed_config_reaches_the_processes_as_intended():
     assert env["ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"] == "none"
     # Left to the Trainer ("auto"): --gradient_accumulation_steps and --max_grad_norm are the one place to set them.
     assert "ACCELERATE_GRADIENT_ACCUMULATION_STEPS" not in env and "ACCELERATE_GRADIENT_CLIPPING" not in env
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path, synthetic_root):
+    """A scheduler's SIGTERM to torchrun (forwarded to each rank): the ranks agree on the step (the flag is
+    all-reduced), write one checkpoint there together and end; the same command then resumes from it."""
+    import signal
+    import time
+
+    out = tmp_path / "student"
+    flags = [*_distill_flags(out, synthetic_root), "--num_train_epochs", "1000", "--save_strategy", "steps",
+             "--save_steps", "3", "--report_to", "none"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT, *flags]
+    process = subprocess.Popen([str(part) for part in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env=_env(tmp_path), cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("checkpoint-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.startswith("interrupted: run the same command again")]
+    assert len(lines) == 1, stderr[-4000:]  # said once (rank 0)
+    last = Path(lines[0].rsplit(" ", 1)[-1].rstrip("."))
+    step = int(last.name.split("-")[-1])
+    assert {p.name for p in last.glob("rng_state*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}  # both ranks
+    assert json.loads((last / "trainer_state.json").read_text())["global_step"] == step
