@@ -75,6 +75,7 @@ class StopAtStepBoundary(TrainerCallback):
         if self._any_process_received(args):
             control.should_save = True
             control.should_training_stop = True
+            control.should_evaluate = False  # an evaluation due at this step would run before the save
 
     def on_prediction_step(self, args, state, control, **kwargs):
         if self.interrupts.received is not None:  # an evaluation inside training: end it, the last checkpoint holds
