@@ -117,3 +117,10 @@ def test_sigterm_works_in_a_launched_process(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith(f"interrupted: run the same command again to resume from {out}/checkpoint-")
+
+
+def test_a_signal_in_a_step_where_an_evaluation_is_due_still_ends_in_that_steps_checkpoint(tmp_path, monkeypatch, capsys):
+    _signal_at(monkeypatch, "step", signal.SIGINT, at_call=3)  # step 3: --eval_steps 3 would evaluate before saving
+    with pytest.raises(SystemExit):
+        cli.main(_flags(tmp_path))
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"resume from {tmp_path / 'student'}/checkpoint-3.")
