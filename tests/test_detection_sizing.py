@@ -176,8 +176,14 @@ def test_loading_a_coco_split_says_what_it_holds(tmp_path, caplog):
     doc["annotations"][0]["iscrowd"] = 1
     doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != 2]  # image 2 without annotations
     path.write_text(json.dumps(doc))
+    Image.open(root / "val2017" / "0.jpg").convert("L").save(root / "val2017" / "0.jpg")  # a grayscale JPEG
+    rgba = Image.open(root / "val2017" / "3.jpg").convert("RGBA")  # an RGBA PNG under its JPEG-looking name's json entry
+    rgba.save(root / "val2017" / "3.png")
+    doc["images"][3]["file_name"] = "3.png"
+    path.write_text(json.dumps(doc))
     with caplog.at_level("INFO", logger="acamkd_hf.data.coco"):
         load_coco(root)
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("instances_val2017.json:")]
     assert line.startswith(f"instances_val2017.json: {len(SIZES)} images (1 without annotations: trained on as "
                            f"background), {2 * len(SIZES) - 2} boxes (1 crowd: left out of the training targets")
+    assert "; 1 L, 1 RGBA images not stored as RGB, converted as they are read" in line

@@ -154,6 +154,21 @@ class BoxCounts:
             )
 
 
+def _image_modes(paths: list[Path]) -> dict[str, int]:
+    """``{PIL mode: images}`` from the image headers (no pixel decoding; ~0.06 ms a JPEG, 8 threads)."""
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    import PIL.Image
+
+    def mode(path: Path) -> str:
+        with PIL.Image.open(path) as image:
+            return image.mode
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(Counter(pool.map(mode, paths)))
+
+
 def is_coco_layout(path: str | os.PathLike) -> bool:
     """True when `path` is a folder with `annotations/instances_*.json` (the COCO layout)."""
     annotations = Path(path) / "annotations"
@@ -220,6 +235,7 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
         what=f"images of {json_path}",
         fix="Replace them with intact copies, or remove those images (and their annotations) from the json.",
     )
+    modes = _image_modes([image_folder / by_id[i]["file_name"] for i in sorted(by_id)])
     category_ids = {int(c["id"]) for c in categories}
 
     counts = BoxCounts(str(json_path))
@@ -258,8 +274,9 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
     logger.info(
         f"{json_path.name}: {len(by_id)} images ({empty} without annotations: trained on as background), {boxes} "
         f"boxes ({crowd} crowd: left out of the training targets, ignored by COCOeval), {len(counts.clipped)} "
-        f"clipped to their image, {len(counts.dropped)} dropped; images not stored as RGB are converted as they are "
-        f"read (grayscale: channels repeated; RGBA: alpha dropped)"
+        f"clipped to their image, {len(counts.dropped)} dropped; "
+        + (", ".join(f"{count} {mode}" for mode, count in sorted(modes.items()) if mode != "RGB") or "no")
+        + " images not stored as RGB, converted as they are read (grayscale: the channel repeated; RGBA: alpha dropped)"
     )
 
     rows: dict[str, list] = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
