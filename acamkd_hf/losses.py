@@ -104,7 +104,10 @@ class ACAMKDLoss(nn.Module):
         imitation_form: see :data:`acamkd_hf.mask_objectives.IMITATION_FORMS`.
         mask_entropy_weight: ``beta`` of the adversarial objective's KL-to-uniform term.
         mask_uniform_mix: ``gamma``, the learned masks' share of the imitation weights (the rest uniform).
-        mask_ramp_steps: forward passes over which the adversarial reversal strength ramps from 0 to 1.
+        mask_ramp_steps: optimizer updates over which the adversarial reversal strength ramps from 0 to 1. The
+            count is the ``mask_steps`` buffer: :class:`~acamkd_hf.trainer.DistillationTrainer` sets it to
+            ``state.global_step`` before each forward (so the micro-batches of one accumulated update share it);
+            in a loop of your own it counts training forward passes.
         cwd_tau: the distribution form's temperature.
 
     Forward returns ``{"loss", "channel", "spatial", ...}``: with masks also ``"diversity"``, per kind
@@ -180,7 +183,7 @@ class ACAMKDLoss(nn.Module):
                 teacher_channels, num_masks, mask_kinds, activation=mask_activation,
                 budgeted=mask_objective in MO.BUDGETED_OBJECTIVES,
             )
-        if mask_objective == "adversarial":  # forward passes so far, for the reversal's ramp (checkpointed: exact resume)
+        if mask_objective == "adversarial":  # the reversal ramp's clock (see mask_ramp_steps; checkpointed: exact resume)
             self.register_buffer("mask_steps", torch.zeros((), dtype=torch.long))
 
     @classmethod
@@ -563,6 +566,13 @@ class MultiPointDistillationLoss(nn.Module):
     @property
     def point_names(self) -> list[str]:
         return list(self.points.keys())
+
+    def set_optimizer_step(self, step: int) -> None:
+        """Set the clock of every point's adversarial ramp (``mask_steps``) to ``step`` optimizer updates, so that
+        the micro-batches of one accumulated update see the same reversal strength (1 x 8 equals 8 x 1)."""
+        for point_loss in self.points.values():
+            if hasattr(point_loss, "mask_steps"):
+                point_loss.mask_steps.fill_(step)
 
 
 __all__ = [

@@ -156,7 +156,7 @@ def task_mask_objective(teacher_logits: Tensor, spatial_masks: Tensor | None, ch
 
 
 def ramp(step: int, ramp_steps: int) -> float:
-    """The adversarial reversal strength at forward pass ``step``: ``min(1, step / ramp_steps)`` (1 when the ramp
+    """The adversarial reversal strength at optimizer update ``step``: ``min(1, step / ramp_steps)`` (1 when the ramp
     length is 0)."""
     return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
 

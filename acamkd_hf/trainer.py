@@ -190,6 +190,7 @@ class DistillationTrainer(Trainer):
         teacher_features = None
         if model.training and self.teacher is not None:
             teacher_features = self.teacher_features(inputs["pixel_values"], inputs.get("pixel_mask"))
+            self.distillation_modules.set_optimizer_step(self.state.global_step)
         outputs = model(**inputs, teacher_features=teacher_features)
         if model.training:
             self._stop_if_not_finite(outputs.loss, outputs.distillation_terms)

@@ -85,6 +85,8 @@ def test_inference_cost_quick(tmp_path, capsys):
         ({"mask_normalizer": "sum_sq"}, {"mask_normalizer": ("sum_sq", "sum")}),
         ({"fusion_kv_reduction": "1"}, {"fusion_kv_reduction": ("1", "auto")}),  # no budget noise next to it
         ({"fusion_max_kv_tokens": 128}, {"fusion_max_kv_tokens": (128, "today")}),
+        ({"mask_objective": "imitation", "standardize_over": "batch"},  # the default before the mask study
+         {"mask_objective": ("imitation", "adversarial"), "standardize_over": ("batch", "image")}),
         ({"num_masks": 8, "distillation_points": ["logits"]}, {}),  # resolved from the models: not a default
     ],
 )
@@ -101,7 +103,8 @@ def test_quality_benchmark_refuses_a_finished_run_whose_defaults_changed(tmp_pat
              "lambda_div": 1.0, "num_masks": 8, "mask_kinds": "both", "fusion_mode": "teacher_query",
              "fusion_kv_reduction": "auto", "fusion_max_kv_tokens": DEFAULT_MAX_KV_TOKENS, "detach_student_in_fusion": True,
              "alignment": "conv1x1", "detach_masks_in_imitation": False, "mask_normalizer": "sum",
-             "mask_activation": "sigmoid", "imitation_standardize": True}  # fmt: skip
+             "mask_activation": "sigmoid", "imitation_standardize": True, "mask_objective": "adversarial",
+             "standardize_over": "image"}  # fmt: skip
     (tmp_path / "run_config.json").write_text(json.dumps({"distillation": {**today, **recorded}}))
     argv = ["--task", "segmentation", "--output_dir", str(tmp_path), "--method", "acamkd"]
     changed = quality.changed_defaults(argv, tmp_path)

@@ -30,6 +30,8 @@ def test_paper_variant_is_the_spec_and_explicit_flags_win_over_the_variant():
     recommended = DistillationSettings().resolved(["logits"], num_masks=19)  # what --method acamkd uses
     assert (recommended.imitation_standardize, recommended.fusion_kv_reduction) == (True, "auto")
     assert (recommended.alpha, recommended.mask_normalizer, recommended.mask_activation) == (1.0, "sum", "sigmoid")
+    assert (recommended.mask_objective, recommended.standardize_over) == ("adversarial", "image")  # the mask study's
+    assert (paper.mask_objective, paper.standardize_over) == ("imitation", "batch")  # the paper's reading
     loss = DISTILLATION_LOSSES["acamkd"].from_settings(8, 8, paper)
     assert (loss.imitation_standardize, loss.fusion.kv_reduction, loss.mask_normalizer) == (False, "1", "sum")
 
