@@ -156,13 +156,9 @@ def test_method_none_trains_the_student_alone(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- invariances
-def test_gradient_accumulation_1x8_equals_8x1(data, tmp_path):
-    """Per-device batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same weights after 2 updates.
-
-    SegFormer student without BatchNorm (batch statistics would differ) or dropout, no augmentation, no
-    ignore pixels (so every image weighs the same in the task loss), SGD, and the imitation on raw features: the
-    recommended variant's per-channel standardisation takes its statistics over the batch (as PKD does), so like
-    BatchNorm it makes the update depend on the per-device batch. Tolerance 1e-5: only the summation order differs."""
+def _train_8x1_and_1x8(data, tmp_path, **settings) -> list[tuple[dict, dict, dict]]:
+    """Student, distillation modules and first log after 2 updates, for per-device batch 8 x accumulation 1 and
+    batch 1 x accumulation 8 from the same start."""
     results = []
     for batch, accumulation in ((8, 1), (1, 8)):
         torch.manual_seed(0)
@@ -180,17 +176,36 @@ def test_gradient_accumulation_1x8_equals_8x1(data, tmp_path):
             learning_rate=0.05,
             lr_scheduler_type="constant",
             distillation_points=["logits", "stage2"],
-            imitation_standardize=False,
+            mask_ramp_steps=2,  # the adversarial reversal ramps within the 2 updates: its clock is tested too
+            **settings,
         )
         trainer.train()
         results.append((_state(trainer.student), _state(trainer.distillation_modules), trainer.state.log_history[0]))
-    (student_a, modules_a, log_a), (student_b, modules_b, log_b) = results
+    return results
+
+
+def test_gradient_accumulation_1x8_equals_8x1(data, tmp_path):
+    """Per-device batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same weights after 2 updates.
+
+    SegFormer student without BatchNorm (batch statistics would differ) or dropout, no augmentation, no
+    ignore pixels (so every image weighs the same in the task loss), SGD, and ACAM-KD's default settings: the
+    standardisation's statistics per image and the adversarial ramp counted in optimizer updates keep the update
+    independent of the per-device batch. Tolerance 1e-5: only the summation order differs."""
+    (student_a, modules_a, log_a), (student_b, modules_b, log_b) = _train_8x1_and_1x8(data, tmp_path)
     assert any(not torch.equal(student_a[n], t) for n, t in _state(_segformer_without_batch_statistics(data.id2label)).items() if n in student_a)
     for name in student_a:
         torch.testing.assert_close(student_a[name], student_b[name], atol=1e-5, rtol=1e-4, msg=name)
     for name in modules_a:
         torch.testing.assert_close(modules_a[name], modules_b[name], atol=1e-5, rtol=1e-4, msg=name)
     assert log_a["loss"] == pytest.approx(log_b["loss"], rel=1e-4)
+
+
+def test_gradient_accumulation_with_batch_statistics_is_not_invariant(data, tmp_path):
+    """The control of the test above: with the standardisation's statistics over the batch (PKD's, as BatchNorm)
+    the same comparison fails, so the equality above is the per-image statistics' doing."""
+    (student_a, _, _), (student_b, _, _) = _train_8x1_and_1x8(data, tmp_path, standardize_over="batch")
+    largest = max((student_a[name] - student_b[name]).abs().max().item() for name in student_a)
+    assert largest > 1e-4
 
 
 @pytest.mark.parametrize("save_steps", [4, 3], ids=["at-epoch-end", "mid-epoch"])

@@ -23,8 +23,10 @@ Each variant trains from scratch (same seeds) and writes to ``--out/<variant>/``
 unwrapped Distiller's full state dict: ``student.*`` and ``distillation_loss.*``), ``rank<k>.json`` (world size, rank,
 batch hashes, training log), and from rank 0 ``initial.safetensors`` (the state before training). Variant
 ``synced`` is the normal run; ``no_sync`` runs every backward under DDP's ``no_sync()``: the negative control with
-which the test shows that its equality checks can fail. Both variants run in one launch (the interpreter start-up
-and imports cost more CPU than these few steps).
+which the test shows that its equality checks can fail; ``batch_statistics`` standardises the imitated features with
+statistics over the per-device batch (PKD's, ``--standardize_over batch``) instead of the default's per image: the
+control that shows the default's per-image statistics are what makes 2 x b equal 1 x 2b. The variants run in one
+launch (the interpreter start-up and imports cost more CPU than these few steps).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def student_without_batch_statistics(id2label):
     return model
 
 
-def train_variant(options, data, train, out: Path, no_sync: bool) -> None:
+def train_variant(options, data, train, out: Path, no_sync: bool, batch_statistics: bool = False) -> None:
     """Builds teacher, student and trainer from the seeds, trains, and writes this rank's files into ``out``."""
     torch.manual_seed(0)
     teacher = SEGMENTATION_PRESETS["small-segformer"](data.id2label)  # other widths than the student: real adapters
@@ -96,7 +98,8 @@ def train_variant(options, data, train, out: Path, no_sync: bool) -> None:
         output_dir=str(out / "trainer"),
         method="acamkd",
         distillation_points=["logits", "stage2"],
-        imitation_standardize=False,  # batch statistics (as BatchNorm's) would differ between 2 x 2 and 1 x 4
+        # the default settings (per-image standardisation, adversarial masks) are batch-independent; the control not
+        **({"standardize_over": "batch"} if batch_statistics else {}),
         per_device_train_batch_size=options.per_device_batch,
         max_steps=options.max_steps,
         optim="sgd",
@@ -147,7 +150,7 @@ def main() -> None:
     parser.add_argument("--per_device_batch", type=int, required=True)
     parser.add_argument("--max_steps", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=0.05)
-    parser.add_argument("--variants", nargs="+", default=["synced"], choices=["synced", "no_sync"])
+    parser.add_argument("--variants", nargs="+", default=["synced"], choices=["synced", "no_sync", "batch_statistics"])
     options = parser.parse_args()
     torch.set_num_threads(1)  # tiny models; a second thread per process only fights the other rank for the cores
 
@@ -157,7 +160,8 @@ def main() -> None:
     processor = default_image_processor((first.height, first.width))
     train = data.dataset["train"].with_transform(SegmentationTransforms(processor, train=False, label_lookup=no_ignore))
     for variant in options.variants:
-        train_variant(options, data, train, Path(options.out) / variant, no_sync=variant == "no_sync")
+        train_variant(options, data, train, Path(options.out) / variant, no_sync=variant == "no_sync",
+                      batch_statistics=variant == "batch_statistics")
 
 
 if __name__ == "__main__":
