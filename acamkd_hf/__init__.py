@@ -1,29 +1,26 @@
 """acamkd-hf: ACAM-KD knowledge distillation for Hugging Face dense-prediction models.
 
-The method's modules import only torch; the Trainer side (which imports transformers) loads on first use, so
-``import acamkd_hf.functional`` stays cheap.
+Every name below loads on first use (PEP 562 module ``__getattr__``), so importing one submodule imports only what
+that submodule needs: ``import acamkd_hf.functional`` does not load transformers, and
+``import acamkd_hf.mask_rendering`` (numpy and PIL) loads neither torch nor transformers.
 """
 
 from importlib import import_module
-
-from . import functional
-from .alignment import StudentAligner
-from .fusion import StudentTeacherCrossAttention
-from .losses import (
-    DISTILLATION_LOSSES,
-    ACAMKDLoss,
-    CWDLoss,
-    FeatureMSELoss,
-    MGDLoss,
-    MultiPointDistillationLoss,
-    PKDLoss,
-)
-from .masking import AdaptiveSpatialChannelMasking
 
 __version__ = "0.1.0.dev0"
 
 # name -> module that defines it, imported on first attribute access
 _LAZY = {
+    "StudentAligner": "acamkd_hf.alignment",
+    "StudentTeacherCrossAttention": "acamkd_hf.fusion",
+    "AdaptiveSpatialChannelMasking": "acamkd_hf.masking",
+    "ACAMKDLoss": "acamkd_hf.losses",
+    "FeatureMSELoss": "acamkd_hf.losses",
+    "MGDLoss": "acamkd_hf.losses",
+    "CWDLoss": "acamkd_hf.losses",
+    "PKDLoss": "acamkd_hf.losses",
+    "DISTILLATION_LOSSES": "acamkd_hf.losses",
+    "MultiPointDistillationLoss": "acamkd_hf.losses",
     "DistillationArguments": "acamkd_hf.config",
     "DistillationSettings": "acamkd_hf.settings",
     "DistillationTrainer": "acamkd_hf.trainer",
@@ -33,22 +30,20 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    if name == "functional":  # the submodule; importing it also sets it as this package's attribute
+        return import_module("acamkd_hf.functional")
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
     raise AttributeError(f"module 'acamkd_hf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
     "functional",
-    "StudentAligner",
-    "StudentTeacherCrossAttention",
-    "AdaptiveSpatialChannelMasking",
-    "ACAMKDLoss",
-    "FeatureMSELoss",
-    "MGDLoss",
-    "CWDLoss",
-    "PKDLoss",
-    "DISTILLATION_LOSSES",
-    "MultiPointDistillationLoss",
     *_LAZY,
 ]

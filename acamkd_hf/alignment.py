@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .choices import require_choice
+
 ALIGNMENT_KINDS = ("conv1x1", "identity")
 #: How much the height and width scale factors of the resize may differ (odd sizes from padding differ a little).
 MAX_ASPECT_DISTORTION = 0.25
@@ -59,8 +61,7 @@ class StudentAligner(nn.Module):
 
     def __init__(self, student_channels: int, teacher_channels: int, kind: str = "conv1x1") -> None:
         super().__init__()
-        if kind not in ALIGNMENT_KINDS:
-            raise ValueError(f"unknown alignment kind {kind!r}; choose one of {', '.join(ALIGNMENT_KINDS)}")
+        require_choice("alignment", kind, ALIGNMENT_KINDS)
         if kind == "identity" and student_channels != teacher_channels:
             raise ValueError(
                 f"alignment 'identity' needs equal channels, but the student has {student_channels} and the teacher "

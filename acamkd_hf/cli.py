@@ -42,6 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint
 import acamkd_hf
 
 from .config import DistillationArguments
+from .distiller import recorded_settings
 from .connectivity import not_cached_error, offline, work_offline_if_the_hub_is_unreachable
 from .console import phase_heading
 from .interrupts import Interrupts
@@ -767,8 +768,9 @@ def local_model_path(output_dir: str) -> str:
 
 # ----------------------------------------------------------------------------------------------------- the record
 def distillation_record(args: DistillationArguments, settings: DistillationSettings) -> dict[str, Any]:
-    """``run_config.json``'s ``distillation``: the teacher, then every distillation setting."""
-    return {"teacher": args.teacher, **settings.to_dict()}
+    """``run_config.json``'s ``distillation``: the teacher, then the settings the method reads
+    (:func:`~acamkd_hf.distiller.recorded_settings`)."""
+    return {"teacher": args.teacher, **recorded_settings(settings)}
 
 
 def hardware(args: DistillationArguments) -> dict[str, Any]:

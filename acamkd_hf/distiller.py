@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
@@ -125,5 +126,18 @@ def build_distillation_loss(
     )
 
 
-__all__ = ["Distiller", "DistillerOutput", "build_distillation_loss"]
+#: what every run records of its settings, whatever the method (the rest: what its loss reads, ``SETTINGS``)
+COMMON_RECORDED_SETTINGS = ("method", "distillation_points", "inherit_from_teacher")
+
+
+def recorded_settings(settings: DistillationSettings) -> dict[str, Any]:
+    """The settings a run records and its model card lists: the common ones, the ACAM-KD variant for ``acamkd``,
+    and those its loss reads (``DISTILLATION_LOSSES[method].SETTINGS``); an MSE run lists no mask normaliser."""
+    read = set(COMMON_RECORDED_SETTINGS) | ({"acamkd_variant"} if settings.method == "acamkd" else set())
+    if settings.distilling:
+        read |= set(DISTILLATION_LOSSES[settings.method].SETTINGS.values())
+    return {name: value for name, value in settings.to_dict().items() if name in read}
+
+
+__all__ = ["Distiller", "DistillerOutput", "build_distillation_loss", "recorded_settings"]
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .choices import require_choice
+
 __all__ = [
     "cross_attention_fusion",
     "activate_masks",
@@ -99,7 +101,8 @@ def activate_masks(scores: Tensor, activation: str) -> Tensor:
         return torch.sigmoid(scores)
     if activation == "softmax":
         return torch.softmax(scores, dim=1)
-    raise ValueError(f"unknown mask activation {activation!r}; choose one of {', '.join(MASK_ACTIVATIONS)}")
+    require_choice("mask_activation", activation, MASK_ACTIVATIONS)
+    raise AssertionError("unreachable: every activation is handled above")
 
 
 def channel_selection(fused: Tensor, channel_units: Tensor, activation: str = "sigmoid") -> Tensor:
@@ -148,8 +151,7 @@ MASK_NORMALIZERS = ("sum", "sum_sq")
 
 
 def _check_normalizer(normalizer: str) -> None:
-    if normalizer not in MASK_NORMALIZERS:
-        raise ValueError(f"unknown mask normalizer {normalizer!r}; choose one of {', '.join(MASK_NORMALIZERS)}")
+    require_choice("mask_normalizer", normalizer, MASK_NORMALIZERS)
 
 
 def channel_masked_loss(
@@ -385,8 +387,7 @@ def channel_standardize(feature: Tensor, eps: float = 1e-6, over: str = "batch")
     ``eps_bn = eps^2 (n - 1) / n`` and the result scaled by ``sqrt((n - 1) / n)`` (``n`` values per statistic)
     that is exactly ``sqrt(var_unbiased + eps^2)``.
     """
-    if over not in STANDARDIZE_OVER:
-        raise ValueError(f"unknown standardisation {over!r}; choose one of {', '.join(STANDARDIZE_OVER)}")
+    require_choice("standardize_over", over, STANDARDIZE_OVER)
     count = feature.numel() // feature.shape[1] if over == "batch" else feature.shape[-2] * feature.shape[-1]
     if count < 2:
         where = "batch x positions" if over == "batch" else "positions of one image"

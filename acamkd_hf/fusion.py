@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .choices import require_choice
 from .functional import cross_attention_fusion
 
 #: Which feature feeds the query and which the key/value.
@@ -100,8 +101,7 @@ class StudentTeacherCrossAttention(nn.Module):
         kv_reduction_ratio(kv_reduction, 1, 1, max_kv_tokens)  # a bad value fails here, not in the first step
         self.kv_reduction = kv_reduction
         self.max_kv_tokens = max_kv_tokens
-        if mode not in FUSION_MODES:
-            raise ValueError(f"unknown fusion mode {mode!r}; choose one of {', '.join(FUSION_MODES)}")
+        require_choice("fusion_mode", mode, FUSION_MODES)
         if channels < 2:
             raise ValueError(f"fusion needs at least 2 channels (projections to C/2), got {channels}")
         self.mode = mode

@@ -24,7 +24,31 @@ from .fusion import DEFAULT_MAX_KV_TOKENS, StudentTeacherCrossAttention
 from . import mask_objectives as MO
 from .mask_diagnostics import effective_support, rank_correlation
 from .masking import AdaptiveSpatialChannelMasking
-from .settings import DistillationSettings
+from .choices import require_choice
+from .settings import (
+    DETECTION_NUM_MASKS,
+    DistillationSettings,
+    check_imitation_form,
+    check_mask_uniform_mix,
+    check_mgd_mask_ratio,
+    method_defaults,
+)
+
+#: what ``--method <name>`` uses when no flag is given: the constructors' defaults below (one home: the settings)
+_ACAMKD, _MSE, _PKD, _MGD, _CWD = (method_defaults(name) for name in ("acamkd", "mse", "pkd", "mgd", "cwd"))
+
+
+class PointDistillationLoss(nn.Module):
+    """The interface every per-point loss shares: ``SETTINGS`` maps each constructor keyword to the
+    :class:`~acamkd_hf.settings.DistillationSettings` field it comes from (the settings this loss reads: what the run
+    record and the model card list for it), and :meth:`from_settings` builds the loss from resolved settings."""
+
+    SETTINGS: dict[str, str] = {}
+
+    @classmethod
+    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings):
+        """The loss for resolved ``settings`` (see :meth:`DistillationSettings.resolved`)."""
+        return cls(student_channels, teacher_channels, **{kw: getattr(settings, name) for kw, name in cls.SETTINGS.items()})
 
 
 def float32_region(like: Tensor) -> torch.autocast:
@@ -58,7 +82,7 @@ def _imitation_error_sums(teacher: Tensor, aligned: Tensor, standardize: bool, o
     )
 
 
-class ACAMKDLoss(nn.Module):
+class ACAMKDLoss(PointDistillationLoss):
     """ACAM-KD at one distillation point: ``alpha (L_c + L_s) + lambda L_div`` (+ the mask objective).
 
     ``F_S' = f_align(F_S)``; ``F_fused = STCA-FF(F_T, F_S')``; masks from ASCM(``F_fused``); ``L_c``, ``L_s`` the
@@ -78,19 +102,22 @@ class ACAMKDLoss(nn.Module):
     ``p = softmax_HW(F_k / tau + log omega^s)`` and ``L_c = 1/(B C) sum_{b,k} omega^c_bk tau^2 KL_k`` (each the
     plain CWD at ``omega = 1``); the masks' objectives still read the standardised squared error.
 
+    Every keyword's default is what ``--method acamkd`` uses (:func:`~acamkd_hf.settings.method_defaults`: the
+    recommended variant); ``ACAMKDLoss(C_s, C_t, **ACAMKD_VARIANTS["paper"])`` is the paper's literal form.
+
     Args:
         student_channels, teacher_channels: ``C_s``, ``C_t``.
         num_masks: ``M`` (paper: 6 for detection, number of classes for segmentation).
-        alpha: weight of the imitation terms (paper: 1).
-        lambda_div: weight of the diversity term (paper: 1).
+        alpha: weight of the imitation terms.
+        lambda_div: weight of the diversity term.
         eps: normaliser guard of ``L_c`` and ``L_s``.
         fusion_mode: see :data:`acamkd_hf.fusion.FUSION_MODES` (Tables 9 and 10 ablations).
         mask_kinds: see :data:`acamkd_hf.masking.MASK_KINDS` (Table 8 ablation).
-        detach_student_in_fusion: the gradient choice documented in the spec (default True).
+        detach_student_in_fusion: the gradient choice documented in the spec.
         alignment: see :data:`acamkd_hf.alignment.ALIGNMENT_KINDS`.
         detach_masks_in_imitation: (``imitation`` objective) stop the imitation terms' gradient into the masks (the
-            selection units and the fusion then learn from the Dice term only). Default False: the spec trains them
-            from the total loss. With that literal reading ``L_c``, ``L_s`` scale linearly with the masks, so they
+            selection units and the fusion then learn from the Dice term only); the spec trains them from the total
+            loss. With that literal reading ``L_c``, ``L_s`` scale linearly with the masks, so they
             can fall by shrinking every mask towards 0; ``spatial_mask_mean`` / ``channel_mask_mean`` show it.
         fusion_kv_reduction, fusion_max_kv_tokens: STCA-FF's key/value sequence reduction (see
             :mod:`acamkd_hf.fusion`; 1 = the paper's exact fusion).
@@ -118,47 +145,51 @@ class ACAMKDLoss(nn.Module):
     batch without the losses.
     """
 
+    SETTINGS = {
+        "num_masks": "num_masks", "alpha": "alpha", "lambda_div": "lambda_div", "eps": "distillation_eps",
+        "fusion_mode": "fusion_mode", "mask_kinds": "mask_kinds", "detach_student_in_fusion":
+        "detach_student_in_fusion", "alignment": "alignment", "detach_masks_in_imitation":
+        "detach_masks_in_imitation", "mask_normalizer": "mask_normalizer", "fusion_kv_reduction":
+        "fusion_kv_reduction", "fusion_max_kv_tokens": "fusion_max_kv_tokens", "mask_activation": "mask_activation",
+        "imitation_standardize": "imitation_standardize", "standardize_over": "standardize_over", "mask_objective":
+        "mask_objective", "imitation_form": "imitation_form", "mask_entropy_weight": "mask_entropy_weight",
+        "mask_uniform_mix": "mask_uniform_mix", "mask_ramp_steps": "mask_ramp_steps", "cwd_tau": "cwd_tau",
+    }
+
     def __init__(
         self,
         student_channels: int,
         teacher_channels: int,
         *,
-        num_masks: int = 6,
-        alpha: float = 1.0,
-        lambda_div: float = 1.0,
-        eps: float = 1e-6,
-        fusion_mode: str = "teacher_query",
-        mask_kinds: str = "both",
-        detach_student_in_fusion: bool = True,
-        alignment: str = "conv1x1",
-        detach_masks_in_imitation: bool = False,
-        mask_normalizer: str = "sum",
-        fusion_kv_reduction: int | str = 1,
-        fusion_max_kv_tokens: int = DEFAULT_MAX_KV_TOKENS,
-        mask_activation: str = "sigmoid",
-        imitation_standardize: bool = False,
-        standardize_over: str = "batch",
-        mask_objective: str = "imitation",
-        imitation_form: str = "squared_error",
-        mask_entropy_weight: float = 1.0,
-        mask_uniform_mix: float = 0.5,
-        mask_ramp_steps: int = 100,
-        cwd_tau: float = 1.0,
+        num_masks: int = DETECTION_NUM_MASKS,
+        alpha: float = _ACAMKD.alpha,
+        lambda_div: float = _ACAMKD.lambda_div,
+        eps: float = _ACAMKD.distillation_eps,
+        fusion_mode: str = _ACAMKD.fusion_mode,
+        mask_kinds: str = _ACAMKD.mask_kinds,
+        detach_student_in_fusion: bool = _ACAMKD.detach_student_in_fusion,
+        alignment: str = _ACAMKD.alignment,
+        detach_masks_in_imitation: bool = _ACAMKD.detach_masks_in_imitation,
+        mask_normalizer: str = _ACAMKD.mask_normalizer,
+        fusion_kv_reduction: int | str = _ACAMKD.fusion_kv_reduction,
+        fusion_max_kv_tokens: int = _ACAMKD.fusion_max_kv_tokens,
+        mask_activation: str = _ACAMKD.mask_activation,
+        imitation_standardize: bool = _ACAMKD.imitation_standardize,
+        standardize_over: str = _ACAMKD.standardize_over,
+        mask_objective: str = _ACAMKD.mask_objective,
+        imitation_form: str = _ACAMKD.imitation_form,
+        mask_entropy_weight: float = _ACAMKD.mask_entropy_weight,
+        mask_uniform_mix: float = _ACAMKD.mask_uniform_mix,
+        mask_ramp_steps: int = _ACAMKD.mask_ramp_steps,
+        cwd_tau: float = _ACAMKD.cwd_tau,
     ) -> None:
         super().__init__()
-        if mask_normalizer not in KD.MASK_NORMALIZERS:
-            raise ValueError(f"unknown mask normalizer {mask_normalizer!r}; choose one of {', '.join(KD.MASK_NORMALIZERS)}")
-        if mask_objective not in MO.MASK_OBJECTIVES:
-            raise ValueError(f"unknown mask objective {mask_objective!r}; choose one of {', '.join(MO.MASK_OBJECTIVES)}")
-        if imitation_form not in MO.IMITATION_FORMS:
-            raise ValueError(f"unknown imitation form {imitation_form!r}; choose one of {', '.join(MO.IMITATION_FORMS)}")
-        if imitation_form == "distribution" and mask_objective == "imitation":
-            raise ValueError("--imitation_form distribution needs masks that the imitation does not train: use "
-                             "--mask_objective adversarial, predictive, task or uniform")
-        if standardize_over not in KD.STANDARDIZE_OVER:
-            raise ValueError(f"unknown standardisation {standardize_over!r}; choose one of {', '.join(KD.STANDARDIZE_OVER)}")
-        if not 0.0 <= mask_uniform_mix <= 1.0:
-            raise ValueError(f"mask_uniform_mix must be in [0, 1], got {mask_uniform_mix}")
+        require_choice("mask_normalizer", mask_normalizer, KD.MASK_NORMALIZERS)
+        require_choice("mask_objective", mask_objective, MO.MASK_OBJECTIVES)
+        require_choice("imitation_form", imitation_form, MO.IMITATION_FORMS)
+        require_choice("standardize_over", standardize_over, KD.STANDARDIZE_OVER)
+        check_imitation_form(imitation_form, mask_objective)
+        check_mask_uniform_mix(mask_uniform_mix)
         self.imitation_standardize = imitation_standardize
         self.standardize_over = standardize_over
         self.mask_normalizer = mask_normalizer
@@ -185,35 +216,6 @@ class ACAMKDLoss(nn.Module):
             )
         if mask_objective == "adversarial":  # the reversal ramp's clock (see mask_ramp_steps; checkpointed: exact resume)
             self.register_buffer("mask_steps", torch.zeros((), dtype=torch.long))
-
-    @classmethod
-    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> ACAMKDLoss:
-        """The loss for resolved ``settings`` (see :meth:`DistillationSettings.resolved`)."""
-        return cls(
-            student_channels,
-            teacher_channels,
-            num_masks=settings.num_masks,
-            alpha=settings.alpha,
-            lambda_div=settings.lambda_div,
-            eps=settings.distillation_eps,
-            fusion_mode=settings.fusion_mode,
-            mask_kinds=settings.mask_kinds,
-            detach_student_in_fusion=settings.detach_student_in_fusion,
-            alignment=settings.alignment,
-            detach_masks_in_imitation=settings.detach_masks_in_imitation,
-            mask_normalizer=settings.mask_normalizer,
-            fusion_kv_reduction=settings.fusion_kv_reduction,
-            fusion_max_kv_tokens=settings.fusion_max_kv_tokens,
-            mask_activation=settings.mask_activation,
-            imitation_standardize=settings.imitation_standardize,
-            standardize_over=settings.standardize_over,
-            mask_objective=settings.mask_objective,
-            imitation_form=settings.imitation_form,
-            mask_entropy_weight=settings.mask_entropy_weight,
-            mask_uniform_mix=settings.mask_uniform_mix,
-            mask_ramp_steps=settings.mask_ramp_steps,
-            cwd_tau=settings.cwd_tau,
-        )
 
     def _mask_scores(self, teacher: Tensor, aligned: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """The float32 selection scores: spatial ``(B, M, H, W)`` / channel ``(B, M, C)`` for ``F_T`` and ``F_S'``."""
@@ -368,7 +370,7 @@ class ACAMKDLoss(nn.Module):
         return stats
 
 
-class FeatureMSELoss(nn.Module):
+class FeatureMSELoss(PointDistillationLoss):
     """FitNet-style baseline (the paper's "no mask" row): ``weight * mean((F_T - f_align(F_S))^2)``; with
     ``standardize``, of the per-channel standardised features (statistics over ``standardize_over``: the batch, then
     twice PKD's loss, or each image).
@@ -376,30 +378,25 @@ class FeatureMSELoss(nn.Module):
     Forward returns ``{"loss", "mse"}``.
     """
 
+    SETTINGS = {"weight": "alpha", "alignment": "alignment", "standardize": "imitation_standardize",
+                "standardize_over": "standardize_over"}
+
     def __init__(
         self,
         student_channels: int,
         teacher_channels: int,
         *,
-        weight: float = 1.0,
-        alignment: str = "conv1x1",
-        standardize: bool = False,
-        standardize_over: str = "batch",
+        weight: float = _MSE.alpha,
+        alignment: str = _MSE.alignment,
+        standardize: bool = _MSE.imitation_standardize,
+        standardize_over: str = _MSE.standardize_over,
     ) -> None:
         super().__init__()
-        if standardize_over not in KD.STANDARDIZE_OVER:
-            raise ValueError(f"unknown standardisation {standardize_over!r}; choose one of {', '.join(KD.STANDARDIZE_OVER)}")
+        require_choice("standardize_over", standardize_over, KD.STANDARDIZE_OVER)
         self.weight = weight
         self.standardize = standardize
         self.standardize_over = standardize_over
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
-
-    @classmethod
-    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> FeatureMSELoss:
-        return cls(
-            student_channels, teacher_channels, weight=settings.alpha, alignment=settings.alignment,
-            standardize=settings.imitation_standardize, standardize_over=settings.standardize_over,
-        )
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
@@ -409,24 +406,22 @@ class FeatureMSELoss(nn.Module):
         return {"loss": self.weight * mse, "mse": mse}
 
 
-class PKDLoss(nn.Module):
+class PKDLoss(PointDistillationLoss):
     """PKD baseline (Cao et al., NeurIPS 2022; mmrazor's ``PKDLoss``): ``weight * mean((F_hat_T - F_hat_S')^2) / 2``
     with both features standardised per channel over batch and positions (``1 - Pearson r``): scale-free imitation.
-    The default weight is mmrazor's published 6 per FPN level.
+    The default weight is mmrazor's published one per FPN level (:data:`~acamkd_hf.settings.DEFAULT_ALPHA`).
 
     Forward returns ``{"loss", "pkd"}``.
     """
 
+    SETTINGS = {"weight": "alpha", "alignment": "alignment"}
+
     def __init__(
-        self, student_channels: int, teacher_channels: int, *, weight: float = 6.0, alignment: str = "conv1x1"
+        self, student_channels: int, teacher_channels: int, *, weight: float = _PKD.alpha, alignment: str = _PKD.alignment
     ) -> None:
         super().__init__()
         self.weight = weight
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
-
-    @classmethod
-    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> PKDLoss:
-        return cls(student_channels, teacher_channels, weight=settings.alpha, alignment=settings.alignment)
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
@@ -436,28 +431,29 @@ class PKDLoss(nn.Module):
         return {"loss": self.weight * pkd, "pkd": pkd}
 
 
-class MGDLoss(nn.Module):
+class MGDLoss(PointDistillationLoss):
     """MGD baseline (Yang et al., 2022): mask the aligned student at random, regenerate the teacher feature.
 
     ``weight * sum((G(M (.) f_align(F_S)) - F_T)^2) / B`` with ``G`` = conv3x3 -> ReLU -> conv3x3 and ``M`` dropping
-    each position with probability ``mask_ratio``. Defaults are MGD's detection ones (alpha_mgd 2e-5, lambda_mgd
-    0.65). The random mask draws from torch's global RNG, which the Trainer checkpoints, so resume is exact.
+    each position with probability ``mask_ratio``. Defaults are MGD's detection ones (``alpha_mgd``, ``lambda_mgd``:
+    the settings' ``alpha`` and ``mgd_mask_ratio``). The random mask draws from torch's global RNG, which the Trainer checkpoints, so resume is exact.
 
     Forward returns ``{"loss", "mgd"}``.
     """
+
+    SETTINGS = {"weight": "alpha", "mask_ratio": "mgd_mask_ratio", "alignment": "alignment"}
 
     def __init__(
         self,
         student_channels: int,
         teacher_channels: int,
         *,
-        weight: float = 2e-5,
-        mask_ratio: float = 0.65,
-        alignment: str = "conv1x1",
+        weight: float = _MGD.alpha,
+        mask_ratio: float = _MGD.mgd_mask_ratio,
+        alignment: str = _MGD.alignment,
     ) -> None:
         super().__init__()
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        check_mgd_mask_ratio(mask_ratio)
         self.weight = weight
         self.mask_ratio = mask_ratio
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
@@ -465,13 +461,6 @@ class MGDLoss(nn.Module):
             nn.Conv2d(teacher_channels, teacher_channels, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.Conv2d(teacher_channels, teacher_channels, kernel_size=3, padding=1),
-        )
-
-    @classmethod
-    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> MGDLoss:
-        return cls(
-            student_channels, teacher_channels, weight=settings.alpha, mask_ratio=settings.mgd_mask_ratio,
-            alignment=settings.alignment,
         )
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
@@ -485,29 +474,27 @@ class MGDLoss(nn.Module):
         return {"loss": self.weight * mgd, "mgd": mgd}
 
 
-class CWDLoss(nn.Module):
+class CWDLoss(PointDistillationLoss):
     """CWD baseline (Shu et al., 2021): ``weight * tau^2 KL(softmax_HW(F_T / tau) || softmax_HW(F_S' / tau))``.
 
     Forward returns ``{"loss", "cwd"}``.
     """
+
+    SETTINGS = {"weight": "alpha", "tau": "cwd_tau", "alignment": "alignment"}
 
     def __init__(
         self,
         student_channels: int,
         teacher_channels: int,
         *,
-        weight: float = 1.0,
-        tau: float = 1.0,
-        alignment: str = "conv1x1",
+        weight: float = _CWD.alpha,
+        tau: float = _CWD.cwd_tau,
+        alignment: str = _CWD.alignment,
     ) -> None:
         super().__init__()
         self.weight = weight
         self.tau = tau
         self.align = StudentAligner(student_channels, teacher_channels, alignment)
-
-    @classmethod
-    def from_settings(cls, student_channels: int, teacher_channels: int, settings: DistillationSettings) -> CWDLoss:
-        return cls(student_channels, teacher_channels, weight=settings.alpha, tau=settings.cwd_tau, alignment=settings.alignment)
 
     def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
         teacher = teacher.detach()  # the teacher is frozen, whatever graph its feature came from
@@ -518,7 +505,7 @@ class CWDLoss(nn.Module):
 
 
 #: The CLI's ``--method`` names (``none`` = the student trained alone, no module).
-DISTILLATION_LOSSES: dict[str, type[nn.Module]] = {
+DISTILLATION_LOSSES: dict[str, type[PointDistillationLoss]] = {
     "acamkd": ACAMKDLoss,
     "mse": FeatureMSELoss,
     "mgd": MGDLoss,
@@ -576,6 +563,7 @@ class MultiPointDistillationLoss(nn.Module):
 
 
 __all__ = [
+    "PointDistillationLoss",
     "ACAMKDLoss",
     "FeatureMSELoss",
     "MGDLoss",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .choices import require_choice
 from .fusion import FactoredFusion
 from .functional import MASK_ACTIVATIONS, activate_masks
 from .mask_objectives import budget_masks
@@ -47,12 +48,10 @@ class AdaptiveSpatialChannelMasking(nn.Module):
         budgeted: bool = False,
     ) -> None:
         super().__init__()
-        if activation not in MASK_ACTIVATIONS:
-            raise ValueError(f"unknown mask activation {activation!r}; choose one of {', '.join(MASK_ACTIVATIONS)}")
+        require_choice("mask_activation", activation, MASK_ACTIVATIONS)
         self.activation = activation
         self.budgeted = budgeted
-        if kinds not in MASK_KINDS:
-            raise ValueError(f"unknown mask kinds {kinds!r}; choose one of {', '.join(MASK_KINDS)}")
+        require_choice("mask_kinds", kinds, MASK_KINDS)
         if num_masks < 1:
             raise ValueError(f"num_masks must be >= 1, got {num_masks}")
         self.kinds = kinds

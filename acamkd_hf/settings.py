@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .alignment import ALIGNMENT_KINDS
+from .choices import require_choice
 from .functional import MASK_ACTIVATIONS, MASK_NORMALIZERS, STANDARDIZE_OVER
 from .fusion import DEFAULT_MAX_KV_TOKENS, FUSION_MODES, kv_reduction_ratio
 from .mask_objectives import IMITATION_FORMS, MASK_OBJECTIVES
@@ -59,6 +60,28 @@ ACAMKD_VARIANTS: dict[str, dict[str, Any]] = {
 }
 ACAMKD_VARIANTS["recommended"] = {**ACAMKD_VARIANTS["paper"], "imitation_standardize": True, "fusion_kv_reduction": "auto",
                                   "mask_objective": "adversarial", "standardize_over": "image"}
+
+def _variant_values(setting: str) -> str:
+    """``"paper: 1; recommended: auto"``: what each ACAM-KD variant sets ``setting`` to (for help texts)."""
+    return "; ".join(f"{variant}: {values[setting]}" for variant, values in ACAMKD_VARIANTS.items())
+
+
+def check_mask_uniform_mix(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--mask_uniform_mix must be in [0, 1], got {value}")
+
+
+def check_imitation_form(imitation_form: str | None, mask_objective: str | None) -> None:
+    if imitation_form == "distribution" and mask_objective == "imitation":
+        raise ValueError("--imitation_form distribution needs masks that the imitation does not train: use "
+                         "--mask_objective adversarial, predictive, task or uniform")
+
+
+def check_mgd_mask_ratio(value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"--mgd_mask_ratio must be in [0, 1), got {value}")
+
+
 #: Settings added after the first release, and the value that reproduces the code before each existed: what a run
 #: record without the setting means (:meth:`DistillationSettings.from_record`, automatic resume).
 BEFORE_THE_SETTING_EXISTED: dict[str, Any] = {
@@ -124,8 +147,8 @@ class DistillationSettings:
     )
     alpha: float | None = field(
         default=None,
-        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (ACAM-KD: its variant's; "
-                          "MSE, CWD 1; MGD 2e-5; PKD 6)."},
+        metadata={"help": "Weight of the imitation terms (ACAM-KD: L_c + L_s). Default: the method's own (ACAM-KD: its "
+                          f"variant's; {', '.join(f'{name.upper()} {value:g}' for name, value in DEFAULT_ALPHA.items())})."},
     )
     acamkd_variant: str = field(
         default="recommended",
@@ -135,7 +158,7 @@ class DistillationSettings:
                   "choices": list(ACAMKD_VARIANTS)},
     )
     lambda_div: float | None = field(
-        default=None, metadata={"help": "Weight of the Dice diversity term L_div (paper: 1). Default: the variant's."}
+        default=None, metadata={"help": f"Weight of the Dice diversity term L_div. Default: the variant's ({_variant_values('lambda_div')})."}
     )
     num_masks: int | None = field(
         default=None,
@@ -151,7 +174,7 @@ class DistillationSettings:
         metadata={"help": "STCA-FF key/value sequence reduction (ours, not the paper's): average-pool the key/value "
                           "source by R per side (queries, fused feature and masks keep full size). 1 = the paper's "
                           "exact fusion; 'auto' = the smallest R leaving at most --fusion_max_kv_tokens tokens. "
-                          "Default: the variant's (recommended: auto; paper: 1)."},
+                          f"Default: the variant's ({_variant_values('fusion_kv_reduction')})."},
     )
     fusion_max_kv_tokens: int = field(
         default=DEFAULT_MAX_KV_TOKENS,
@@ -165,31 +188,33 @@ class DistillationSettings:
     detach_masks_in_imitation: bool | None = field(
         default=None,
         metadata={"help": "Keep the imitation terms' gradient out of the masks (they then learn from the Dice term "
-                          "only). Paper: False. Default: the variant's; see distill/<point>/*_mask_mean in the logs."},
+                          f"only). Default: the variant's ({_variant_values('detach_masks_in_imitation')}); see "
+                          "distill/<point>/*_mask_mean in the logs."},
     )
     mask_normalizer: str | None = field(
         default=None,
         metadata={"help": "Denominator of L_c / L_s: 'sum' (the paper's sum of the mask; the masks can shrink towards 0, "
                           "see docs/results.md) or 'sum_sq' (sum of the squared mask: scale-invariant). Default: the "
-                          "variant's.", "choices": list(MASK_NORMALIZERS)},
+                          f"variant's ({_variant_values('mask_normalizer')}).", "choices": list(MASK_NORMALIZERS)},
     )
     mask_activation: str | None = field(
         default=None,
         metadata={"help": "Masks from the selection units' scores: 'sigmoid' (the paper's; the masks can all shrink) "
                           "or 'softmax' across the M masks (ours: they partition the map and cannot all vanish). "
-                          "Default: the variant's.", "choices": list(MASK_ACTIVATIONS)},
+                          f"Default: the variant's ({_variant_values('mask_activation')}).", "choices": list(MASK_ACTIVATIONS)},
     )
     imitation_standardize: bool | None = field(
         default=None,
-        metadata={"help": "Standardise teacher and aligned student per channel over batch and positions before the "
+        metadata={"help": "Standardise teacher and aligned student per channel (statistics: --standardize_over) before the "
                           "imitation (as PKD does; ours, not the paper's): one weight serves logits, features and "
-                          "necks. acamkd and mse. Default: the variant's (other methods: False)."},
+                          f"necks. acamkd and mse. Default: the variant's ({_variant_values('imitation_standardize')}; other "
+                          f"methods: {BASELINE_DEFAULTS['imitation_standardize']})."},
     )
     standardize_over: str | None = field(
         default=None,
         metadata={"help": "Statistics of --imitation_standardize: over the 'batch' and positions (PKD's; the update "
                           "then depends on the per-device batch) or over each 'image' (batch-independent). "
-                          "Default: the variant's.", "choices": list(STANDARDIZE_OVER)},
+                          f"Default: the variant's ({_variant_values('standardize_over')}).", "choices": list(STANDARDIZE_OVER)},
     )
     mask_objective: str | None = field(
         default=None,
@@ -198,13 +223,13 @@ class DistillationSettings:
                           "error, ramped gradient reversal + KL to uniform), 'predictive' (they regress the "
                           "student's standardised error), 'task' (they keep the teacher's prediction from its masked "
                           "logits; logits point only) or 'uniform' (the control: constant masks, no fusion). "
-                          "Default: the variant's.", "choices": list(MASK_OBJECTIVES)},
+                          f"Default: the variant's ({_variant_values('mask_objective')}).", "choices": list(MASK_OBJECTIVES)},
     )
     imitation_form: str | None = field(
         default=None,
         metadata={"help": "What the masks weight: 'squared_error' (the paper's) or 'distribution' (CWD's per-channel "
                           "spatial KL at --cwd_tau under the masks; not with --mask_objective imitation). Default: "
-                          "the variant's.", "choices": list(IMITATION_FORMS)},
+                          f"the variant's ({_variant_values('imitation_form')}).", "choices": list(IMITATION_FORMS)},
     )
     mask_entropy_weight: float = field(
         default=1.0, metadata={"help": "--mask_objective adversarial: weight of the masks' KL-to-uniform term."}
@@ -234,10 +259,9 @@ class DistillationSettings:
         if isinstance(self.distillation_points, str):  # one point given as a plain string from Python
             self.distillation_points = [self.distillation_points]
         for item in fields(DistillationSettings):
-            choices = item.metadata.get("choices")
             value = getattr(self, item.name)
-            if choices is not None and value is not None and value not in choices:
-                raise ValueError(f"--{item.name} {value!r} is not one of: {', '.join(choices)}")
+            if item.metadata.get("choices") is not None and value is not None:
+                require_choice(item.name, value, item.metadata["choices"])
         if self.num_masks is not None and self.num_masks < 1:
             raise ValueError(f"--num_masks must be >= 1, got {self.num_masks}")
         if self.fusion_kv_reduction is not None:
@@ -246,13 +270,9 @@ class DistillationSettings:
             kv_reduction_ratio(self.fusion_kv_reduction or "1", 1, 1, self.fusion_max_kv_tokens)
         except ValueError as error:
             raise ValueError(f"--fusion_kv_reduction / --fusion_max_kv_tokens: {error}") from None
-        if not 0.0 <= self.mask_uniform_mix <= 1.0:
-            raise ValueError(f"--mask_uniform_mix must be in [0, 1], got {self.mask_uniform_mix}")
-        if self.imitation_form == "distribution" and self.mask_objective == "imitation":
-            raise ValueError("--imitation_form distribution needs masks that the imitation does not train: use "
-                             "--mask_objective adversarial, predictive, task or uniform")
-        if not 0.0 <= self.mgd_mask_ratio < 1.0:
-            raise ValueError(f"--mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}")
+        check_mask_uniform_mix(self.mask_uniform_mix)
+        check_imitation_form(self.imitation_form, self.mask_objective)
+        check_mgd_mask_ratio(self.mgd_mask_ratio)
 
     @classmethod
     def from_object(cls, source: Any) -> DistillationSettings:
@@ -303,10 +323,17 @@ class DistillationSettings:
         return asdict(self)
 
 
+def method_defaults(method: str) -> DistillationSettings:
+    """What ``--method <method>`` uses for every setting no flag gives (the model-dependent points and ``M`` stay
+    ``None``): the one source of the losses' constructor defaults, so that Python and the command line agree."""
+    return DistillationSettings(method=method).with_method_defaults()
+
+
 def default_num_masks(model: Any) -> int:
     """The paper's ``M`` for ``model`` (the student): 6 for detection, the number of classes for segmentation."""
     config = getattr(model, "config", None)
     if config is not None and "ForObjectDetection" in type(model).__name__:
         return DETECTION_NUM_MASKS
     return int(getattr(config, "num_labels", DETECTION_NUM_MASKS))
-__all__ = ["DistillationSettings", "METHODS", "DEFAULT_ALPHA", "ACAMKD_VARIANTS", "DETECTION_NUM_MASKS", "default_num_masks"]
+__all__ = ["DistillationSettings", "METHODS", "DEFAULT_ALPHA", "ACAMKD_VARIANTS", "DETECTION_NUM_MASKS", "default_num_masks",
+           "method_defaults"]

@@ -9,7 +9,8 @@ Reads what ``acamkd_hf.visualization.MaskVisualizationCallback`` saved in a run'
     python scripts/plot_mask_evolution.py outputs/acamkd-synthetic --point logits --num_steps 5 --scale log \
         --output docs/figures/mask_evolution.png
 
-Needs matplotlib (``pip install -e ".[viz]"``). Prints the path of the PNG it wrote.
+Needs matplotlib (``pip install -e ".[viz]"``), and neither torch nor transformers (it reads the files through
+``acamkd_hf.mask_rendering``). Prints the path of the PNG it wrote.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 
 import numpy as np
 
-from acamkd_hf.visualization import MASK_VISUALIZATION_DIR, MASKS_FILE, load_mask_render
+from acamkd_hf.mask_rendering import MASK_VISUALIZATION_DIR, MASKS_FILE, load_mask_render
 
 
 # ----------------------------------------------------------------------------------------------------- inputs

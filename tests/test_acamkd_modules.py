@@ -12,6 +12,12 @@ from acamkd_hf.alignment import StudentAligner
 from acamkd_hf.fusion import StudentTeacherCrossAttention
 from acamkd_hf.losses import ACAMKDLoss, CWDLoss, FeatureMSELoss, MGDLoss, MultiPointDistillationLoss, PKDLoss
 from acamkd_hf.masking import AdaptiveSpatialChannelMasking
+from acamkd_hf.settings import ACAMKD_VARIANTS
+
+
+def paper_loss(student_channels: int, teacher_channels: int, **keywords) -> ACAMKDLoss:
+    """ACAM-KD with the paper's literal settings (the tests below check the paper's formulas), ``keywords`` on top."""
+    return ACAMKDLoss(student_channels, teacher_channels, **{**ACAMKD_VARIANTS["paper"], **keywords})
 
 
 def _features(student_channels=6, teacher_channels=8, student_hw=(3, 5), teacher_hw=(6, 10), batch=2, seed=0):
@@ -255,7 +261,7 @@ def test_identity_alignment_needs_equal_channels():
 # ---------------------------------------------------------------------------------------------------------- ACAM-KD
 def test_acamkd_terms_are_consistent_with_their_weights():
     torch.manual_seed(0)
-    loss = ACAMKDLoss(6, 8, num_masks=4, alpha=0.3, lambda_div=2.0)
+    loss = paper_loss(6, 8, num_masks=4, alpha=0.3, lambda_div=2.0)
     student, teacher = _features()
     out = loss(student, teacher)
     assert set(out) == {"loss", "channel", "spatial", "diversity", "spatial_mask_mean", "channel_mask_mean",
@@ -271,7 +277,7 @@ def test_acamkd_terms_are_consistent_with_their_weights():
 
 def test_acamkd_gradients_reach_every_trainable_part_and_never_the_teacher():
     torch.manual_seed(0)
-    loss = ACAMKDLoss(6, 8, num_masks=3)
+    loss = paper_loss(6, 8, num_masks=3)
     student, teacher = _features()
     loss(student, teacher)["loss"].backward()
     assert teacher.grad is None  # the teacher is frozen: its feature is detached inside the loss
@@ -283,7 +289,7 @@ def test_acamkd_gradients_reach_every_trainable_part_and_never_the_teacher():
 def test_student_gets_gradient_only_through_the_imitation_when_detached():
     torch.manual_seed(0)
     for detach, student_gets_diversity_gradient in ((True, False), (False, True)):
-        loss = ACAMKDLoss(6, 8, num_masks=3, detach_student_in_fusion=detach)
+        loss = paper_loss(6, 8, num_masks=3, detach_student_in_fusion=detach)
         student, teacher = _features()
         loss(student, teacher)["diversity"].backward()
         got = student.grad is not None and student.grad.abs().sum().item() > 0
@@ -295,7 +301,7 @@ def test_student_gets_gradient_only_through_the_imitation_when_detached():
 
 def test_teacher_only_masks_take_no_gradient_from_the_student_path():
     torch.manual_seed(0)
-    loss = ACAMKDLoss(6, 8, num_masks=3, fusion_mode="teacher_only", detach_student_in_fusion=False)
+    loss = paper_loss(6, 8, num_masks=3, fusion_mode="teacher_only", detach_student_in_fusion=False)
     student, teacher = _features()
     loss(student, teacher)["diversity"].backward()
     assert student.grad is None  # masks built from the teacher alone
@@ -305,7 +311,7 @@ def test_teacher_only_masks_take_no_gradient_from_the_student_path():
 @pytest.mark.parametrize("kinds", ["spatial", "channel"])
 def test_single_mask_kind_zeroes_the_other_terms(kinds):
     torch.manual_seed(0)
-    loss = ACAMKDLoss(6, 8, num_masks=3, mask_kinds=kinds)
+    loss = paper_loss(6, 8, num_masks=3, mask_kinds=kinds)
     features = _features()
     out = loss(*features)
     off = "channel" if kinds == "spatial" else "spatial"
@@ -316,7 +322,7 @@ def test_single_mask_kind_zeroes_the_other_terms(kinds):
 
 def test_acamkd_losses_equal_the_functional_formulas_on_the_module_masks():
     torch.manual_seed(0)
-    loss = ACAMKDLoss(8, 8, num_masks=2, alignment="identity")
+    loss = paper_loss(8, 8, num_masks=2, alignment="identity")
     student, teacher = _features(student_channels=8, student_hw=(6, 10))
     out = loss(student, teacher)
     masks = {kind: value.detach() for kind, value in loss.masks(student, teacher).items()}
@@ -369,7 +375,7 @@ def test_baselines_share_the_interface_and_match_their_formulas():
 # ---------------------------------------------------------------------------------------------------------- points
 def test_multi_point_sums_points_and_names_every_term():
     torch.manual_seed(0)
-    levels = {"neck1": ACAMKDLoss(6, 8, num_masks=2), "neck2": FeatureMSELoss(4, 8)}
+    levels = {"neck1": paper_loss(6, 8, num_masks=2), "neck2": FeatureMSELoss(4, 8)}
     container = MultiPointDistillationLoss(levels)
     s1, t1 = _features()
     s2, t2 = _features(student_channels=4, teacher_hw=(3, 5), seed=1)
@@ -387,7 +393,7 @@ def test_multi_point_sums_points_and_names_every_term():
 
 def test_student_query_mode_trains_from_both_sides():
     torch.manual_seed(0)
-    loss = ACAMKDLoss(6, 8, num_masks=3, fusion_mode="student_query", detach_student_in_fusion=False)
+    loss = paper_loss(6, 8, num_masks=3, fusion_mode="student_query", detach_student_in_fusion=False)
     student, teacher = _features()
     loss(student, teacher)["diversity"].backward()
     assert teacher.grad is None
@@ -400,7 +406,7 @@ def test_detach_masks_in_imitation_keeps_imitation_gradient_out_of_the_masks():
     the Dice term as their only teacher, while the student still learns from the imitation."""
     torch.manual_seed(0)
     for detach, units_get_imitation_gradient in ((False, True), (True, False)):
-        loss = ACAMKDLoss(6, 8, num_masks=3, detach_masks_in_imitation=detach)
+        loss = paper_loss(6, 8, num_masks=3, detach_masks_in_imitation=detach)
         student, teacher = _features()
         out = loss(student, teacher)
         (out["channel"] + out["spatial"]).backward()
@@ -432,7 +438,7 @@ def _optimise_masks_alone(activation, normalizer="sum", steps=300):
     """Many Adam steps of the selection units alone on a fixed pair of features (the imitation terms only): what
     the masks become when they learn from the loss they weight."""
     torch.manual_seed(0)
-    loss = ACAMKDLoss(8, 8, num_masks=4, alignment="identity", lambda_div=0.0, mask_normalizer=normalizer,
+    loss = paper_loss(8, 8, num_masks=4, alignment="identity", lambda_div=0.0, mask_normalizer=normalizer,
                       mask_activation=activation)
     student, teacher = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
     optimizer = torch.optim.Adam(loss.masking.parameters(), lr=0.1)
@@ -463,7 +469,7 @@ def test_standardised_acamkd_equals_the_formula_on_standardised_features(activat
     import numpy as np
 
     torch.manual_seed(0)
-    loss = ACAMKDLoss(8, 8, num_masks=3, alignment="identity", imitation_standardize=True, mask_activation=activation)
+    loss = paper_loss(8, 8, num_masks=3, alignment="identity", imitation_standardize=True, mask_activation=activation)
     student, teacher = _features(student_channels=8, student_hw=(6, 10))
     out = loss(student, teacher)
     masks = {kind: value.detach().double().numpy() for kind, value in loss.masks(student, teacher).items()}

@@ -135,14 +135,16 @@ def test_every_loss_term_is_logged_per_point(data, tmp_path):
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 3
     expected = {"task_loss", "distillation_loss"} | {
-        f"distill/{point}/{term}" for point in ("logits", "stage3") for term in ("loss", "channel", "spatial", "diversity")
+        f"distill/{point}/{term}" for point in ("logits", "stage3")
+        for term in ("loss", "channel", "spatial", "diversity", "mask_objective")  # the default's adversarial masks
     }
     assert expected <= set(logged[0])
     entry = logged[-1]
     # The terms add up: total = task + distillation; distillation = sum over points of each point's total.
     assert entry["distillation_loss"] == pytest.approx(entry["distill/logits/loss"] + entry["distill/stage3/loss"], rel=1e-4)
     assert entry["distill/logits/loss"] == pytest.approx(
-        entry["distill/logits/channel"] + entry["distill/logits/spatial"] + entry["distill/logits/diversity"], rel=1e-4
+        entry["distill/logits/channel"] + entry["distill/logits/spatial"] + entry["distill/logits/diversity"]
+        + entry["distill/logits/mask_objective"], rel=1e-4
     )
 
 

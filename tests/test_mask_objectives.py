@@ -170,7 +170,7 @@ def test_per_image_standardisation_is_the_formula_over_each_images_positions():
     torch.testing.assert_close(alone, channel_standardize(feature, over="image"))
     with pytest.raises(ValueError, match="positions of one image"):
         channel_standardize(torch.randn(4, 2, 1, 1), over="image")
-    with pytest.raises(ValueError, match="choose one of batch, image"):
+    with pytest.raises(ValueError, match="is not one of: batch, image"):
         channel_standardize(feature, over="channel")
 
 
@@ -200,14 +200,15 @@ def test_rank_correlation_is_spearmans_averaged_over_the_batch():
 # -------------------------------------------------------------------------------------------- the loss module
 def test_uniform_control_is_the_standardised_mean_squared_error_twice_with_no_fusion():
     student, teacher = _features()
-    loss = ACAMKDLoss(8, 8, alignment="identity", imitation_standardize=True, alpha=0.5, mask_objective="uniform")
+    loss = ACAMKDLoss(8, 8, alignment="identity", imitation_standardize=True, alpha=0.5, mask_objective="uniform",
+                      standardize_over="batch")
     assert loss.fusion is None and loss.masking is None and loss.masks(student, teacher) == {}
     out = loss(student, teacher)
     expected = ((_standardised(teacher) - _standardised(student)) ** 2).mean()
     assert out["channel"].item() == pytest.approx(expected, rel=1e-5)
     assert out["spatial"].item() == pytest.approx(expected, rel=1e-5)
     assert out["loss"].item() == pytest.approx(0.5 * 2 * expected, rel=1e-5)
-    spatial_only = ACAMKDLoss(8, 8, alignment="identity", imitation_standardize=True, mask_objective="uniform",
+    spatial_only = ACAMKDLoss(8, 8, alignment="identity", imitation_standardize=True, mask_objective="uniform", standardize_over="batch",
                               mask_kinds="spatial")(student, teacher)
     assert spatial_only["channel"].item() == 0.0 and spatial_only["loss"].item() == pytest.approx(expected, rel=1e-5)
 
@@ -262,7 +263,7 @@ def test_adversarial_ramp_counts_training_passes_and_is_checkpointed():
 
 def test_distribution_form_with_uniform_masks_is_cwd_in_both_terms_and_weights_it_with_masks():
     student, teacher = _features(channels=4, hw=(3, 4))
-    out = ACAMKDLoss(4, 4, alignment="identity", mask_objective="uniform", imitation_form="distribution",
+    out = ACAMKDLoss(4, 4, alignment="identity", mask_objective="uniform", imitation_form="distribution", imitation_standardize=False,
                      cwd_tau=2.0)(student, teacher)
     s, t = student.detach().double().numpy(), teacher.double().numpy()
 
@@ -274,7 +275,8 @@ def test_distribution_form_with_uniform_masks_is_cwd_in_both_terms_and_weights_i
     cwd = 4.0 * (p_t * (lp_t - lp_s)).sum(axis=2).mean()
     assert out["spatial"].item() == pytest.approx(cwd, rel=1e-5)
     assert out["channel"].item() == pytest.approx(cwd, rel=1e-5)
-    masked = ACAMKDLoss(4, 4, alignment="identity", mask_objective="predictive", imitation_form="distribution")
+    masked = ACAMKDLoss(4, 4, alignment="identity", mask_objective="predictive", imitation_form="distribution",
+                        imitation_standardize=False)
     with torch.no_grad():
         masked.masking.channel_bias.normal_(0, 0.5)
     out = masked(student, teacher)

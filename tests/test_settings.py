@@ -3,10 +3,11 @@
 from dataclasses import fields
 
 import pytest
+import torch
 
 from acamkd_hf.config import DistillationArguments
 from acamkd_hf.losses import DISTILLATION_LOSSES
-from acamkd_hf.settings import ACAMKD_VARIANTS, DEFAULT_ALPHA, METHODS, DistillationSettings
+from acamkd_hf.settings import ACAMKD_VARIANTS, DEFAULT_ALPHA, DETECTION_NUM_MASKS, METHODS, DistillationSettings
 
 
 def test_methods_name_every_loss_and_every_loss_has_a_default_weight():
@@ -106,3 +107,46 @@ def test_the_token_budget_differs_only_where_auto_reduction_reads_it():
     auto_a = DistillationSettings(method="acamkd", fusion_max_kv_tokens=128)  # the recommended variant: auto
     assert auto_a.differences(DistillationSettings(method="acamkd", fusion_max_kv_tokens=32)) == {
         "fusion_max_kv_tokens": (128, 32)}
+
+
+@pytest.mark.parametrize("method", list(DISTILLATION_LOSSES))
+def test_the_python_api_builds_the_method_the_command_line_builds(tmp_path, method):
+    """``Loss(C_s, C_t)`` with its defaults is what ``--method <method>`` builds: every keyword's default equals the
+    setting the CLI resolves, and the two modules (same seed) hold the same weights and give the same loss."""
+    import inspect
+
+    from acamkd_hf.cli import parse_arguments
+
+    cli_settings = parse_arguments(["--output_dir", str(tmp_path), "--method", method])[2].distillation_settings()
+    cli_settings = cli_settings.resolved(["logits"], num_masks=DETECTION_NUM_MASKS)
+    loss_class = DISTILLATION_LOSSES[method]
+    parameters = inspect.signature(loss_class).parameters
+    assert set(loss_class.SETTINGS) <= set(parameters)  # every keyword it declares is one of its constructor's
+    for keyword, setting in loss_class.SETTINGS.items():
+        assert parameters[keyword].default == getattr(cli_settings, setting), (keyword, setting)
+    torch.manual_seed(0)
+    from_python = loss_class(6, 8)
+    torch.manual_seed(0)
+    from_cli = loss_class.from_settings(6, 8, cli_settings)
+    python_state, cli_state = from_python.state_dict(), from_cli.state_dict()
+    assert python_state.keys() == cli_state.keys()
+    for name in python_state:
+        assert torch.equal(python_state[name], cli_state[name]), name
+    student, teacher = torch.randn(2, 6, 8, 8), torch.randn(2, 8, 8, 8)
+    torch.manual_seed(1)
+    expected = from_cli(student, teacher)["loss"]
+    torch.manual_seed(1)
+    assert torch.equal(from_python(student, teacher)["loss"], expected)
+
+
+@pytest.mark.parametrize("method", list(DISTILLATION_LOSSES))
+def test_a_run_records_only_the_settings_its_method_reads(method):
+    from acamkd_hf.distiller import COMMON_RECORDED_SETTINGS, recorded_settings
+
+    settings = DistillationSettings(method=method).resolved(["logits"], num_masks=3)
+    record = recorded_settings(settings)
+    expected = set(COMMON_RECORDED_SETTINGS) | set(DISTILLATION_LOSSES[method].SETTINGS.values())
+    expected |= {"acamkd_variant"} if method == "acamkd" else set()
+    assert set(record) == expected
+    assert ("mask_normalizer" in record) == (method == "acamkd")
+    assert all(record[name] == getattr(settings, name) for name in record)

@@ -26,12 +26,14 @@ from acamkd_hf.data import (
     make_synthetic_cityscapes,
 )
 from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
-from acamkd_hf.visualization import (
+from acamkd_hf.mask_rendering import (
+    DEFAULT_IMAGE_MEAN,
+    DEFAULT_IMAGE_STD,
     HEADER_HEIGHT,
-    MaskVisualizationCallback,
     channel_bar_image,
     render_point_masks,
 )
+from acamkd_hf.visualization import MaskVisualizationCallback
 
 IMAGE_SIZE = (32, 64)
 NUM_CLASSES = 4  # = M, the number of masks (the paper's default for segmentation)
@@ -103,7 +105,9 @@ class _Snapshots(TrainerCallback):
 def rendered(data, tmp_path_factory):
     """5 steps, a render every 2: at step 0 (train begin), 2, 4 and 5 (the end)."""
     output_dir = tmp_path_factory.mktemp("rendered") / "out"
-    trainer = _make(data, output_dir)
+    # the paper's imitation-trained masks: they move within 5 steps (the default's budgeted spatial masks start
+    # uniform and stay so while the fusion's attention is flat), so each render is pinned to its own step
+    trainer = _make(data, output_dir, mask_objective="imitation")
     trainer.add_callback(MaskVisualizationCallback(trainer, every_n_steps=2, num_images=3, max_masks=3, tile_height=48))
     snapshots = _Snapshots(trainer)
     trainer.add_callback(snapshots)
@@ -309,6 +313,32 @@ def test_rendering_shows_values_on_an_absolute_scale():
     heights = filled.sum(axis=0)
     assert heights[0:9].max() == 0 and heights[10:19].min() == 20 and heights[20:29].min() == 10
     assert heights[30:39].min() == 5 and heights[9] == 0  # 1-pixel gap after each bar
+
+
+def test_default_image_mean_and_std_are_the_processors_imagenet_values():
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    assert DEFAULT_IMAGE_MEAN == tuple(IMAGENET_DEFAULT_MEAN) and DEFAULT_IMAGE_STD == tuple(IMAGENET_DEFAULT_STD)
+
+
+def test_figure_script_and_rendering_module_load_neither_torch_nor_transformers():
+    """scripts/plot_mask_evolution.py (run to its --help) and acamkd_hf.mask_rendering need numpy and PIL only."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(REPO / 'scripts' / 'plot_mask_evolution.py')!r}, '--help']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "import acamkd_hf.mask_rendering\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'transformers'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "run_dir" in result.stdout  # the --help text was printed
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_without_an_eval_set_the_batch_comes_from_the_train_set(data, tmp_path):
