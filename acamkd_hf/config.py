@@ -15,7 +15,8 @@ from .settings import DistillationSettings
 
 @dataclass
 class DistillationArguments(TrainingArguments, DistillationSettings):
-    """Distillation settings on top of every ``TrainingArguments`` flag. Defaults follow the paper.
+    """Distillation settings on top of every ``TrainingArguments`` flag (their defaults: ``--method``'s, see
+    :func:`~acamkd_hf.settings.method_defaults`).
 
     Args:
         teacher: the teacher: a preset name, Hub id or local folder (recorded with the run).

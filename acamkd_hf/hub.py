@@ -25,6 +25,8 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
+from .model_sources import is_hub_id
+from .run_record import read_run
 from .tasks import TASKS
 from .checkpointing import DISTILLATION_MODULES_NAME
 
@@ -86,53 +88,6 @@ class HubPushError(RuntimeError):
 def card_template_path() -> Path:
     """Path of the card template shipped in ``model_cards/`` (installed as ``acamkd_hf.model_cards``)."""
     return Path(str(files("acamkd_hf.model_cards").joinpath(CARD_TEMPLATE)))
-
-
-def read_run(output_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(run_config, metrics)`` of a folder written by ``acamkd-distill`` (``scripts/distill.py``)."""
-    folder = Path(output_dir)
-    missing = [name for name in ("run_config.json", "metrics.json") if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{folder} has no {' or '.join(missing)}: it is not the output folder of a finished scripts/distill.py run"
-        )
-    return json.loads((folder / "run_config.json").read_text()), json.loads((folder / "metrics.json").read_text())
-
-
-def is_hub_id(name: str | None) -> bool:
-    """Whether ``name`` can only be a Hub id ("org/name", no such local path)."""
-    return (
-        bool(name)
-        and not os.path.exists(os.path.expanduser(name))
-        and name.count("/") == 1
-        and not name.startswith((".", "/", "~"))
-    )
-
-
-_is_hub_id = is_hub_id
-
-
-def known_license(name_or_path: str, revision: str | None = None) -> str | None:
-    """The ``license`` of a model's card when it can be read: a local folder's ``README.md``, or a Hub id's card
-    (from the local cache; downloaded unless ``HF_HUB_OFFLINE``). None when unknown."""
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-
-    folder = Path(os.path.expanduser(name_or_path))
-    path: str | Path | None = folder / "README.md" if folder.is_dir() else None
-    if path is None and is_hub_id(name_or_path):
-        cached = try_to_load_from_cache(name_or_path, "README.md", revision=revision)
-        path = cached if isinstance(cached, str) else None
-        if path is None and not constants.HF_HUB_OFFLINE:
-            try:
-                path = hf_hub_download(name_or_path, "README.md", revision=revision)
-            except Exception:  # noqa: BLE001 (metadata only: no card, no network, gated)
-                path = None
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        return ModelCard.load(path).data.license
-    except Exception:  # noqa: BLE001 (a card without metadata)
-        return None
 
 
 def _dataset_names(task, data: dict[str, Any]) -> tuple[str, str, str | None]:
@@ -312,14 +267,6 @@ def model_card(
     )
 
 
-def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None, model_path: str | None = None) -> Path:
-    """Renders the card of a finished folder into ``output_dir/README.md`` (for a user who wants the local card
-    re-rendered; a run writes its own card at the end, and a push never writes locally)."""
-    path = Path(output_dir) / "README.md"
-    build_model_card(output_dir, repo_id, model_path=model_path).save(path)
-    return path
-
-
 def files_to_push(output_dir: str | os.PathLike, include_distillation_modules: bool = False) -> list[str]:
     """The exact files a push uploads (sorted): the student folder's top-level model and record files, and
     ``README.md`` (the card, rendered for the Hub repository at push time).
@@ -446,16 +393,12 @@ def push_student(
 
 __all__ = [
     "HubPushError",
-    "is_hub_id",
-    "known_license",
     "model_card",
     "build_model_card",
-    "write_model_card",
     "files_to_push",
     "push_student",
     "upload_contents",
     "custom_code_files",
     "project_url",
     "card_template_path",
-    "read_run",
 ]

@@ -90,4 +90,13 @@ class StopAtStepBoundary(TrainerCallback):
         return bool(flag.item())
 
 
-__all__ = ["Interrupts", "StopAtStepBoundary", "EXIT_STATUS"]
+class TrainingInterrupted(KeyboardInterrupt):
+    """A training stopped by Ctrl-C / SIGTERM, with the folder it was training into (``output_dir``): where the
+    closing line looks for the checkpoint a rerun resumes from."""
+
+    def __init__(self, output_dir: str) -> None:
+        super().__init__(output_dir)
+        self.output_dir = output_dir
+
+
+__all__ = ["Interrupts", "StopAtStepBoundary", "TrainingInterrupted", "EXIT_STATUS"]

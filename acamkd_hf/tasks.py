@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor
@@ -176,27 +177,16 @@ class SegmentationTask(Task):
     default_student = "tiny-segformer"
     synthetic_image_size = (64, 128)
     synthetic_num_classes = 8
-    #: the embedded default run's training settings (flags override them)
-    default_recipe: dict[str, Any] = {
-        "output_dir": "outputs/acamkd-synthetic",
-        "num_train_epochs": 20,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 16,
-        "learning_rate": 3e-3,
-        "weight_decay": 1e-4,
-        "lr_scheduler_type": "polynomial",
-        "lr_scheduler_kwargs": {"power": 0.9, "lr_end": 0.0},
-        "warmup_steps": 10,
-    }
     #: Trainer settings the task needs whatever the recipe says
     required_training_args = {"batch_eval_metrics": True}  # mIoU streams through a confusion matrix
 
     def prepare_data(self, data_args, seed: int):
-        """``SegmentationData``; a synthetic Cityscapes-layout set is written first when no dataset is given."""
+        """``(SegmentationData, data_args)``: a synthetic Cityscapes-layout set is written first when no dataset is
+        given, and the returned copy of ``data_args`` names its folder (``data_args`` itself is left as given)."""
         if data_args.dataset is None:
-            data_args.dataset = synthetic_dataset(
+            data_args = replace(data_args, dataset=synthetic_dataset(
                 self, data_args, seed, "cityscapes", "gtFine", make_synthetic_cityscapes, SYNTHETIC_CITYSCAPES_VERSION
-            )
+            ))
         splits = {"train_split": data_args.train_split} if data_args.train_split else {}
         data = load_segmentation_data(
             data_args.dataset,
@@ -220,7 +210,7 @@ class SegmentationTask(Task):
         }
         require_splits(data.dataset, data_args.dataset, searched, fixes if searched else None)
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
-        return data
+        return data, data_args
 
     @staticmethod
     def _unknown_label_values(data, first: int = 8) -> list[str]:
@@ -328,32 +318,15 @@ class DetectionTask(Task):
     default_student = "tiny-rtdetr-resnet-student"
     synthetic_image_size = (128, 128)
     synthetic_num_classes = 6
-    default_recipe: dict[str, Any] = {
-        "output_dir": "outputs/acamkd-synthetic-detection",
-        # The demo shows what distillation does: a control row (the same student, no teacher), and no inheritance.
-        # Inheriting the 16-epoch teacher's encoder/decoder put the student next to its teacher (0.048 mAP against
-        # 0.042: nothing visible to teach); without it the teacher is 1.9x the control (0.042 vs 0.022) and the
-        # distilled student above it (0.024), one seed. The paper's setting (inheritance on) is the COCO recipes'
-        # and benchmarks/quality.py --table detection's.
-        "compare_student_alone": True,
-        "inherit_from_teacher": False,
-        "teacher_num_train_epochs": 16,  # the tiny teacher needs more steps than the student it starts
-        "num_train_epochs": 8,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 16,
-        "learning_rate": 1e-3,
-        "weight_decay": 1e-4,
-        "max_grad_norm": 1.0,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 20,
-    }
     required_training_args = {"batch_eval_metrics": True, "eval_do_concat_batches": False}
 
     def prepare_data(self, data_args, seed: int):
-        """``DetectionData``; a synthetic COCO-layout set is written first when no dataset is given."""
+        """``(DetectionData, data_args)``: a synthetic COCO-layout set is written first when no dataset is given, and
+        the returned copy of ``data_args`` names its folder (``data_args`` itself is left as given)."""
         synthetic = data_args.dataset is None
         if synthetic:
-            data_args.dataset = synthetic_dataset(self, data_args, seed, "coco", "annotations", make_synthetic_coco)
+            data_args = replace(data_args, dataset=synthetic_dataset(self, data_args, seed, "coco", "annotations",
+                                                                     make_synthetic_coco))
         data = load_detection_data(
             data_args.dataset,
             id2label=data_args.id2label,
@@ -363,7 +336,7 @@ class DetectionTask(Task):
         require_splits(data.dataset, data_args.dataset)
         truncate(data.dataset, data_args.max_train_samples, data_args.max_eval_samples)
         data.synthetic = synthetic
-        return data
+        return data, data_args
 
     def image_processor(self, student: str, data, *, trust_remote_code: bool, revision: str | None,
                         input_size: int | None = None):

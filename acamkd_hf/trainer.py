@@ -20,7 +20,7 @@ from typing import Any
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer, set_seed
+from transformers import PreTrainedModel, Trainer, TrainerState, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 from transformers.utils import logging
@@ -333,6 +333,14 @@ class DistillationTrainer(Trainer):
                     f"'none' or by another tool?). Resume it with the method it was trained with, or start afresh."
                 )
             distiller.distillation_loss.load_state_dict(safetensors.torch.load_file(path))
+
+    def adopt_finished_checkpoint(self, checkpoint: str, state: TrainerState, load_best_model: bool = False) -> None:
+        """Takes ``checkpoint``, the last step of this training (``state``, its ``trainer_state.json``), as the
+        trained result instead of training again: its weights (the best checkpoint's with ``load_best_model``) and
+        its state. A resumed Trainer would train one step more when the last step ends mid-epoch."""
+        best = state.best_model_checkpoint if load_best_model else None
+        self._load_from_checkpoint(best or checkpoint)
+        self.state = state
 
     def _load_best_model(self) -> None:
         logger.info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")

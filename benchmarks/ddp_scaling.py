@@ -23,12 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling modules, also when loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import timing  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------- worker
@@ -45,16 +49,14 @@ def _worker(options: argparse.Namespace) -> None:
     )
     from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
 
-    if options.device == "cpu":
-        torch.set_num_threads(1)
+    timing.pin_threads(1, options.device)
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
             self.ends: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            if options.device == "cuda":
-                torch.cuda.synchronize()
+            timing.cuda_sync(options.device)
             self.ends.append(time.perf_counter())
 
     data = load_cityscapes(options._data)
@@ -157,13 +159,18 @@ def main() -> None:
         num_train = max(options.processes) * options.per_device_batch * 4
         data = str(make_synthetic_cityscapes(Path(scratch, "data"), num_train=num_train, num_val=2,
                                              image_size=tuple(options.image_size), num_classes=8, seed=0))
-        rates: dict[int, list[float]] = {processes: [] for processes in options.processes}
-        # Interleaved (1, 2, 1, 2, ...): on a shared machine the load drifts, and it should hit every configuration.
-        for repeat in range(options.repeats):
-            for processes in options.processes:
-                run = _launch(processes, options, data, scratch, repeat)
-                rates[processes].append(run["steps"] / run["seconds"])
-        results = {processes: {"steps_per_s": statistics.median(r), "all": r} for processes, r in rates.items()}
+        launched = {processes: 0 for processes in options.processes}
+
+        def steps_per_s(processes: int) -> float:
+            run = _launch(processes, options, data, scratch, launched[processes])
+            launched[processes] += 1
+            return run["steps"] / run["seconds"]
+
+        # Interleaved (1, 2, 1, 2, ...: the same order each round): on a shared machine the load drifts, and it
+        # should hit every configuration.
+        jobs = {processes: (lambda processes=processes: steps_per_s(processes)) for processes in options.processes}
+        rates = timing.interleaved(jobs, options.repeats, rotate=False)
+        results = {processes: {"steps_per_s": timing.median(r), "all": r} for processes, r in rates.items()}
 
     base = results[1]["steps_per_s"]
     print(f"\n{options.teacher} -> {options.student}, ACAM-KD at the logits, {options.image_size[0]}x"
@@ -180,8 +187,10 @@ def main() -> None:
         print(f"| {processes} | {options.per_device_batch * processes} | {steps:.2f} | {images:.1f} | {speed_up:.2f}x |"
               f" {speed_up / processes:.2f} | {each} |")
     largest = max(results)
-    fields = " ".join(f"processes_{p}_steps_per_s={r['steps_per_s']:.3f}" for p, r in results.items())
-    print(f"\nRESULT {fields} scaling_efficiency={results[largest]['steps_per_s'] / base:.3f}")
+    fields = {f"processes_{p}_steps_per_s": r["steps_per_s"] for p, r in results.items()}
+    fields["scaling_efficiency"] = results[largest]["steps_per_s"] / base
+    print()
+    timing.print_result(fields, lambda key: 3)
 
 
 if __name__ == "__main__":

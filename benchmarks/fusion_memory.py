@@ -10,9 +10,10 @@ Three implementations of the same fusion (same 1x1 projections C -> C/2, C/2, C;
   naive      softmax(Q K^T / sqrt(C/2)) V written out.
 Each measurement runs in a fresh subprocess: on CPU there is no allocator peak counter, so the peak is the rise of
 the process's maximum resident set size over one forward+backward, above what the inputs already took (after a
-warm-up step on a 4x4 map, so that loading the kernels' code is not counted). Times are
-the median of --repeats runs after one warm-up. On a CUDA machine, add --device cuda (peak from
-torch.cuda.max_memory_allocated). The last line is machine-readable.
+warm-up step on a 4x4 map, so that loading the kernels' code is not counted). Times are the median of --repeats
+runs after one warm-up (``timing.wall_ms``: wall clock, the device synchronised at both ends). On a CUDA machine, add
+--device cuda (peak from torch.cuda.max_memory_allocated, ``timing.cuda_peak_bytes``). The last line is
+machine-readable.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ import argparse
 import json
 import math
 import resource
-import statistics
 import subprocess
 import sys
-import time
+from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling modules, also when loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import timing  # noqa: E402
 
 IMPLEMENTATIONS = ("fused", "sdpa_raw", "naive")
 
@@ -64,12 +69,7 @@ def _measure(impl: str, side: int, channels: int, batch: int, repeats: int, devi
     teacher = torch.randn(batch, channels, side, side, device=device)
     student = torch.randn(batch, channels, side, side, device=device, requires_grad=True)
     if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step(teacher, student)
-        torch.cuda.synchronize()
-        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+        peak_mib = timing.cuda_peak_bytes(lambda: step(teacher, student)) / timing.MIB
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         step(teacher, student)
@@ -78,14 +78,8 @@ def _measure(impl: str, side: int, channels: int, batch: int, repeats: int, devi
     for _ in range(repeats):
         student.grad = None
         fusion.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step(teacher, student)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return {"peak_mib": peak_mib, "ms": statistics.median(times)}
+        times.append(timing.wall_ms(lambda: step(teacher, student), device))
+    return {"peak_mib": peak_mib, "ms": timing.median(times)}
 
 
 def main() -> None:
@@ -125,11 +119,10 @@ def main() -> None:
 
     last = results[args.sizes[-1]]
     side = args.sizes[-1]
-    print(
-        f"RESULT tokens={side * side} fused_peak_mib={last['fused']['peak_mib']:.1f} "
-        f"naive_peak_mib={last['naive']['peak_mib']:.1f} fused_ms={last['fused']['ms']:.1f} "
-        f"naive_ms={last['naive']['ms']:.1f}"
-    )
+    result = {"tokens": side * side, "fused_peak_mib": last["fused"]["peak_mib"],
+              "naive_peak_mib": last["naive"]["peak_mib"], "fused_ms": last["fused"]["ms"],
+              "naive_ms": last["naive"]["ms"]}
+    timing.print_result(result, lambda key: None if key == "tokens" else 1)
 
 
 if __name__ == "__main__":

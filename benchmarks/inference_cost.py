@@ -12,8 +12,9 @@ step (where the distillation modules are expected, in `distillation_modules.safe
 are the top-level files, `config.json`, the `model.safetensors` header (tensor names, dtypes, shapes), its size,
 the reloaded state-dict keys and shapes, the parameter count (also against a freshly built preset of the
 architecture), and the forward time in eval mode under `no_grad`: --repeats interleaved rounds (the order of the two
-alternates), median. Any difference other than the weights' values and the recorded training arguments stops the
-script with an AssertionError. The teacher is random-init (its quality does not matter for the artifact).
+alternates; ``timing.interleaved``), median. Any difference other than the weights' values and the recorded
+training arguments stops the script with an AssertionError. The teacher is random-init (its quality does not
+matter for the artifact).
 
 The last line is machine-readable: `RESULT params_distilled=... params_alone=... forward_ms_distilled=...
 forward_ms_alone=... ratio=...` (ratio = distilled / alone forward time).
@@ -26,10 +27,15 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling modules, also when loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import timing  # noqa: E402
 
 STUDENT_FILE = "model.safetensors"
 
@@ -109,22 +115,15 @@ def train_and_save(method, student, teacher, train, processor, collate, args, ou
     return trainer, seconds, module_params
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = parse_args(argv)
+def build_models(args, root: str):
+    """The synthetic training set, one initial student, the teacher and a fresh student preset (all seeded); fills
+    ``args.points`` (default: logits and every stage both models have)."""
     import torch
-    import transformers
-    from transformers import AutoModelForSemanticSegmentation
 
-    from acamkd_hf.data import SegmentationTransforms, collate_segmentation, load_cityscapes, make_synthetic_cityscapes
+    from acamkd_hf.data import SegmentationTransforms, load_cityscapes, make_synthetic_cityscapes
     from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
     from acamkd_hf.taps import available_points
-    from acamkd_hf.checkpointing import DISTILLATION_MODULES_NAME
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    transformers.utils.logging.disable_progress_bar()  # the shard-writing / weight-loading bars
-    started = time.perf_counter()
-    root = args.output_dir or tempfile.mkdtemp(prefix="inference_cost_")
     data = load_cityscapes(
         make_synthetic_cityscapes(os.path.join(root, "data"), num_train=4 * args.batch, num_val=2,
                                   image_size=tuple(args.image_size), seed=0)
@@ -140,12 +139,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         teacher_points = set(available_points(teacher))
         args.points = [p for p in available_points(initial_student) if p in teacher_points]
     fresh = SEGMENTATION_PRESETS[args.student](data.id2label)  # the architecture, untouched by any training
-    fresh_params = sum(p.numel() for p in fresh.parameters())
+    return data, processor, train, initial_student, teacher, fresh
+
+
+def print_header(args, num_classes: int) -> None:
+    import torch
+    import transformers
 
     print("Inference cost: distilled student vs the same architecture trained alone")
     print(f"  python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"cpu, torch threads {torch.get_num_threads()}")
-    print(f"  student {args.student}, teacher {args.teacher} (random init), {len(data.id2label)} classes; "
+    print(f"  student {args.student}, teacher {args.teacher} (random init), {num_classes} classes; "
           f"{args.steps} steps of batch {args.batch} at {args.image_size[0]}x{args.image_size[1]} on the synthetic "
           "set, "
           f"same initialisation and seed")
@@ -154,6 +158,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           "no_grad, "
           f"{args.repeats} interleaved rounds, median")
     print(flush=True)
+
+
+def train_runs(args, initial_student, teacher, train, processor, root: str) -> dict[str, dict]:
+    """Trains and saves the distilled and the alone run; {name: what the run left (folder, seconds, modules)}."""
+    from acamkd_hf.checkpointing import DISTILLATION_MODULES_NAME
+    from acamkd_hf.data import collate_segmentation
 
     runs = {}
     for name, method in (("distilled", args.method), ("alone", "none")):
@@ -175,24 +185,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ),
         }
         del trainer
+    return runs
 
-    for run in runs.values():
-        folder = run["folder"]
-        model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
-        run["model"] = model
-        run["params"] = sum(p.numel() for p in model.parameters())
-        run["state"] = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-        run["files"] = top_level_files(folder)
-        run["size"] = os.path.getsize(os.path.join(folder, STUDENT_FILE))
-        run["header"], run["metadata"] = safetensors_header(os.path.join(folder, STUDENT_FILE))
-        with open(os.path.join(folder, "config.json")) as handle:
-            run["config"] = json.load(handle)
-        with open(os.path.join(folder, "training_args.json")) as handle:
-            run["training_args"] = json.load(handle)
 
-    distilled, alone = runs["distilled"], runs["alone"]
-    fresh_keys = set(fresh.state_dict())
-    checks = [
+def reload_run(run: dict) -> None:
+    """Reloads a run's folder with ``from_pretrained`` and reads its files into ``run``."""
+    from transformers import AutoModelForSemanticSegmentation
+
+    folder = run["folder"]
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+    run["model"] = model
+    run["params"] = sum(p.numel() for p in model.parameters())
+    run["state"] = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    run["files"] = top_level_files(folder)
+    run["size"] = os.path.getsize(os.path.join(folder, STUDENT_FILE))
+    run["header"], run["metadata"] = safetensors_header(os.path.join(folder, STUDENT_FILE))
+    with open(os.path.join(folder, "config.json")) as handle:
+        run["config"] = json.load(handle)
+    with open(os.path.join(folder, "training_args.json")) as handle:
+        run["training_args"] = json.load(handle)
+
+
+def artifact_checks(distilled: dict, alone: dict, fresh_keys: set, fresh_params: int) -> list[tuple[str, bool, str]]:
+    """(label, ok, detail) of every equality the two saved students must satisfy."""
+    from acamkd_hf.checkpointing import DISTILLATION_MODULES_NAME
+
+    return [
         ("top-level files equal", distilled["files"] == alone["files"],
          f"{distilled['files']} vs {alone['files']}"),
         (f"no {DISTILLATION_MODULES_NAME} outside checkpoints",
@@ -217,34 +235,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
          and distilled["side_file_in_checkpoint"], f"{distilled['module_params']} params"),
         ("no side file in the 'none' run", not alone["side_file_in_checkpoint"], ""),
     ]
-    distilled_state, alone_state = distilled["model"].state_dict(), alone["model"].state_dict()
-    weight_gap = max((distilled_state[k].float() - alone_state[k].float()).abs().max().item() for k in distilled_state)
-    initial_params = dict(initial_student.named_parameters())
-    moved = max((distilled_state[k].float() - p.detach().float()).abs().max().item() for k, p in initial_params.items())
-    checks.append(("the two students' weights differ (both trained, differently)", weight_gap > 0, f"{weight_gap}"))
-    different_args = sorted(k for k in distilled["training_args"].keys() | alone["training_args"].keys()
-                            if distilled["training_args"].get(k) != alone["training_args"].get(k)
-                            and k not in ("output_dir", "logging_dir"))
 
-    # forward time, interleaved (order alternates each round), eval + no_grad
+
+def forward_times(models: dict, args) -> tuple[dict[str, list[float]], dict[str, tuple]]:
+    """Eval-mode forward under ``no_grad``: two untimed calls per model, then --repeats interleaved rounds (the order
+    of the two alternates each round); {name: [ms per round]} and {name: output shape}."""
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(args.forward_batch, 3, *args.forward_size, generator=generator)
-    models = {"distilled": distilled["model"], "alone": alone["model"]}
     shapes = {}
     with torch.no_grad():
         for name, model in models.items():  # warm-up
             shapes[name] = tuple(model(pixel_values=pixel_values).logits.shape)
             model(pixel_values=pixel_values)
-        times = {name: [] for name in models}
-        for round_index in range(args.repeats):
-            order = list(models) if round_index % 2 == 0 else list(models)[::-1]
-            for name in order:
-                start = time.perf_counter()
-                models[name](pixel_values=pixel_values)
-                times[name].append((time.perf_counter() - start) * 1000)
-    checks.append(("output shapes equal", shapes["distilled"] == shapes["alone"], str(shapes)))
-    forward_ms = {name: statistics.median(values) for name, values in times.items()}
+        jobs = {name: (lambda model=model: timing.wall_ms(lambda: model(pixel_values=pixel_values)))
+                for name, model in models.items()}
+        times = timing.interleaved(jobs, args.repeats)
+    return times, shapes
 
+
+def print_report(args, distilled, alone, forward_ms, times, fresh_params, moved, weight_gap, different_args) -> None:
     header = f"{'':<38} | {'distilled (' + args.method + ')':>20} | {'alone (none)':>14}"
     print(header)
     print("-" * len(header))
@@ -268,6 +279,38 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"training_args.json differs only in: {', '.join(different_args) or 'nothing'} "
           "(the run's record, not the model)")
     print()
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    import transformers
+
+    timing.pin_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()  # the shard-writing / weight-loading bars
+    started = time.perf_counter()
+    root = args.output_dir or tempfile.mkdtemp(prefix="inference_cost_")
+    data, processor, train, initial_student, teacher, fresh = build_models(args, root)
+    fresh_params = sum(p.numel() for p in fresh.parameters())
+    print_header(args, len(data.id2label))
+
+    runs = train_runs(args, initial_student, teacher, train, processor, root)
+    for run in runs.values():
+        reload_run(run)
+    distilled, alone = runs["distilled"], runs["alone"]
+    checks = artifact_checks(distilled, alone, set(fresh.state_dict()), fresh_params)
+    distilled_state, alone_state = distilled["model"].state_dict(), alone["model"].state_dict()
+    weight_gap = max((distilled_state[k].float() - alone_state[k].float()).abs().max().item() for k in distilled_state)
+    initial_params = dict(initial_student.named_parameters())
+    moved = max((distilled_state[k].float() - p.detach().float()).abs().max().item() for k, p in initial_params.items())
+    checks.append(("the two students' weights differ (both trained, differently)", weight_gap > 0, f"{weight_gap}"))
+    different_args = sorted(k for k in distilled["training_args"].keys() | alone["training_args"].keys()
+                            if distilled["training_args"].get(k) != alone["training_args"].get(k)
+                            and k not in ("output_dir", "logging_dir"))
+
+    times, shapes = forward_times({"distilled": distilled["model"], "alone": alone["model"]}, args)
+    checks.append(("output shapes equal", shapes["distilled"] == shapes["alone"], str(shapes)))
+    forward_ms = timing.medians(times)
+    print_report(args, distilled, alone, forward_ms, times, fresh_params, moved, weight_gap, different_args)
     failed = []
     for label, ok, detail in checks:
         print(f"  [{'ok' if ok else 'FAIL'}] {label}" + (f": {detail}" if not ok and detail else ""))
@@ -287,10 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "keys_equal": int(set(distilled["state"]) == set(alone["state"])),
         "distillation_module_params": distilled["module_params"],
     }
-    print("RESULT " + " ".join(
-        f"{k}={v:.2f}" if k.startswith("forward_ms") else f"{k}={v:.3f}" if k == "ratio" else f"{k}={v}"
-        for k, v in result.items()
-    ), flush=True)
+    timing.print_result(result, lambda key: 2 if key.startswith("forward_ms") else 3 if key == "ratio" else None)
     return result
 
 

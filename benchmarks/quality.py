@@ -251,7 +251,7 @@ MODEL_RESOLVED_SETTINGS = ("distillation_points", "num_masks")
 def changed_defaults(argv: list[str], output_dir: Path) -> dict[str, tuple[Any, Any]]:
     """The distillation settings on which the finished run in ``output_dir`` trained differently from what today's
     code makes of the same flags (a default changed since it ran), by the rule automatic resume uses."""
-    from acamkd_hf.cli import parse_arguments
+    from acamkd_hf.arguments import parse_arguments
     from acamkd_hf.settings import DistillationSettings
 
     recorded = json.loads((output_dir / "run_config.json").read_text())["distillation"]

@@ -7,12 +7,12 @@ Uploads exactly the student's files (config, safetensors weights, image processo
 (README.md, re-rendered from the run's record), run_config.json, metrics.json and the training log
 (trainer_state.json). Never the teacher, never checkpoints, the distillation modules only with
 --include_distillation_modules. The token comes from `hf auth login` or HF_TOKEN; it is never printed.
-Same as the ``acamkd-push`` command (:func:`acamkd_hf.cli.push_main`).
+Same as the ``acamkd-push`` command (:func:`acamkd_hf.push_command.main`).
 """
 
 import sys
 
-from acamkd_hf.cli import push_main
+from acamkd_hf.push_command import main
 
 if __name__ == "__main__":
-    sys.exit(push_main())
+    sys.exit(main())

@@ -4,6 +4,7 @@ check's equalities hold. In-process (one import of torch/transformers for all): 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -26,17 +27,107 @@ def _result_line(output: str) -> dict[str, float]:
     return {key: float(value) for key, value in (item.split("=") for item in last.split()[1:])}
 
 
+def _within_rounding(ratio: float, numerator: float, denominator: float, digits: int, ratio_digits: int) -> bool:
+    """Whether a printed ratio is what the printed (rounded) numerator and denominator allow: the exact ratio of the
+    unrounded values lies in [(n - h) / (d + h), (n + h) / (d - h)] with h half a unit of the last printed digit, and
+    the printed ratio is that ratio rounded to ``ratio_digits``."""
+    half, half_ratio = 0.5 * 10**-digits, 0.5 * 10**-ratio_digits + 1e-9
+    low = (numerator - half) / (denominator + half)
+    high = (numerator + half) / (denominator - half) if denominator > half else math.inf
+    return low - half_ratio <= ratio <= high + half_ratio
+
+
+#: the RESULT keys of the step-overhead benchmarks, in their order (the reduced ACAM-KD variants after the base keys)
+OVERHEAD_KEYS = {
+    "feature-only": [
+        "acamkd_over_mse", "acamkd_over_student", "mse_over_student", "mgd_over_student", "cwd_over_student",
+        "pkd_over_student", "mgd_over_mse", "cwd_over_mse", "pkd_over_mse",
+        "peak_acamkd_over_student", "peak_mse_over_student", "peak_mgd_over_student", "peak_cwd_over_student",
+        "peak_pkd_over_student", "peak_acamkd_over_mse",
+        "student_ms", "mse_ms", "mgd_ms", "cwd_ms", "pkd_ms", "acamkd_ms", "acamkd_peak_mib", "student_peak_mib",
+    ],
+    "models": [
+        "acamkd_over_mse", "acamkd_over_student", "mse_over_student", "mgd_over_student", "cwd_over_student",
+        "pkd_over_student", "mgd_over_mse", "cwd_over_mse", "pkd_over_mse", "acamkd_r2_over_mse",
+        "acamkd_rauto_over_mse",
+        "peak_acamkd_over_student", "peak_mse_over_student", "peak_mgd_over_student", "peak_cwd_over_student",
+        "peak_pkd_over_student", "peak_acamkd_over_mse", "peak_acamkd_r2_over_mse", "peak_acamkd_rauto_over_mse",
+        "student_ms", "mse_ms", "mgd_ms", "cwd_ms", "pkd_ms", "acamkd_ms", "acamkd_r2_ms", "acamkd_rauto_ms",
+        "acamkd_peak_mib", "student_peak_mib",
+    ],
+}  # fmt: skip
+
+
+def _check_overhead_table(output: str, returned: dict[str, float]) -> None:
+    """The method table agrees with the RESULT values: each row's median (in its min-max), its ratio to the student,
+    and a state that the distilling setups only add to."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.split() for cell in line.split("|")]
+        if len(cells) == 6 and cells[0] and (cells[0][0] + "_ms") in returned:
+            rows[cells[0][0]] = cells
+    assert set(rows) == {key[: -len("_ms")] for key in returned if key.endswith("_ms")}
+    for name, (_, (ms, spread), (x_student, _x_mse), _peak, (state,), _trainable) in rows.items():
+        median = returned[f"{name}_ms"]
+        assert ms == f"{median:.1f}", name
+        low, high = (float(v) for v in spread.split("-"))
+        assert low - 0.5 <= median <= high + 0.5, (name, spread, median)  # the median of the rounds it shows
+        assert x_student == f"{median / returned['student_ms']:.2f}", name
+        assert float(state) >= float(rows["student"][4][0]), name  # teacher / modules / maps add to the student's
+
+
 @pytest.mark.parametrize(
     "flags", [["--feature-only"], ["--no-breakdown", "--kv-reductions", "2", "auto"]], ids=["feature-only", "models"]
 )
-def test_step_overhead_quick(flags, capsys):
-    _load("step_overhead").main(["--quick", *flags])
-    result = _result_line(capsys.readouterr().out)
-    if "--kv-reductions" in flags:
-        assert result["acamkd_r2_over_mse"] > 0 and result["peak_acamkd_rauto_over_mse"] > 0
-    for key in ("acamkd_over_mse", "acamkd_over_student", "mse_over_student", "mgd_over_student", "cwd_over_student",
-                "peak_acamkd_over_mse", "peak_acamkd_over_student"):
-        assert result[key] > 0, key
+def test_step_overhead_quick(flags, capsys, request):
+    returned = _load("step_overhead").main(["--quick", *flags])
+    output = capsys.readouterr().out
+    printed = _result_line(output)
+    expected = OVERHEAD_KEYS[request.node.callspec.id]
+    assert list(printed) == expected and list(returned) == expected
+    for key, value in returned.items():
+        assert math.isfinite(value) and value > 0, key
+        assert printed[key] == float(f"{value:.{1 if key.endswith(('_ms', '_mib')) else 3}f}"), key
+    for key in expected:  # every time ratio is the ratio of the two medians it names, also as printed
+        if key.endswith(("_over_mse", "_over_student")) and not key.startswith("peak_"):
+            name, base = key.rsplit("_over_", 1)
+            assert returned[key] == pytest.approx(returned[f"{name}_ms"] / returned[f"{base}_ms"], rel=1e-12), key
+            assert _within_rounding(printed[key], printed[f"{name}_ms"], printed[f"{base}_ms"], 1, 3), key
+    # the step peaks: acamkd/student = acamkd/mse * mse/student, and the MiB values give the same ratio
+    peak = returned["peak_acamkd_over_student"]
+    assert peak == pytest.approx(returned["peak_acamkd_over_mse"] * returned["peak_mse_over_student"], rel=1e-12)
+    assert peak == pytest.approx(returned["acamkd_peak_mib"] / returned["student_peak_mib"], rel=1e-12)
+    _check_overhead_table(output, returned)
+    if "--no-breakdown" not in flags:  # the breakdown's step differences are those of the same medians
+        for base in ("student", "mse"):
+            line = next(line for line in output.splitlines() if line.strip().startswith(f"step: acamkd - {base}"))
+            difference = returned["acamkd_ms"] - returned[f"{base}_ms"]
+            assert abs(float(line.split()[-1]) - difference) <= 0.05 + 1e-9, line
+
+
+def test_step_overhead_feature_only_is_feature_overhead():
+    """``step_overhead.py --feature-only`` (the documented commands) hands its other flags to feature_overhead.py."""
+    args = _load("step_overhead").parse_args(["--feature-only", "--levels", "3", "--pyramid", "--device", "cuda"])
+    direct = _load("feature_overhead").parse_args(["--levels", "3", "--pyramid", "--device", "cuda"])
+    assert vars(args) == vars(direct) and args.levels == 3 and not hasattr(args, "teacher")
+    model = _load("step_overhead").parse_args(["--quick"])
+    assert model.teacher == "tiny-segformer" and not hasattr(model, "levels")
+
+
+def test_timing_harness():
+    """The shared harness: interleaved rounds rotate (or keep) the order, medians, and the RESULT line's digits."""
+    timing = _load("timing")
+    calls = []
+    jobs = {name: (lambda name=name: calls.append(name) or float(len(calls))) for name in "abc"}
+    values = timing.interleaved(jobs, 3)
+    assert "".join(calls) == "abcbcacab"
+    assert values == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
+    calls.clear()
+    timing.interleaved(jobs, 2, rotate=False)
+    assert "".join(calls) == "abcabc"
+    assert timing.medians({"a": [3.0, 1.0, 2.0], "b": [1.0, 4.0]}) == {"a": 2.0, "b": 2.5}
+    line = timing.result_line({"n": 7, "x_ms": 1.25, "r": 2 / 3}, lambda key: None if key == "n" else 3)
+    assert line == "RESULT n=7 x_ms=1.250 r=0.667"
 
 
 def test_gpu_suite_commands_parse():
@@ -67,13 +158,22 @@ def test_step_overhead_cuda_without_gpu_says_so(monkeypatch):
 
 
 def test_inference_cost_quick(tmp_path, capsys):
-    _load("inference_cost").main(["--quick", "--output-dir", str(tmp_path)])  # raises if any equality fails
+    returned = _load("inference_cost").main(["--quick", "--output-dir", str(tmp_path)])  # raises if any check fails
     output = capsys.readouterr().out
     result = _result_line(output)
+    assert list(result) == list(returned) == [
+        "params_distilled", "params_alone", "forward_ms_distilled", "forward_ms_alone", "ratio", "size_bytes_distilled",
+        "size_bytes_alone", "keys_equal", "distillation_module_params"]  # fmt: skip
+    forward_ms = returned["forward_ms_distilled"], returned["forward_ms_alone"]
+    assert returned["ratio"] == pytest.approx(forward_ms[0] / forward_ms[1], rel=1e-12)
     assert result["params_distilled"] == result["params_alone"] > 0
     assert result["size_bytes_distilled"] == result["size_bytes_alone"]
     assert result["keys_equal"] == 1 and result["distillation_module_params"] > 0
     assert result["forward_ms_distilled"] > 0 and result["forward_ms_alone"] > 0
+    assert _within_rounding(result["ratio"], result["forward_ms_distilled"], result["forward_ms_alone"], 2, 3)
+    median_row = next(line for line in output.splitlines() if line.startswith("forward ms (median)"))
+    assert median_row.split("|")[1].split() == [f"{result['forward_ms_distilled']:.2f}"]
+    assert median_row.split("|")[2].split() == [f"{result['forward_ms_alone']:.2f}"]
     assert "FAIL" not in output
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from acamkd_hf import cli
+from acamkd_hf import arguments, cli
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "distill.py"
@@ -45,7 +45,7 @@ def test_a_misspelled_flag_is_an_argparse_error_naming_the_closest_flag(capsys, 
 
 
 def test_help_shows_the_distillation_and_data_flags_first_in_groups():
-    text = cli.build_parser().format_help()
+    text = arguments.build_parser().format_help()
     titles = ["options:", "The student and the teacher", "The dataset", "How the teacher teaches",
               "transformers.TrainingArguments"]  # fmt: skip
     positions = [text.index("\n" + title) for title in titles]  # group titles start a line
@@ -86,13 +86,9 @@ def test_ctrl_c_ends_with_one_line_saying_how_to_resume(tmp_path):
 
 
 def test_the_interrupted_message_without_a_checkpoint(tmp_path):
-    cli._TRAINING_INTO[:] = [str(tmp_path)]
-    try:
-        assert cli.interrupted_message() == (
-            f"interrupted before the first checkpoint in {tmp_path}: the same command starts this training again.")
-    finally:
-        cli._TRAINING_INTO[:] = []
-    assert cli.interrupted_message() == "interrupted before training started: run the same command again."
+    assert cli.interrupted_message(str(tmp_path)) == (
+        f"interrupted before the first checkpoint in {tmp_path}: the same command starts this training again.")
+    assert cli.interrupted_message(None) == "interrupted before training started: run the same command again."
 
 
 def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -146,7 +142,6 @@ def test_ctrl_c_last_line_survives_objects_that_fail_when_the_interrupted_frames
     recorder = reported.append  # what would print "Exception ignored in ... Traceback" (pytest installs its own)
     monkeypatch.setattr(sys, "unraisablehook", recorder)
     monkeypatch.setattr(cli, "run", interrupted_run)
-    monkeypatch.setattr(cli, "_TRAINING_INTO", [])
     with pytest.raises(SystemExit) as stopped:
         cli.main([])
     assert stopped.value.code == 130

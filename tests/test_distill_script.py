@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 
 import acamkd_hf.models  # noqa: F401  (registers the DeepLabV3 classes with the Auto API)
-from acamkd_hf import cli
+from acamkd_hf import cli, workflow
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "distill.py"
@@ -125,15 +126,29 @@ def test_paper_recipe_parses_with_flag_overrides():
     assert args.batch_eval_metrics  # the streaming mIoU needs it, whatever the recipe says
 
 
-def test_no_arguments_means_the_embedded_default_and_flags_override_it():
-    from acamkd_hf.tasks import SegmentationTask
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_each_task_has_its_default_recipe_as_a_file_read_like_a_config(task):
+    """The default run's settings live in configs/defaults/<task>.yaml (shipped as package data), read exactly as
+    --config reads a recipe: no arguments and --config <that file> parse to the same settings."""
+    from acamkd_hf.arguments import default_recipe_path
 
+    path = default_recipe_path(task)
+    assert path.read_text() == (REPO / "configs" / "defaults" / f"{task}.yaml").read_text()
+    assert yaml.safe_load(path.read_text())["task"] == task
+    embedded = cli.parse_arguments(["--task", task])
+    as_config = cli.parse_arguments(["--config", str(REPO / "configs" / "defaults" / f"{task}.yaml")])
+    for default, configured in zip(embedded, as_config):
+        assert default == configured
+
+
+def test_no_arguments_means_the_default_recipe_and_flags_override_it():
+    default_recipe = yaml.safe_load((REPO / "configs" / "defaults" / "segmentation.yaml").read_text())
     model_args, data_args, args = cli.parse_arguments([])
-    assert args.num_train_epochs == SegmentationTask.default_recipe["num_train_epochs"] and data_args.dataset is None
+    assert args.num_train_epochs == default_recipe["num_train_epochs"] and data_args.dataset is None
     assert (model_args.task, model_args.student, model_args.teacher_architecture) == ("segmentation", "tiny-segformer", "small-segformer")
     assert args.method == "acamkd" and model_args.compare_student_alone
     _, _, args = cli.parse_arguments(["--num_train_epochs", "1"])
-    assert args.num_train_epochs == 1 and args.learning_rate == SegmentationTask.default_recipe["learning_rate"]
+    assert args.num_train_epochs == 1 and args.learning_rate == default_recipe["learning_rate"]
     _, _, args = cli.parse_arguments(["--dataset", "/data/x"])  # own data: the Trainer's own defaults
     assert args.learning_rate == 5e-5
 
@@ -156,11 +171,11 @@ def test_students_start_from_the_same_weights(tmp_path):
     """The distilled student, the student alone and the untrained row must share one initialisation."""
     task = cli.TASKS["segmentation"]()
     model_args, data_args, args = cli.parse_arguments(_tiny_flags(tmp_path))
-    data = task.prepare_data(data_args, args.seed)
+    data, data_args = task.prepare_data(data_args, args.seed)
     torch.manual_seed(123)  # whatever happened before: the seed of the run decides
-    first = cli.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
+    first = workflow.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
     torch.rand(5)
-    second = cli.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
+    second = workflow.load_model(task, "tiny-segformer", data, model_args, "student", args.seed).state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 

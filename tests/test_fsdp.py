@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import AutoModelForSemanticSegmentation
 
-from acamkd_hf import cli
+from acamkd_hf import cli, preflight
 from acamkd_hf.data import make_synthetic_cityscapes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +81,12 @@ def test_fsdp_run_killed_and_resumed_ends_like_an_uninterrupted_one(tmp_path):
 def test_fsdp_on_cpu_processes_is_said_to_be_plain_data_parallel(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     _, _, args = cli.parse_arguments(["--dataset", "/data/x", "--use_cpu", "true"])
-    assert cli.launch_warnings(args) == [
+    assert preflight.launch_warnings(args) == [
         "FSDP was asked for, but the processes train on CPU: accelerate runs them as plain data-parallel (DDP-style) "
         "training, nothing is sharded. FSDP needs GPUs."
     ]
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
-    assert cli.launch_warnings(args) == []
+    assert preflight.launch_warnings(args) == []
 
 
 def _fsdp_wrapped_fusion_worker(rank: int, world: int, port: int, channels: int, size: int, results) -> None:

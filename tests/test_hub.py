@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 from huggingface_hub import HfApi, ModelCard
 
-from acamkd_hf import cli, hub
+from acamkd_hf import cli, hub, model_sources, run_record
 from acamkd_hf.hub import HubPushError, model_card, push_student, upload_contents
 
 SECRET = "hf_FAKE_secret_token_0123456789"
@@ -106,7 +106,7 @@ def test_card_names_teacher_method_settings_budget_and_baseline(run):
 def test_the_card_written_from_memory_is_the_one_rerendered_from_the_folder(run):
     """The run renders its card from its record in memory; acamkd-push re-renders it from the files: the same card."""
     out, _, _ = run
-    local = hub.build_model_card(out, REPO_ID, model_path=cli.local_model_path(str(out)))
+    local = hub.build_model_card(out, REPO_ID, model_path=run_record.local_model_path(str(out)))
     assert str(local) == (out / "README.md").read_text()
 
 
@@ -314,11 +314,11 @@ def test_license_and_base_model_where_known(run, tmp_path):
     folder = tmp_path / "student"
     SEGMENTATION_PRESETS["tiny-segformer"]({0: "a"}).save_pretrained(folder)
     (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a student\n")
-    assert hub.known_license(str(folder)) == "apache-2.0"
+    assert model_sources.known_license(str(folder)) == "apache-2.0"
     model_args = cli.ModelArguments(student="deeplabv3-mobilenetv2")
-    assert cli.provenance(model_args) == {"base_model": None, "license": "apache-2.0"}
+    assert run_record.provenance(model_args) == {"base_model": None, "license": "apache-2.0"}
     model_args.pretrained_backbone = False  # random init: no one's weights
-    assert cli.provenance(model_args) == {"base_model": None, "license": None}
+    assert run_record.provenance(model_args) == {"base_model": None, "license": None}
 
 
 # ------------------------------------------------------------------------------------- cards true for every architecture

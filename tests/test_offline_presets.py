@@ -21,7 +21,7 @@ import safetensors.torch
 import timm
 import torch
 
-from acamkd_hf import cli
+from acamkd_hf import cli, preflight, workflow
 from acamkd_hf.data import make_synthetic_cityscapes
 from acamkd_hf.models import SEGMENTATION_PRESETS, load_segmentation_model
 from acamkd_hf.tasks import TASKS
@@ -64,10 +64,10 @@ def test_pretrained_backbone_false_needs_no_download(monkeypatch):
     model_args = cli.ModelArguments(student="deeplabv3-mobilenetv2", pretrained_backbone=False)
     task = TASKS["segmentation"]()
     data = type("Data", (), {"id2label": LABELS})()
-    model = cli.load_model(task, "deeplabv3-mobilenetv2", data, model_args, "student", seed=0)
+    model = workflow.load_model(task, "deeplabv3-mobilenetv2", data, model_args, "student", seed=0)
     assert model.config.use_pretrained_backbone is False and model.config.num_labels == 2
     # Presets without an ImageNet backbone ignore the flag.
-    assert type(cli.load_model(task, "tiny-segformer", data, model_args, "student", seed=0)).__name__ == "SegformerForSemanticSegmentation"
+    assert type(workflow.load_model(task, "tiny-segformer", data, model_args, "student", seed=0)).__name__ == "SegformerForSemanticSegmentation"
 
 
 @pytest.mark.parametrize("as_folder", [False, True])
@@ -120,8 +120,8 @@ def test_a_crop_larger_than_the_images_is_said(cityscapes):
     """The recipe's 512x1024 crop on 64x128 images: one warning with the size to use."""
     _, data_args, args = cli.parse_arguments(["--config", str(RECIPE), "--dataset", str(cityscapes)])
     task = TASKS["segmentation"]()
-    data = task.prepare_data(data_args, 0)
-    assert cli.recipe_warnings(task, data, data_args, args) == [
+    data, data_args = task.prepare_data(data_args, 0)
+    assert preflight.recipe_warnings(task, data, data_args, args) == [
         "--crop_size 512 1024 is larger than the training images (64x128): each crop is the (randomly scaled) image "
         "padded with ignored pixels. Pass --crop_size 64 128 or smaller for crops cut from the images.",
         "--num_masks 19 is more than the dataset's 8 classes (the paper uses one mask per class): pass --num_masks 8, "
@@ -129,7 +129,7 @@ def test_a_crop_larger_than_the_images_is_said(cityscapes):
     ]
     _, data_args, args = cli.parse_arguments(["--config", str(RECIPE), "--dataset", str(cityscapes), "--crop_size",
                                               "64", "128", "--num_masks", "8"])  # fmt: skip
-    assert cli.recipe_warnings(task, data, data_args, args) == []
+    assert preflight.recipe_warnings(task, data, data_args, args) == []
 
 
 def test_renamed_presets_keep_working_with_a_deprecation_warning():

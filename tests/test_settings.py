@@ -115,7 +115,7 @@ def test_the_python_api_builds_the_method_the_command_line_builds(tmp_path, meth
     setting the CLI resolves, and the two modules (same seed) hold the same weights and give the same loss."""
     import inspect
 
-    from acamkd_hf.cli import parse_arguments
+    from acamkd_hf.arguments import parse_arguments
 
     cli_settings = parse_arguments(["--output_dir", str(tmp_path), "--method", method])[2].distillation_settings()
     cli_settings = cli_settings.resolved(["logits"], num_masks=DETECTION_NUM_MASKS)

@@ -36,6 +36,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..model_sources import has_hub_id_shape
 from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation, backbone_weights_file
 from .labels import describe_label_mismatch, load_pretrained_for_labels  # noqa: F401 (re-exported)
 
@@ -340,24 +341,13 @@ def preset_options(name: str, *, pretrained_backbone: bool | None = None, backbo
     return options
 
 
-def _looks_local(name_or_path: str) -> bool:
-    # Hub ids are "org/name" (one slash, no leading dot/slash/tilde); anything else can only be a folder.
-    return (
-        os.path.isabs(name_or_path)
-        or name_or_path.startswith((".", "~"))
-        or name_or_path.count("/") > 1
-        or "\\" in name_or_path
-        or "/" not in name_or_path
-    )
-
-
 def resolve_model_path(name_or_path: str, presets: Mapping[str, Callable], what: str) -> str:
     """The folder (``~`` expanded) or Hub id to load; a local-looking name that is neither one of ``presets`` nor an
     existing folder raises FileNotFoundError with the closest preset and the list of them."""
     expanded = os.path.expanduser(name_or_path)
     if os.path.exists(expanded):
         return expanded
-    if _looks_local(name_or_path):
+    if not has_hub_id_shape(name_or_path):
         close = difflib.get_close_matches(name_or_path, list(presets), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise FileNotFoundError(

@@ -1,0 +1,1 @@
+"""The default recipes of ``acamkd-distill`` (``<task>.yaml``), installed as package data."""
