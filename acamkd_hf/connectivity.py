@@ -1,8 +1,8 @@
 """Offline in seconds, not after a minute of retries.
 
 Without ``HF_HUB_OFFLINE`` and without a connection, every Hub lookup (model config, weights, image processor,
-dataset) retries before failing: ~30-50 s per name on this machine, then a traceback. Before loading anything that
-names a Hub id, :func:`work_offline_if_the_hub_is_unreachable` tries one TCP connection to the Hub's endpoint (a few
+dataset) retries before failing: tens of seconds per name, then a traceback. Before loading anything that names a
+Hub id, :func:`work_offline_if_the_hub_is_unreachable` tries one TCP connection to the Hub's endpoint (a few
 seconds at most); when it fails, the process switches to offline mode (``huggingface_hub`` / ``datasets`` read their
 local caches only), so cached models still load and the others fail at once, with one line
 (:func:`not_cached_error`).

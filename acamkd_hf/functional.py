@@ -68,7 +68,7 @@ def cross_attention_fusion(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     if key.shape[-1] != d:
         raise ValueError(f"query and key must have the same channels, got {d} and {key.shape[-1]}")
     # Head size rounded up to a multiple of 8: the fused kernels are much slower at odd sizes (C = 19 logits give
-    # d = 9: 3x slower on CPU than d = 16). Zero columns appended to Q and K leave Q K^T, hence the result, unchanged.
+    # d = 9). Zero columns appended to Q and K leave Q K^T, hence the result, unchanged.
     head = -(-d // 8) * 8
     q, k = query.unsqueeze(1), key.unsqueeze(1)  # one head: (B, 1, N, d)
     if head != d:
@@ -382,8 +382,8 @@ def channel_standardize(feature: Tensor, eps: float = 1e-6, over: str = "batch")
         a statistic (``B H W`` or ``H W``).
 
     Computed by :func:`torch.nn.functional.batch_norm` / ``instance_norm`` (no affine, input statistics): one fused
-    kernel for the statistics and the normalisation, forward and backward, about 3x faster on CPU than
-    ``mean``/``std`` (docs/results.md, fusion cost). They divide by ``sqrt(var_biased + eps_bn)``; with
+    kernel for the statistics and the normalisation, forward and backward, faster on CPU than ``mean``/``std``
+    (docs/results.md, "Fusion cost"). They divide by ``sqrt(var_biased + eps_bn)``; with
     ``eps_bn = eps^2 (n - 1) / n`` and the result scaled by ``sqrt((n - 1) / n)`` (``n`` values per statistic)
     that is exactly ``sqrt(var_unbiased + eps^2)``.
     """

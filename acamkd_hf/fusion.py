@@ -14,10 +14,17 @@ pooling the projected keys and values: each reduced key/value is the mean of an 
 
 Factored form (ours, an exact rewriting; :class:`FactoredFusion`): when there are few keys (``N_k <=``
 :data:`MAX_FACTORED_KEYS`, e.g. after the reduction) the attention weights ``A = softmax(Q K^T / sqrt(d))``
-``(B, HW, N_k)`` are small, and ``F_fused = A V`` is never formed: the masks need only ``m_s F_fused = A (V m_s^T)``
-(``M`` maps instead of ``C``) and ``GAP(F_fused) = mean_p(A) V``. Likewise ``K Q^T = (K W_q) F_q + K b_q``
-lets the scores skip the full-resolution query projection (:meth:`StudentTeacherCrossAttention._scores`). Same numbers,
-a fraction of the arithmetic and memory at large maps (docs/results.md, "fusion cost").
+``(B, HW, N_k)`` are small, and the masks' path (``forward(..., factored=True)``) never forms ``F_fused = A V``:
+the masks need only ``m_s F_fused = A (V m_s^T)`` (``M`` maps instead of ``C``) and ``GAP(F_fused) = mean_p(A) V``.
+Likewise ``K Q^T = (K W_q) F_q + K b_q`` lets the scores skip the full-resolution query projection
+(:meth:`StudentTeacherCrossAttention._scores`). Same numbers, a fraction of the arithmetic and memory at large maps
+(docs/results.md, "Fusion cost").
+
+Which path runs: the factored one whenever the keys are few. That is the default: ``--method acamkd`` (the
+recommended variant) reduces the keys to at most :data:`DEFAULT_MAX_KV_TOKENS` (``--fusion_kv_reduction auto``);
+the exact fusion takes it too on maps of at most :data:`MAX_FACTORED_KEYS` positions. With more keys (the exact
+fusion, ``R = 1``, on a large map) the dense ``F_fused`` comes from the fused attention kernel
+(:func:`~acamkd_hf.functional.cross_attention_fusion`), whose memory is O(HW).
 """
 
 from __future__ import annotations
@@ -38,11 +45,9 @@ from .functional import cross_attention_fusion
 #: ``teacher_only``: paper Table 10 "learnable teacher-only masks" (Q, K, V all from the teacher: no cooperation).
 FUSION_MODES = ("teacher_query", "student_query", "teacher_only")
 #: ``--fusion_kv_reduction auto``: the smallest ratio that leaves at most this many key/value tokens per image. 32:
-#: R = 4 at the quality benchmark's 16x32 logits, R = 8 at 32x64, R = 16 at a 64x128 paper-scale level. On the
-#: generator-v1 logits table 32 tokens is inside the exact fusion's paired interval (-0.003 mIoU [-0.011, +0.006])
-#: with its mean above the best baseline's; 8 tokens would save ~13 % more of ACAM-KD's per-point cost on the small
-#: models, but as the default it fell 0.008 below the exact fusion (1/5 seeds better) and under CWD's mean, so 32 it
-#: is (docs/results.md, "fusion cost").
+#: R = 4 at the quality benchmark's 16x32 logits, R = 8 at 32x64, R = 16 at a 64x128 paper-scale level. Chosen on
+#: the quality benchmark as the budget that keeps the exact fusion's quality while making the attention's cost
+#: small; a smaller budget saved little more and did worse as the default (docs/results.md, "Fusion cost").
 DEFAULT_MAX_KV_TOKENS = 32
 #: At most this many key tokens: the attention weights are materialised and the fusion kept factored
 #: (:class:`FactoredFusion`); they then take at most as much memory as a 256-channel feature map. Above it (the
@@ -153,9 +158,8 @@ class StudentTeacherCrossAttention(nn.Module):
         product) rather than as written (the 1x1 convolution to ``d`` channels at all ``HW`` query positions, then
         ``K Q^T``: ``HW d (C + N_k)``); the same numbers. With ``d = C/2`` the fold costs ``2 N_k / (C + N_k)``
         times the arithmetic, under 2x always and less whenever ``N_k < C``, and it saves the convolution, which
-        costs more than that on the maps of a CPU step (~5 % less time for ACAM-KD's five points of the step
-        benchmark, forward + backward, measured side by side against folding only where it is the cheaper
-        arithmetic). A wrapped projection (e.g. FSDP's, which may hold a shard of ``W_q``) is not read directly:
+        costs more than that on the small maps of a CPU step, so the fold is always taken (docs/results.md,
+        "Fusion cost"). A wrapped projection (e.g. FSDP's, which may hold a shard of ``W_q``) is not read directly:
         the queries then go through its own call. ``1/sqrt(d)`` is applied to the ``N_k`` keys.
         """
         features = query_source.flatten(2)  # (B, C, HW)

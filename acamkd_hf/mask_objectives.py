@@ -2,11 +2,10 @@
 
 The paper trains the masks by the total loss, i.e. by the very imitation they weight (``imitation``). That has only
 trivial optima: with the sum-M normaliser the masks shrink (the imitation falls with their size), with sum-M^2 they
-slide to the positions where the student already matches (docs/results.md: the spatial masks of the recommended
-variant end at 1e-5 on the stage2 table). No public method with learned masks trains them that way (the method
-spec, "How methods with learned masks keep them from collapsing"). The other objectives keep what makes ACAM-KD
-itself (masks computed every step from the fused student-teacher feature, so they follow the student) and cut the
-imitation's gradient out of the masks:
+slide to the positions where the student already matches (docs/results.md, "Masks that matter"). No public method
+with learned masks trains them that way (the method spec, "How methods with learned masks keep them from
+collapsing"). The other objectives keep what makes ACAM-KD itself (masks computed every step from the fused
+student-teacher feature, so they follow the student) and cut the imitation's gradient out of the masks:
 
 * ``adversarial`` (CTKD's gradient reversal with a ramp, ADIOS's fixed mask budget): the masks *maximise* the
   masked (log) imitation error, kept spread by a KL-to-uniform term and the Dice term; the student minimises the
@@ -44,9 +43,9 @@ IMITATION_FORMS = ("squared_error", "distribution")
 
 
 #: The budgeted masks' softmax temperature: ``w = L softmax(u / T)``. Adam moves each selection unit by about the
-#: learning rate per step whatever the scale, so the temperature sets how fast a mask can sharpen: at ``T = 1`` the
-#: masks of the logits recipe (lr 3e-3) were still uniform after 30 steps (support 1.000); ``T = 0.1`` is the
-#: same as ten times the units' learning rate and init.
+#: learning rate per step whatever the scale, so the temperature sets how fast a mask can sharpen (at ``T = 1`` too
+#: slowly for the masks to leave uniform early in a short run); ``T = 0.1`` is the same as ten times the units'
+#: learning rate and init.
 BUDGET_TEMPERATURE = 0.1
 
 
@@ -90,8 +89,8 @@ def adversarial_mask_objective(scores: Tensor, errors: Tensor, entropy_weight: f
     and ``s`` the reversal strength (ramped from 0 to 1). For fixed errors the minimiser is
     ``q proportional to e~^(s / beta)``: at ``beta = 1`` each position's weight is proportional to the student's error
     there. The log is what keeps it spread: maximising the error itself (``sum_l q e~``) has the minimiser
-    ``exp(e~ / beta)``, which put all the weight on one or two positions of a toy map whose errors are skewed
-    (effective support 0.04 of the map, tests/test_mask_objectives.py), a collapse onto outliers.
+    ``exp(e~ / beta)``, which put all the weight on one or two positions of a toy map whose errors are skewed, a
+    collapse onto outliers.
 
     Args:
         scores: ``(B, M, L)`` the selection units' scores (with their graph).

@@ -1,8 +1,17 @@
 """ASCM: adaptive spatial-channel masking (paper Sec. 3.3).
 
-Learnable selection units turn the fused feature into ``M`` channel masks ``M^c = sigma(m_c v^T)`` (``v`` the
-globally pooled fused feature) and ``M`` spatial masks ``M^s = sigma(m_s z)`` (``z`` the fused feature as
-``C x HW``). ``m_c`` and ``m_s`` start from normal(0, 0.01), so every mask starts near 0.5 everywhere.
+Learnable selection units turn the fused feature into ``M`` channel masks and ``M`` spatial masks. Two forms:
+
+* the paper's (``--mask_objective imitation``, the ``paper`` variant): ``M^c = sigma(m_c v^T)`` (``v`` the globally
+  pooled fused feature) and ``M^s = sigma(m_s z)`` (``z`` the fused feature as ``C x HW``), or a softmax across
+  the ``M`` masks with ``--mask_activation softmax``. ``m_c`` and ``m_s`` start from normal(0, 0.01), so every
+  sigmoid mask starts near 0.5 everywhere (a softmax mask near ``1/M``).
+* **budgeted** masks, for the learned mask objectives (:mod:`acamkd_hf.mask_objectives`), the default through the
+  recommended variant's ``adversarial`` objective: each mask is ``L softmax(scores / T)`` over its ``L`` positions
+  or channels (mean 1: it can concentrate, never shrink), and the channel scores get per-channel capacity
+  (``a (.) v + b``, see :class:`AdaptiveSpatialChannelMasking`).
+
+The ``uniform`` objective (the control) has no selection units at all.
 """
 
 from __future__ import annotations

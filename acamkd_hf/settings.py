@@ -34,16 +34,13 @@ DETECTION_NUM_MASKS = 6
 
 #: ``--acamkd_variant``: what the ACAM-KD settings left unset (``None``) become. ``paper`` is the spec's literal
 #: reading (sum-M normaliser, sigmoid masks trained by the total loss, raw features, exact fusion, alpha = lambda =
-#: 1). ``recommended`` is the project's default, chosen on the quality benchmark across its tables
-#: (docs/results.md): the paper's losses on per-channel standardised features (the imitation no longer depends on
-#: the features' scale: on the generator-v1 logits table +0.028 mIoU over the student alone, 5/5 seeds, where the
-#: paper's form loses 0.036; on generator v2 at a feature point +0.085, 5/5, the paper's form +0.025), and the
-#: fusion's keys/values reduced to at most DEFAULT_MAX_KV_TOKENS tokens (quality inside the interval of the exact
-#: fusion, the attention's cost linear in the map size). Its masks are trained by the ``adversarial`` objective (the
-#: paper's imitation-trained masks shrink to nothing; of the objectives that cannot collapse, the best-measured
-#: across the three tables, none of them beating uniform masks: docs/results.md, "Masks that matter") and the
-#: standardisation takes per-image statistics (tied with the batch's on every table, and batch-independent: 1 x 8
-#: accumulation equals 8 x 1, 2 processes x 2 equal 1 x 4). A flag given explicitly always wins.
+#: 1). ``recommended`` is the project's default, chosen on the quality benchmark (docs/results.md, "What makes
+#: ACAM-KD help" and "Masks that matter"): the paper's losses on per-channel standardised features (the imitation
+#: no longer depends on the features' scale, so one weight serves logits, features and necks); the fusion's
+#: keys/values reduced to at most DEFAULT_MAX_KV_TOKENS tokens (the attention's cost linear in the map size); masks
+#: trained by the ``adversarial`` objective (the paper's imitation-trained masks shrink to nothing; budgeted masks
+#: cannot); and per-image standardisation statistics (batch-independent: 1 x 8 accumulation equals 8 x 1,
+#: 2 processes x 2 equal 1 x 4). A flag given explicitly always wins.
 ACAMKD_VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {
         "alpha": 1.0,
@@ -103,7 +100,10 @@ BASELINE_DEFAULTS: dict[str, Any] = {"lambda_div": 1.0, "mask_normalizer": "sum"
 
 @dataclass
 class DistillationSettings:
-    """What is distilled where, and how. Defaults follow the paper; ``None`` means "resolved from the models".
+    """What is distilled where, and how. A setting left ``None`` is filled in when the run starts (:meth:`resolved`):
+    from the method (:func:`method_defaults`: for ACAM-KD its variant's values, :data:`ACAMKD_VARIANTS`, by default
+    ``recommended``; for a baseline :data:`BASELINE_DEFAULTS` and its published weight, :data:`DEFAULT_ALPHA`) or,
+    for the points and ``M``, from the models.
 
     Args:
         method: ``acamkd`` or a baseline (``mse``, ``mgd``, ``cwd``, ``pkd``); ``none`` trains the student alone.
@@ -153,8 +153,9 @@ class DistillationSettings:
     acamkd_variant: str = field(
         default="recommended",
         metadata={"help": "ACAM-KD settings not given explicitly: 'recommended' (the project's default, chosen on the "
-                          "quality benchmark, docs/results.md) or 'paper' (the spec's literal losses: sum-M "
-                          "normaliser, sigmoid masks trained by the total loss, raw features, alpha = lambda = 1).",
+                          "quality benchmark, docs/results.md: standardised features, reduced fusion, masks trained "
+                          "by the adversarial objective) or 'paper' (the spec's literal losses: sum-M normaliser, "
+                          "sigmoid masks trained by the total loss, raw features, alpha = lambda = 1).",
                   "choices": list(ACAMKD_VARIANTS)},
     )
     lambda_div: float | None = field(
@@ -314,9 +315,9 @@ class DistillationSettings:
         """``{setting: (this value, the other's)}`` for every setting on which the two would train differently once
         the method's defaults are filled in (the variant name itself is not compared: only what it fills in)."""
         mine, theirs = self.with_method_defaults().to_dict(), other.with_method_defaults().to_dict()
-        for values in (mine, theirs):  # the token budget is read only by ACAM-KD's "auto" reduction
-            if values["method"] != "acamkd" or values["fusion_kv_reduction"] != "auto":
-                values["fusion_max_kv_tokens"] = None
+        # the token budget is read only by ACAM-KD's "auto" reduction: compared only when both sides read it
+        if not all(values["method"] == "acamkd" and values["fusion_kv_reduction"] == "auto" for values in (mine, theirs)):
+            mine["fusion_max_kv_tokens"] = theirs["fusion_max_kv_tokens"] = None
         return {name: (mine[name], theirs[name]) for name in mine if name != "acamkd_variant" and mine[name] != theirs[name]}
 
     def to_dict(self) -> dict[str, Any]:

@@ -313,7 +313,7 @@ class DetectionTask(Task):
     presets = DETECTION_PRESETS
     model_loader = staticmethod(load_detection_model)
     # RT-DETR learns the synthetic set within the CPU budget; a tiny DETR (one stride-32 level, slow Hungarian
-    # convergence) does not (mAP 0 after 2 minutes).
+    # convergence) does not.
     default_teacher = "tiny-rtdetr-resnet"
     default_student = "tiny-rtdetr-resnet-student"
     synthetic_image_size = (128, 128)

@@ -75,7 +75,7 @@ class DistillationTrainer(Trainer):
             raise TypeError("DistillationTrainer needs args=DistillationArguments(...)")
         if isinstance(model, Distiller):
             raise TypeError("pass the student itself as model=; the trainer builds the Distiller")
-        distilling = args.method != "none"
+        distilling = args.distilling
         if distilling and teacher_model is None:
             raise ValueError(f"method {args.method!r} needs a teacher_model (use method 'none' to train the student alone)")
         if args.inherit_from_teacher:
@@ -147,7 +147,7 @@ class DistillationTrainer(Trainer):
                         self, every_n_steps=args.mask_visualization_steps, num_images=args.mask_visualization_images
                     )
                 )
-            elif args.method != "none":
+            elif args.distilling:
                 logger.warning(f"--mask_visualization_steps: method {args.method!r} has no masks to show; ignored")
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0

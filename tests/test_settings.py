@@ -37,13 +37,17 @@ def test_paper_variant_is_the_spec_and_explicit_flags_win_over_the_variant():
     assert (loss.imitation_standardize, loss.fusion.kv_reduction, loss.mask_normalizer) == (False, "1", "sum")
 
 
-def test_every_setting_is_a_flag_of_the_arguments_with_the_same_default(tmp_path):
-    args = DistillationArguments(output_dir=str(tmp_path))
-    argument_fields = {item.name for item in fields(DistillationArguments)}
+def test_every_setting_is_a_flag_of_the_distillation_help_group_with_the_same_default(tmp_path):
+    """Each setting is listed by ``--help`` under the distillation group, with a help text, and the arguments'
+    defaults are the settings' own."""
+    from acamkd_hf.arguments import build_parser
+
+    parser = build_parser()
+    group = next(group for group in parser._action_groups if group.title.startswith("How the teacher teaches"))
+    listed = {action.dest: action.help for action in group._group_actions}
     for item in fields(DistillationSettings):
-        assert item.name in argument_fields
-        assert item.metadata.get("help"), f"{item.name} has no help text"
-    assert args.distillation_settings() == DistillationSettings()
+        assert listed.get(item.name), f"--{item.name} is not in the distillation group of --help, or has no help"
+    assert DistillationArguments(output_dir=str(tmp_path)).distillation_settings() == DistillationSettings()
 
 
 def test_resolved_fills_only_what_was_not_given():
