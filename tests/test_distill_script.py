@@ -118,7 +118,8 @@ def test_paper_recipe_parses_with_flag_overrides():
     )
     assert (args.teacher, data_args.dataset, model_args.student) == ("my/teacher", "/data/cityscapes", "deeplabv3-mobilenetv2")
     assert args.max_steps == 10  # the flag wins over the recipe's 40000
-    assert (args.method, args.num_masks, args.alpha, args.lambda_div) == ("acamkd", 19, 1.0, 1.0)
+    settings = args.distillation_settings().with_method_defaults()  # the recipe leaves the method's defaults unset
+    assert (settings.method, settings.num_masks, settings.alpha, settings.lambda_div) == ("acamkd", 19, 1.0, 1.0)
     assert args.distillation_points == ["logits"]
     assert (args.learning_rate, args.weight_decay, str(args.optim.value)) == (0.02, 0.0005, "sgd")
     assert args.lr_scheduler_kwargs == {"power": 0.9, "lr_end": 0.0}
