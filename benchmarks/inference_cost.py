@@ -4,7 +4,7 @@ may reach the saved artifact.
     python benchmarks/inference_cost.py [--student tiny-segformer] [--teacher small-segformer] [--quick]
 
 Both students start from one initialisation and are trained for a few steps by `DistillationTrainer` under one
-recipe on a synthetic Cityscapes-layout set (the library's API as in the README's Python example): once with
+recipe on a synthetic Cityscapes-layout set (the library's API as in docs/python-api.md's Trainer example): once with
 `--method acamkd` at every distillation point the pair has (logits and the backbone stages: as many distillation
 modules as possible, so a leak would show), once with `--method none`. Each run writes a checkpoint at its last
 step (where the distillation modules are expected, in `distillation_modules.safetensors`) and then
