@@ -103,7 +103,7 @@ def _tensors(model: nn.Module, remove_duplicate: bool) -> dict[str, torch.Tensor
 
 
 def _label_maps_differ(student: nn.Module, teacher: nn.Module) -> str | None:
-    from .models.presets import describe_label_mismatch
+    from .models.labels import describe_label_mismatch
 
     s = getattr(getattr(student, "config", None), "id2label", None)
     t = getattr(getattr(teacher, "config", None), "id2label", None)

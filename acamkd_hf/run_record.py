@@ -20,7 +20,7 @@ from .config import DistillationArguments
 from .distiller import recorded_settings
 from .model_sources import is_hub_id, known_license, model_source
 from .models import PRETRAINED_BACKBONE_PRESETS
-from .models.presets import pretrained_backbone_license
+from .models.backbone_weights import pretrained_backbone_license
 from .settings import DistillationSettings
 from .tasks import TASKS
 

@@ -25,6 +25,7 @@ from acamkd_hf.data import (
     load_segmentation_data,
     make_synthetic_cityscapes,
 )
+from acamkd_hf.data.labels import normalize_id2label
 
 # Official Cityscapes table (cityscapesscripts/helpers/labels.py), labelId -> trainId, written out independently.
 OFFICIAL_LABEL_TO_TRAIN = {
@@ -76,6 +77,13 @@ def test_constants_match_the_official_table():
     assert LABEL_ID_TO_TRAIN_ID.dtype == np.uint8 and LABEL_ID_TO_TRAIN_ID.shape == (256,)
     for label_id in range(256):
         assert LABEL_ID_TO_TRAIN_ID[label_id] == OFFICIAL_LABEL_TO_TRAIN.get(label_id, 255), label_id
+
+
+def test_normalize_id2label_gives_int_keys_str_values_sorted_by_id():
+    # As read from a json file (string keys, out of order; 10 sorts after 2 as a number) or given in Python.
+    normalized = normalize_id2label({"10": "bus", "2": "car", 0: "road", "1": 7})
+    assert list(normalized.items()) == [(0, "road"), (1, "7"), (2, "car"), (10, "bus")]
+    assert normalize_id2label({}) == {}
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def test_card_names_teacher_method_settings_budget_and_baseline(run):
             assert f"| `{name}` | `{value}` |" in text
     assert "student alone (no distillation)" in text  # the default recipe trains it
     # Which ACAM-KD variant, and why (the default: recommended, with standardised features and a reduced fusion).
-    assert "Variant: **recommended**" in text and "standardised features" in text
+    assert "Variant: **recommended**" in text and "standardised per channel and image" in text and "adversarial" in text
     assert run_config["distillation"]["imitation_standardize"] is True
     assert run_config["distillation"]["fusion_kv_reduction"] == "auto"
     assert "optimizer steps | 3" in text and "4 per device x 1 process(es) x 1 accumulation" in text

@@ -314,7 +314,7 @@ def test_freeze_teacher():
 
 def test_probe_does_not_move_the_global_rng():
     """Building a trainer probes shapes; that must not shift the run's random stream (seeded runs, exact resume)."""
-    from acamkd_hf.models.presets import SEGMENTATION_PRESETS
+    from acamkd_hf.models.segmentation import SEGMENTATION_PRESETS
 
     model = SEGMENTATION_PRESETS["tiny-segformer"]({0: "a", 1: "b"})
     torch.manual_seed(123)

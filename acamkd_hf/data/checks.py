@@ -1,27 +1,19 @@
 """Checks of what a dataset holds, each failing with an error that names the file or example and says what to do.
 
 Image files (`check_image_files`, run by the Cityscapes and COCO loaders on every file they index). What a check
-costs decides when it runs. Per file, on the 2-core development machine, warm page cache, for a 2048x1024 PNG of
-4 MB (a Cityscapes image is ~2 MB), a 9 kB PNG label map and a 640x480 JPEG of 80 kB (COCO's are ~160 kB):
-
-| per file                                         | PNG 4 MB | PNG label map | JPEG 80 kB        |
-|--------------------------------------------------|----------|---------------|-------------------|
-| read 24 bytes at the start, 64 at the end (here) | 0.012 ms | 0.012 ms      | 0.012 ms          |
-| PIL header (`Image.open`)                        | 0.04 ms  | 0.04 ms       | 0.06 ms           |
-| PIL `verify()`                                   | 1.9 ms   | 0.05 ms       | 0.06 ms (a no-op) |
-| full decode                                      | 51 ms    | 11 ms         | 1.4 ms            |
+costs decides when it runs: reading a few bytes at each end of a file costs about as much as checking that it
+exists; PIL's header parser costs a little more; PIL's `verify()` reads a whole PNG (and does nothing for a JPEG);
+a full decode costs orders of magnitude more.
 
 - At load time every file gets the first kind: PNG and JPEG are recognised by their signature and must end as
   their format ends (a PNG with its IEND chunk, a JPEG with its EOI marker), which catches a file cut short
   anywhere; any other file goes through PIL's header parser, which rejects a text file named .png, an empty file
-  or an unknown format. Measured through `check_image_files` (8 threads, which hide most of the latency of a cold
-  or network disk) with the machine shared (load ~6 on 2 cores): 0.07 ms per file, i.e. 0.5 s for Cityscapes'
-  2975 + 500 images and as many label maps, ~9 s for COCO train2017's 118k JPEGs, which is of the order of parsing
-  its 450 MB json (the existence check the loader did before, `is_file`, costs 0.02 ms per file).
+  or an unknown format. The files are checked on 8 threads, which hide most of the latency of a cold or network
+  disk, so the check adds little to a load (for COCO, about what parsing its annotation json costs).
 - Only a file whose end looks wrong is read in full (`verify()` for PNG, a decode for JPEG): a PNG with data after
   IEND or a JPEG with bytes after EOI is valid and is not reported.
-- `verify()` on every file is not done: it reads every byte (Cityscapes: ~8 GB, tens of seconds to minutes from a
-  cold disk) and checks nothing in a JPEG; a full decode of every file would cost minutes to hours.
+- `verify()` on every file is not done: it reads every byte (Cityscapes: ~8 GB) and checks nothing in a JPEG; a
+  full decode of every file would cost far more.
 - What passes and still cannot be decoded (e.g. bytes damaged inside the compressed data) fails when the example is
   first read: `decode_image` raises an error naming the file, in the transforms (also inside a DataLoader worker,
   whose error carries the message to the main process) instead of a bare PIL error from the dataset's decoder.
@@ -161,7 +153,7 @@ def decode_image(value: Any, what: str = "image") -> Any:
 def lazily_decoded(dataset: datasets.Dataset, columns: Iterable[str] = ("image", "label")) -> datasets.Dataset:
     """The dataset with its `datasets.Image` columns left undecoded ({"path", "bytes"} per example), so that the
     transforms decode them with `decode_image` and a broken file is named. Only the feature changes (the stored
-    data is the same: 10 ms for 20k rows of a parquet dataset), so this costs nothing per example. A column with a
+    data is the same), so this costs nothing per example. A column with a
     conversion mode (`datasets.Image(mode=...)`) is left as it is, decoded by datasets."""
     for column in columns:
         feature = dataset.features.get(column)

@@ -1,22 +1,10 @@
-"""Object-detection data in the COCO layout: the `DetectionData` every detection loader returns, the COCO-folder
-loader, and the COCO-format ground-truth writer. Hub / local `datasets` datasets are standardised to the same layout in
-`hub_detection`.
+"""The COCO layout: the COCO-folder loader (`annotations/instances_{split}.json` read with pycocotools, images in
+`{split}/` or `images/{split}/`), the COCO-format ground-truth writer (the json COCOeval reads, for any detection
+dataset), and the box conventions of COCO tooling (`BoxCounts`: clip to the image, drop what is left empty; used by
+every detection loader, its log line comes from this module's logger).
 
-A `DetectionData` is a `DatasetDict` with splits "train" and "validation", each holding
-
-    image     datasets.Image (decoded to PIL on access)
-    image_id  int64, unique within the split (the key between predictions and the ground truth)
-    width, height   int32, the stored image size
-    objects   {"id": List(int64), "area": List(float32), "bbox": List(List(float32, length=4)),
-               "category": List(ClassLabel), "iscrowd": List(int8)}
-
-with `bbox` as COCO's absolute-pixel [x, y, w, h] and `category` a contiguous label 0..K-1. Beside it: the class
-names, the label -> original category id map (COCO's ids are 1..90 for 80 classes; predictions are mapped back for
-evaluation), and per split the path of a COCO-format annotations json that `pycocotools.coco.COCO` reads as the
-ground truth of COCOeval (`acamkd_hf.metrics.CocoDetectionMetrics`).
-
-Crowd annotations (`iscrowd=1`) stay in `objects` and in the ground truth, where COCOeval uses them to ignore
-detections on crowds; `DetectionTransforms` leaves them out of the training targets.
+Every loader returns a `DetectionData` (see `detection`); Hub / local `datasets` datasets are standardised to the
+same layout in `hub_detection`.
 """
 
 from __future__ import annotations
@@ -28,23 +16,20 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from .checks import check_image_files
+from .detection import DetectionData, detection_features
 from .hub_datasets import renamed_classes
-from .labels import ClassNames
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BoxCounts",
-    "DetectionData",
-    "detection_features",
     "is_coco_layout",
     "load_coco",
     "load_coco_folder",
@@ -53,45 +38,6 @@ __all__ = [
 
 _COCO_TRAIN_SPLITS = ("train2017", "train2014", "train")
 _COCO_VALIDATION_SPLITS = ("val2017", "val2014", "val", "validation")
-
-
-@dataclass
-class DetectionData(ClassNames):
-    """A detection dataset ready for `DetectionTransforms` and `CocoDetectionMetrics`.
-
-    dataset: splits "train" and "validation" (columns: see the module docstring).
-    id2label: contiguous label -> class name.
-    label_to_category_id: contiguous label -> category id of the ground-truth json (COCO's original ids; the
-        identity for datasets whose categories are a ClassLabel).
-    ground_truth: split -> path of a COCO-format annotations json for COCOeval (`pycocotools.coco.COCO(path)`),
-        None for a split that has none.
-    """
-
-    dataset: datasets.DatasetDict
-    id2label: dict[int, str]
-    label_to_category_id: dict[int, int]
-    ground_truth: dict[str, str | None]
-    #: made by this package (:func:`~acamkd_hf.data.make_synthetic_coco`): square images of one size
-    synthetic: bool = False
-
-
-def detection_features(class_names: Iterable[str]) -> datasets.Features:
-    """The features of every `DetectionData` split."""
-    return datasets.Features(
-        {
-            "image": datasets.Image(),
-            "image_id": datasets.Value("int64"),
-            "width": datasets.Value("int32"),
-            "height": datasets.Value("int32"),
-            "objects": {
-                "id": datasets.List(datasets.Value("int64")),
-                "area": datasets.List(datasets.Value("float32")),
-                "bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
-                "category": datasets.List(datasets.ClassLabel(names=list(class_names))),
-                "iscrowd": datasets.List(datasets.Value("int8")),
-            },
-        }
-    )
 
 
 class BoxCounts:
@@ -155,8 +101,8 @@ class BoxCounts:
 
 
 def _image_modes(paths: list[Path]) -> dict[str, int]:
-    """``{PIL mode: images}`` from the image headers (no pixel decoding; ~0.06 ms a JPEG, 8 threads); a header that
-    cannot be parsed is left out (it is not this count's to refuse)."""
+    """``{PIL mode: images}`` from the image headers (no pixel decoding, 8 threads); a header that cannot be parsed
+    is left out (it is not this count's to refuse)."""
     from collections import Counter
     from concurrent.futures import ThreadPoolExecutor
 
@@ -196,22 +142,9 @@ def _image_folder(root: Path, split: str) -> Path:
     )
 
 
-def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict], Path]:
-    """Rows of one split (image paths, not yet a Dataset), its categories, and its annotation file."""
-    json_path = root / "annotations" / f"instances_{split}.json"
-    if not json_path.is_file():
-        raise FileNotFoundError(f"COCO annotations not found: {json_path}")
-    image_folder = _image_folder(root, split)
-    coco = _read_coco(json_path)
-    images = coco.dataset.get("images", [])
-    annotations = coco.dataset.get("annotations", [])
-    categories = coco.dataset.get("categories", [])
-    if not images:
-        raise ValueError(
-            f"{json_path} lists no images, so the {split!r} split is empty. Use the json of a split that has images "
-            "(--train_split / --validation_split name the instances_{split}.json used), or add its images to it."
-        )
-
+def _coco_images(json_path: Path, image_folder: Path, images: list[dict]) -> dict[int, dict]:
+    """The json's images by id, each with a valid size and a complete image file on disk (else a ValueError naming
+    them)."""
     by_id: dict[int, dict] = {}
     missing: list[str] = []
     for image in images:
@@ -239,6 +172,48 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
         what=f"images of {json_path}",
         fix="Replace them with intact copies, or remove those images (and their annotations) from the json.",
     )
+    return by_id
+
+
+def _coco_rows(by_id: dict[int, dict], objects: dict[int, list[dict]], image_folder: Path) -> dict[str, list]:
+    """The split's rows (image paths, sizes, objects with their original category ids), sorted by image id."""
+    rows: dict[str, list] = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
+    for image_id in sorted(by_id):
+        image = by_id[image_id]
+        anns = objects[image_id]
+        rows["image"].append(str(image_folder / image["file_name"]))
+        rows["image_id"].append(image_id)
+        rows["width"].append(int(image["width"]))
+        rows["height"].append(int(image["height"]))
+        rows["objects"].append(
+            {
+                "id": [a["id"] for a in anns],
+                "area": [a["area"] for a in anns],
+                "bbox": [a["bbox"] for a in anns],
+                "category": [a["category_id"] for a in anns],  # original ids, mapped to labels by the caller
+                "iscrowd": [a["iscrowd"] for a in anns],
+            }
+        )
+    return rows
+
+
+def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict], Path]:
+    """Rows of one split (image paths, not yet a Dataset), its categories, and its annotation file."""
+    json_path = root / "annotations" / f"instances_{split}.json"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"COCO annotations not found: {json_path}")
+    image_folder = _image_folder(root, split)
+    coco = _read_coco(json_path)
+    images = coco.dataset.get("images", [])
+    annotations = coco.dataset.get("annotations", [])
+    categories = coco.dataset.get("categories", [])
+    if not images:
+        raise ValueError(
+            f"{json_path} lists no images, so the {split!r} split is empty. Use the json of a split that has images "
+            "(--train_split / --validation_split name the instances_{split}.json used), or add its images to it."
+        )
+
+    by_id = _coco_images(json_path, image_folder, images)
     modes = _image_modes([image_folder / by_id[i]["file_name"] for i in sorted(by_id)])
     category_ids = {int(c["id"]) for c in categories}
 
@@ -283,24 +258,7 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
         + " images not stored as RGB, converted as they are read (grayscale: the channel repeated; RGBA: alpha dropped)"
     )
 
-    rows: dict[str, list] = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
-    for image_id in sorted(by_id):
-        image = by_id[image_id]
-        anns = objects[image_id]
-        rows["image"].append(str(image_folder / image["file_name"]))
-        rows["image_id"].append(image_id)
-        rows["width"].append(int(image["width"]))
-        rows["height"].append(int(image["height"]))
-        rows["objects"].append(
-            {
-                "id": [a["id"] for a in anns],
-                "area": [a["area"] for a in anns],
-                "bbox": [a["bbox"] for a in anns],
-                "category": [a["category_id"] for a in anns],  # original ids, mapped to labels by the caller
-                "iscrowd": [a["iscrowd"] for a in anns],
-            }
-        )
-    return rows, categories, json_path
+    return _coco_rows(by_id, objects, image_folder), categories, json_path
 
 
 def load_coco(
@@ -323,9 +281,9 @@ def load_coco(
 
     Errors: a missing folder or json (FileNotFoundError naming the path searched); a json without images; an
     annotation naming an image that is not in the json, or a category that is not in its categories; an image whose
-    file is not on disk or is not a complete image (`checks.check_image_files`: header and end of every file, ~0.07
-    ms each); a box that is not 4 finite numbers or has a negative width or height (ValueError naming the json, the
-    image and annotation ids or files, and what to do).
+    file is not on disk or is not a complete image (`checks.check_image_files`: header and end of every file); a box
+    that is not 4 finite numbers or has a negative width or height (ValueError naming the json, the image and
+    annotation ids or files, and what to do).
     """
     root = Path(root).expanduser()
     if not root.is_dir():

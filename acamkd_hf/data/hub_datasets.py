@@ -1,7 +1,8 @@
 """What the segmentation and detection loaders share for `datasets` datasets (a Hub id or a local dataset folder):
 loading a `DatasetDict`, picking splits and columns among common names, class names from id2label.json.
 
-Nothing here knows a task or an on-disk layout (Cityscapes, COCO); nothing from the package is imported.
+Nothing here knows a task or an on-disk layout (Cityscapes, COCO); only `labels` (a leaf) is imported from the
+package.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from typing import Any
 
 import datasets
 
+from .labels import normalize_id2label
+
 __all__ = [
     "VALIDATION_SPLITS",
     "find_id2label_file",
+    "find_validation_split",
     "load_dataset_dict",
     "pick_column",
     "read_id2label_json",
     "renamed_classes",
+    "require_examples",
     "require_split",
 ]
 
@@ -56,6 +61,33 @@ def require_split(loaded: datasets.DatasetDict, split: str, name_or_path: str) -
         raise ValueError(f"no {split!r} split in {name_or_path}; available splits: {list(loaded.keys())}")
 
 
+def find_validation_split(
+    loaded: datasets.DatasetDict,
+    name_or_path: str,
+    candidates: tuple[str, ...] = VALIDATION_SPLITS,
+    *,
+    train_split: str | None = None,
+    hint: str = "",
+) -> str:
+    """The first of ``candidates`` among the splits of ``loaded`` (other than ``train_split`` when given); else a
+    ValueError naming the candidates and the available splits, with ``hint`` (another way out) appended."""
+    found = next((s for s in candidates if s in loaded and (train_split is None or s != train_split)), None)
+    if found is None:
+        raise ValueError(
+            f"no validation split in {name_or_path} (looked for {list(candidates)}); available splits: "
+            f"{list(loaded.keys())}; name one with --validation_split (validation_split=... in Python){hint}"
+        )
+    return found
+
+
+def require_examples(dataset: datasets.Dataset, split: str, name_or_path: str, how: str) -> None:
+    """A ValueError when the split ``split`` holds no examples; ``how`` says how to name another split."""
+    if len(dataset) == 0:
+        raise ValueError(
+            f"the {split!r} split of {name_or_path} has no examples. Add examples to it, or name another split {how}."
+        )
+
+
 def pick_column(
     names: Iterable[str], candidates: tuple[str, ...], what: str, *, override: str | None = None, hint: str = ""
 ) -> str:
@@ -76,15 +108,15 @@ def pick_column(
 
 def renamed_classes(id2label: dict, existing: dict[int, str], what: str) -> dict[int, str]:
     """``id2label`` given for a set that names its own classes may only rename them (same ids)."""
-    renamed = {int(k): str(v) for k, v in id2label.items()}
+    renamed = normalize_id2label(id2label)
     if sorted(renamed) != sorted(existing):
         raise ValueError(f"id2label for {what} can only rename its classes {sorted(existing)}, got keys {sorted(renamed)}")
-    return dict(sorted(renamed.items()))
+    return renamed
 
 
 def read_id2label_json(path: str | Path) -> dict[int, str]:
-    """A json file {"0": "name", ...} -> {0: "name", ...}."""
-    return {int(k): str(v) for k, v in json.loads(Path(path).read_text()).items()}
+    """A json file {"0": "name", ...} -> {0: "name", ...} (sorted by id)."""
+    return normalize_id2label(json.loads(Path(path).read_text()))
 
 
 def find_id2label_file(name_or_path: str, revision: str | None, token: Any) -> dict[int, str] | None:

@@ -1,5 +1,5 @@
 """Object-detection datasets from the Hub or a local `datasets` folder, standardised to the `DetectionData` layout
-(see `coco`), and `load_detection_data`, the loader for any source (COCO folder, local dataset folder or Hub id).
+(see `detection`), and `load_detection_data`, the loader for any source (COCO folder, local dataset folder or Hub id).
 
 Only the metadata columns are rewritten; the images stay as stored. The ground truth of each split is written as a
 COCO-format json (`coco.write_coco_ground_truth`) for COCOeval.
@@ -20,15 +20,17 @@ import datasets
 import PIL.Image
 
 from .checks import describe_source
-from .coco import (
-    BoxCounts,
-    DetectionData,
-    detection_features,
-    is_coco_layout,
-    load_coco_folder,
-    write_coco_ground_truth,
+from .coco import BoxCounts, is_coco_layout, load_coco_folder, write_coco_ground_truth
+from .detection import DetectionData, detection_features
+from .hub_datasets import (
+    VALIDATION_SPLITS,
+    find_validation_split,
+    load_dataset_dict,
+    pick_column,
+    require_examples,
+    require_split,
 )
-from .hub_datasets import VALIDATION_SPLITS, load_dataset_dict, pick_column, require_split
+from .labels import normalize_id2label
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,26 @@ def _image_sizes(dataset: datasets.Dataset, image_column: str) -> tuple[list[int
     return widths, heights
 
 
+def _metadata(ds: datasets.Dataset, image_column: str, source: str) -> datasets.Dataset:
+    """The columns `image_id` (the row index if absent or not unique), `width`, `height` (read from the image
+    headers if absent) and `objects` of ``ds``."""
+    columns = ds.column_names
+    if "width" in columns and "height" in columns:
+        meta = ds.select_columns([c for c in ("image_id", "width", "height", "objects") if c in columns])
+    else:
+        widths, heights = _image_sizes(ds, image_column)
+        meta = ds.select_columns([c for c in ("image_id", "objects") if c in columns])
+        meta = meta.add_column("width", widths).add_column("height", heights)
+    if "image_id" in columns:
+        ids = meta["image_id"]
+        if len(set(ids)) != len(ids):
+            logger.warning(f"{source}: image_id is not unique; using the row index as image_id")
+            meta = meta.remove_columns("image_id").add_column("image_id", list(range(len(meta))))
+    else:
+        meta = meta.add_column("image_id", list(range(len(meta))))
+    return meta
+
+
 def _standardize_split(
     ds: datasets.Dataset,
     source: str,
@@ -79,19 +101,7 @@ def _standardize_split(
     bbox_key = pick_column(object_fields, _BBOX_KEYS, "box field of 'objects'")
     category_key = pick_column(object_fields, _CATEGORY_KEYS, "category field of 'objects'")
 
-    if "width" in columns and "height" in columns:
-        meta = ds.select_columns([c for c in ("image_id", "width", "height", "objects") if c in columns])
-    else:
-        widths, heights = _image_sizes(ds, image_column)
-        meta = ds.select_columns([c for c in ("image_id", "objects") if c in columns])
-        meta = meta.add_column("width", widths).add_column("height", heights)
-    if "image_id" in columns:
-        ids = meta["image_id"]
-        if len(set(ids)) != len(ids):
-            logger.warning(f"{source}: image_id is not unique; using the row index as image_id")
-            meta = meta.remove_columns("image_id").add_column("image_id", list(range(len(meta))))
-    else:
-        meta = meta.add_column("image_id", list(range(len(meta))))
+    meta = _metadata(ds, image_column, source)
 
     hint = (
         " (read as [x1, y1, x2, y2] with bbox_format='xyxy', so x2 >= x1 and y2 >= y1)"
@@ -151,6 +161,45 @@ def _standardize_split(
     return datasets.concatenate_datasets([images, meta], axis=1)
 
 
+def _categories(
+    first: datasets.Dataset, name_or_path: str, id2label: Mapping[int, str] | None
+) -> tuple[list[str], dict[int, int] | None, dict[int, int]]:
+    """(class names by label, category -> label map or None when the categories are already labels 0..K-1,
+    label -> category id of the ground truth), from the `objects` categories of ``first`` (the training split) and
+    ``id2label``."""
+    if "objects" not in first.column_names or not isinstance(first.features["objects"], dict):
+        raise ValueError(
+            f"{name_or_path}: expected an 'objects' column holding {{bbox, category, ...}} lists; columns: "
+            f"{first.column_names}"
+        )
+    category_key = pick_column(first.features["objects"].keys(), _CATEGORY_KEYS, "category field of 'objects'")
+    category_feature = first.features["objects"][category_key]
+    category_feature = getattr(category_feature, "feature", category_feature)  # List(ClassLabel) -> ClassLabel
+    if isinstance(category_feature, datasets.ClassLabel):
+        names = list(category_feature.names)
+        class_names = names
+        if id2label is not None:
+            renamed = normalize_id2label(id2label)
+            if sorted(renamed) != list(range(len(names))):
+                raise ValueError(f"id2label must rename the {len(names)} ClassLabel classes 0..{len(names) - 1}, "
+                                 f"got keys {sorted(renamed)}")  # fmt: skip
+            class_names = [renamed[k] for k in range(len(names))]
+        category_to_label = None
+        label_to_category_id = {k: k for k in range(len(class_names))}
+    else:
+        if id2label is None:
+            raise ValueError(
+                f"{name_or_path}: the categories are plain integers (no ClassLabel); pass --id2label classes.json "
+                "(a json file {\"category id\": \"name\", ...}; id2label={category id: name} in Python)"
+            )
+        by_id = normalize_id2label(id2label)
+        ordered = sorted(by_id)
+        class_names = [by_id[c] for c in ordered]
+        label_to_category_id = dict(enumerate(ordered))
+        category_to_label = {c: label for label, c in label_to_category_id.items()}
+    return class_names, category_to_label, label_to_category_id
+
+
 def load_detection_data(
     name_or_path: str | os.PathLike,
     *,
@@ -187,62 +236,24 @@ def load_detection_data(
         )
 
     loaded = load_dataset_dict(name_or_path, **load_dataset_kwargs)
-    available = list(loaded.keys())
     train_split = train_split or "train"
     require_split(loaded, train_split, name_or_path)
     if validation_split is None:
-        validation_split = next((s for s in _VALIDATION_OR_TEST_SPLITS if s in loaded and s != train_split), None)
-        if validation_split is None:
-            raise ValueError(
-                f"no validation split in {name_or_path} (looked for {list(_VALIDATION_OR_TEST_SPLITS)}); available "
-                f"splits: {available}; name one with --validation_split (validation_split=... in Python)"
-            )
+        validation_split = find_validation_split(
+            loaded, name_or_path, _VALIDATION_OR_TEST_SPLITS, train_split=train_split
+        )
         if validation_split == "test":
             logger.info(f"{name_or_path}: no validation split, evaluating on 'test'")
     else:
         require_split(loaded, validation_split, name_or_path)
 
-    first = loaded[train_split]
-    if "objects" not in first.column_names or not isinstance(first.features["objects"], dict):
-        raise ValueError(
-            f"{name_or_path}: expected an 'objects' column holding {{bbox, category, ...}} lists; columns: "
-            f"{first.column_names}"
-        )
-    category_key = pick_column(first.features["objects"].keys(), _CATEGORY_KEYS, "category field of 'objects'")
-    category_feature = first.features["objects"][category_key]
-    category_feature = getattr(category_feature, "feature", category_feature)  # List(ClassLabel) -> ClassLabel
-    if isinstance(category_feature, datasets.ClassLabel):
-        names = list(category_feature.names)
-        class_names = names
-        if id2label is not None:
-            renamed = {int(k): str(v) for k, v in id2label.items()}
-            if sorted(renamed) != list(range(len(names))):
-                raise ValueError(f"id2label must rename the {len(names)} ClassLabel classes 0..{len(names) - 1}, "
-                                 f"got keys {sorted(renamed)}")  # fmt: skip
-            class_names = [renamed[k] for k in range(len(names))]
-        category_to_label = None
-        label_to_category_id = {k: k for k in range(len(class_names))}
-    else:
-        if id2label is None:
-            raise ValueError(
-                f"{name_or_path}: the categories are plain integers (no ClassLabel); pass --id2label classes.json "
-                "(a json file {\"category id\": \"name\", ...}; id2label={category id: name} in Python)"
-            )
-        by_id = {int(k): str(v) for k, v in id2label.items()}
-        ordered = sorted(by_id)
-        class_names = [by_id[c] for c in ordered]
-        label_to_category_id = dict(enumerate(ordered))
-        category_to_label = {c: label for label, c in label_to_category_id.items()}
+    class_names, category_to_label, label_to_category_id = _categories(loaded[train_split], name_or_path, id2label)
 
     ground_truth_dir = Path(ground_truth_dir or DEFAULT_GROUND_TRUTH_DIR)
     splits, ground_truth = {}, {}
     id2label_out = dict(enumerate(class_names))
     for source, target in ((train_split, "train"), (validation_split, "validation")):
-        if len(loaded[source]) == 0:
-            raise ValueError(
-                f"the {source!r} split of {name_or_path} has no examples. Add examples to it, or name another split "
-                "with --train_split / --validation_split."
-            )
+        require_examples(loaded[source], source, name_or_path, "with --train_split / --validation_split")
         ds = _standardize_split(
             loaded[source],
             f"{name_or_path}[{source}]",

@@ -1,4 +1,5 @@
-"""Label maps: the ignore index, the per-pixel lookup tables, turning a stored map into class ids, checking its values.
+"""Label maps: the ignore index, the per-pixel lookup tables, turning a stored map into class ids, checking its values;
+class names by id in one form (`normalize_id2label`).
 
 A leaf of `acamkd_hf.data` (numpy only, nothing from the package), so that the loaders, the load-time checks and the
 transforms can all use it without importing one another.
@@ -10,15 +11,15 @@ remapped, so that the datasets stay thin indexes of files.
 
 Label values (`check_label_values`): a map with values beyond the classes that are not the ignore index would make
 cross-entropy index out of range (a CUDA device assert, or garbage on CPU). Checked per example in
-`SegmentationTransforms` (vectorised compares on the 8-bit map: 0.4 ms for 2048x1024 with ignore pixels, 0.06 ms
-without, next to its 11 ms decode), skipped when the label lookup table can only produce valid values
-(`lookup_is_safe`, e.g. Cityscapes'), and at load time on the first examples of each split
-(`checks.check_first_label_maps`), which catches the usual, systematic mistakes (e.g. ADE20K's 0..150 read as 150
-classes without reduce_labels) before anything trains.
+`SegmentationTransforms` (vectorised compares on the 8-bit map, cheap next to decoding it), skipped when the label
+lookup table can only produce valid values (`lookup_is_safe`, e.g. Cityscapes'), and at load time on the first
+examples of each split (`checks.check_first_label_maps`), which catches the usual, systematic mistakes (e.g.
+ADE20K's 0..150 read as 150 classes without reduce_labels) before anything trains.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "count_unknown_values",
     "label_array",
     "lookup_is_safe",
+    "normalize_id2label",
     "reduce_labels_lookup",
 ]
 
@@ -101,6 +103,13 @@ def reduce_labels_lookup(ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     table[0] = ignore_index
     table[255] = ignore_index
     return table.astype(np.uint8)
+
+
+def normalize_id2label(id2label: Mapping[Any, Any]) -> dict[int, str]:
+    """``id2label`` with int keys and str values, sorted by id: the one form class maps are compared and stored in
+    (json files and configs that went through json have string keys, ``{"1": "car", "0": "road"}`` ->
+    ``{0: "road", 1: "car"}``)."""
+    return {int(k): str(v) for k, v in sorted(id2label.items(), key=lambda item: int(item[0]))}
 
 
 class ClassNames:

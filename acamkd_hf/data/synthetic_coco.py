@@ -275,7 +275,7 @@ def make_synthetic_coco(
     large objects (COCO's 32 and 96 by default, which the COCO metric uses); objects are drawn from all three
     buckets that fit in the image. Image ids are 1..num_train for train and 100001.. for validation (unique across
     splits, as in COCO). Deterministic given `seed` (train and validation use separate streams); existing files
-    are overwritten. About 3 ms per 128 x 128 image on one core.
+    are overwritten.
     """
     if not 1 <= num_classes <= len(SYNTHETIC_COCO_CLASSES):
         raise ValueError(f"num_classes must be in [1, {len(SYNTHETIC_COCO_CLASSES)}], got {num_classes}")

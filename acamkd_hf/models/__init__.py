@@ -4,15 +4,13 @@ from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
 from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
 from .labels import describe_label_mismatch
-from .presets import (
-    PRETRAINED_BACKBONE_PRESETS,
+from .backbone_weights import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, preset_options
+from .segmentation import (
     RENAMED_PRESETS,
     SEGMENTATION_PRESETS,
-    BackboneDownloadError,
     canonical_preset_name,
     default_image_processor,
     load_segmentation_model,
-    preset_options,
 )
 
 # With the package imported, `AutoConfig` / `AutoModelForSemanticSegmentation` / `pipeline()` resolve

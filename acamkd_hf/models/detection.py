@@ -47,8 +47,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .labels import load_pretrained_for_labels
-from .presets import _label_maps, resolve_model_path
+from .loading import label_maps, load_model
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Backbone freezing
@@ -82,17 +81,17 @@ def _finish(model: PreTrainedModel, freeze_backbone: bool) -> PreTrainedModel:
 
 
 def _detr(id2label, defaults: dict, overrides: dict, freeze_backbone: bool) -> DetrForObjectDetection:
-    config = DetrConfig(**{**defaults, **overrides}, **_label_maps(id2label))
+    config = DetrConfig(**{**defaults, **overrides}, **label_maps(id2label))
     return _finish(DetrForObjectDetection(config), freeze_backbone)
 
 
 def _rtdetr(id2label, defaults: dict, overrides: dict, freeze_backbone: bool) -> RTDetrForObjectDetection:
-    config = RTDetrConfig(**{**defaults, **overrides}, **_label_maps(id2label))
+    config = RTDetrConfig(**{**defaults, **overrides}, **label_maps(id2label))
     return _finish(RTDetrForObjectDetection(config), freeze_backbone)
 
 
 def _deformable(id2label, defaults: dict, overrides: dict, freeze_backbone: bool) -> DeformableDetrForObjectDetection:
-    config = DeformableDetrConfig(**{**defaults, **overrides}, **_label_maps(id2label))
+    config = DeformableDetrConfig(**{**defaults, **overrides}, **label_maps(id2label))
     return _finish(DeformableDetrForObjectDetection(config), freeze_backbone)
 
 
@@ -335,21 +334,21 @@ def load_detection_model(
         FileNotFoundError: a name that is neither a preset nor an existing folder nor shaped like a Hub id.
     """
     frozen = bool(freeze_backbone)  # None: trainable, decided here, not by transformers' name matching
-    if name_or_path in DETECTION_PRESETS:
-        if id2label is None:
-            raise ValueError(f"Preset {name_or_path!r} needs id2label (the dataset's classes) to size its classifier.")
-        return DETECTION_PRESETS[name_or_path](id2label, freeze_backbone=frozen)
-    model = load_pretrained_for_labels(
-        AutoModelForObjectDetection,
-        resolve_model_path(name_or_path, DETECTION_PRESETS, "detection preset"),
+    model = load_model(
+        name_or_path,
         id2label,
-        role=role,
+        DETECTION_PRESETS,
+        auto_class=AutoModelForObjectDetection,
+        what="detection preset",
         task="object-detection",
         families="DETR, RT-DETR and Deformable DETR",
+        role=role,
         trust_remote_code=trust_remote_code,
         revision=revision,
+        preset_options={"freeze_backbone": frozen},
     )
-    return set_backbone_frozen(model, frozen)
+    # A preset's builder has set its backbone's freezing already; a loaded model's is transformers' choice until here.
+    return model if name_or_path in DETECTION_PRESETS else set_backbone_frozen(model, frozen)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
+from ..data.labels import normalize_id2label
+
 logger = logging.getLogger(__name__)
 
 #: At most this many class names per list in a label-set message; the rest are counted ("... and N more").
@@ -38,8 +40,8 @@ def describe_label_mismatch(
     """None when both maps give the same class to every id; otherwise a short message: the class counts, then the
     classes only in A, only in B, and those at other ids, each list cut to :data:`MAX_NAMES_SHOWN` names and
     "... and N more"."""
-    a = {int(k): str(v) for k, v in id2label_a.items()}
-    b = {int(k): str(v) for k, v in id2label_b.items()}
+    a = normalize_id2label(id2label_a)
+    b = normalize_id2label(id2label_b)
     if a == b:
         return None
     a_names, b_names = set(a.values()), set(b.values())
@@ -135,11 +137,11 @@ def load_pretrained_for_labels(
             f"{task} model for that architecture: use a {task} checkpoint or one whose backbone has a {task} model "
             f"in transformers ({families})."
         )
-    own = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    own = normalize_id2label(config.id2label or {})
     adapt = id2label is not None and describe_label_mismatch(own, id2label) is not None
     kwargs = {"trust_remote_code": trust_remote_code, "revision": revision, "output_loading_info": True}
     if adapt:
-        labels = {int(k): str(v) for k, v in id2label.items()}
+        labels = normalize_id2label(id2label)
         kwargs.update(id2label=labels, label2id={v: k for k, v in labels.items()}, ignore_mismatched_sizes=True)
     with _no_load_report():
         model, info = auto_class.from_pretrained(path, **kwargs)

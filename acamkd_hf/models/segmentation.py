@@ -1,11 +1,12 @@
-"""Named segmentation models for the CLI and the tests, plus loading by Hub id / folder.
+"""Named segmentation models for the CLI and the tests, loading by Hub id / folder, and the processor saved with a
+segmentation checkpoint.
 
 Two kinds of presets:
 - the paper's architectures at full size (`deeplabv3-resnet101` teacher; `deeplabv3-resnet18`,
   `deeplabv3-mobilenetv2` students; plus `deeplabv3-resnet50` and `segformer-b0`). The DeepLabV3 ones start from
   timm's ImageNet backbones as in the paper, so building them downloads backbone weights once (offline:
   `pretrained_backbone=False` for a random-initialised backbone, or `backbone_weights=<local file or folder>`;
-  `--pretrained_backbone false` / `--backbone_weights PATH` on the command line).
+  `--pretrained_backbone false` / `--backbone_weights PATH` on the command line; see `backbone_weights`).
 - tiny random-init models (`tiny-*`, `micro-*`, `small-*`) for the tests and the CPU default run. They never touch
   the network. `tiny-deeplabv3-mobilenetv2-timm` is our DeepLabV3 (ASPP head) on a timm MobileNetV2;
   `tiny-mobilenetv2-hf-deeplabv3` is transformers' own `MobileNetV2ForSemanticSegmentation` (its DeepLabV3 head).
@@ -16,11 +17,8 @@ replace config fields (e.g. `use_pretrained_backbone=False`, `output_stride=16`)
 
 from __future__ import annotations
 
-import difflib
-import os
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from transformers import (
     AutoModelForSemanticSegmentation,
@@ -36,40 +34,9 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..model_sources import has_hub_id_shape
-from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation, backbone_weights_file
-from .labels import describe_label_mismatch, load_pretrained_for_labels  # noqa: F401 (re-exported)
-
-
-def _label_maps(id2label: Mapping[int, str]) -> dict:
-    """{"id2label": {int: str}, "label2id": {str: int}}; keys coerced to int (JSON round-trips make them strings)."""
-    if not id2label:
-        raise ValueError("id2label must name at least one class, e.g. {0: 'road', 1: 'sidewalk', ...}")
-    id2label = {int(k): str(v) for k, v in id2label.items()}
-    if len(set(id2label.values())) != len(id2label):
-        raise ValueError(f"id2label has duplicate class names: {sorted(id2label.values())}")
-    return {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
-
-
-class BackboneDownloadError(OSError):
-    """A DeepLabV3 preset's ImageNet backbone could not be downloaded (offline); the message says how to run anyway."""
-
-
-#: Where a local copy of a timm backbone's weights can be: a file, or a folder holding one of these (timm's Hub layout).
-BACKBONE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
-
-
-def _backbone_weights_path(path: str) -> str:
-    """The weights file of ``path`` (a file, or a folder with one of :data:`BACKBONE_WEIGHT_FILES`)."""
-    location = Path(path).expanduser()
-    if location.is_dir():
-        for name in BACKBONE_WEIGHT_FILES:
-            if (location / name).is_file():
-                return str(location / name)
-        raise FileNotFoundError(f"backbone weights {path}: the folder holds none of {', '.join(BACKBONE_WEIGHT_FILES)}")
-    if not location.is_file():
-        raise FileNotFoundError(f"backbone weights {path}: no such file or folder")
-    return str(location)
+from .backbone_weights import build_deeplabv3
+from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+from .loading import label_maps, load_model
 
 
 def _deeplabv3(
@@ -77,63 +44,8 @@ def _deeplabv3(
 ) -> DeepLabV3ForSemanticSegmentation:
     """``backbone_weights``: a local copy of the backbone's ImageNet weights (file or folder), used instead of the
     download (with ``use_pretrained_backbone`` true; the config records no path)."""
-    config = DeepLabV3Config(**{**defaults, **overrides}, **_label_maps(id2label))
-    if backbone_weights is not None and config.use_pretrained_backbone:
-        file = _backbone_weights_path(backbone_weights)
-        with backbone_weights_file(file):
-            model = DeepLabV3ForSemanticSegmentation(config)
-        _check_backbone_weights(model, file, config.backbone)
-        return model
-    try:
-        return DeepLabV3ForSemanticSegmentation(config)
-    except OSError as error:  # huggingface_hub's LocalEntryNotFoundError & co: offline, or the Hub unreachable
-        if not config.use_pretrained_backbone:
-            raise
-        raise BackboneDownloadError(_download_advice(config.backbone, error)) from None
-
-
-def _check_backbone_weights(model: DeepLabV3ForSemanticSegmentation, file: str, backbone: str) -> None:
-    """timm loads a local weights file leniently (names it does not find are skipped with a log line): refuse a file
-    that does not hold the backbone's weights, instead of training from a silently random backbone."""
-    import torch
-
-    if file.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(file, framework="pt") as handle:
-            names = set(handle.keys())
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-        names = {name.removeprefix("module.") for name in state}
-    wanted = [name for name in model.backbone.state_dict() if not name.endswith("num_batches_tracked")]
-    found = sum(name in names for name in wanted)
-    if found < len(wanted):
-        raise ValueError(
-            f"backbone weights {file} do not fit the {backbone} backbone: {found} of its {len(wanted)} tensors are in "
-            f"the file. Use timm's {backbone} weights (e.g. the model.safetensors of its Hub repository)."
-        )
-
-
-def _download_advice(backbone: str, error: BaseException) -> str:
-    import timm
-
-    try:
-        hub_id = timm.models.get_pretrained_cfg(backbone).hf_hub_id
-    except Exception:  # noqa: BLE001 (only for the message)
-        hub_id = None
-    source = f"{hub_id} on the Hugging Face Hub" if hub_id else "the Hugging Face Hub"
-    preset = next((name for name, builder in _PRETRAINED_BACKBONES.items() if builder == backbone), backbone)
-    return (
-        f"the preset {preset!r} starts from timm's ImageNet weights of {backbone} ({source}), which could not be "
-        f"downloaded ({type(error).__name__}); run anyway with --pretrained_backbone false (a random-initialised "
-        f"backbone) or a local copy of those weights (a .safetensors/.pth file, or a folder holding "
-        f"model.safetensors or pytorch_model.bin) with --backbone_weights PATH (student) or "
-        f"--teacher_backbone_weights PATH (teacher)."
-    )
+    config = DeepLabV3Config(**{**defaults, **overrides}, **label_maps(id2label))
+    return build_deeplabv3(config, backbone_weights)
 
 
 # Paper setting (Cityscapes, CIRKD-style DeepLabV3): output stride 8, ASPP rates 12/24/36, 256-wide head, FCN
@@ -178,7 +90,7 @@ def deeplabv3_mobilenetv2(
 
 
 def _segformer(id2label: Mapping[int, str], defaults: dict, overrides: dict) -> SegformerForSemanticSegmentation:
-    return SegformerForSemanticSegmentation(SegformerConfig(**{**defaults, **overrides}, **_label_maps(id2label)))
+    return SegformerForSemanticSegmentation(SegformerConfig(**{**defaults, **overrides}, **label_maps(id2label)))
 
 
 def segformer_b0(id2label: Mapping[int, str], **overrides) -> SegformerForSemanticSegmentation:
@@ -251,7 +163,7 @@ def tiny_mobilenetv2_hf_deeplabv3(id2label: Mapping[int, str], **overrides) -> M
         finegrained_output=False,  # the unused 1280-wide last conv would otherwise be most of the parameters
         classifier_dropout_prob=0.1,
     )
-    return MobileNetV2ForSemanticSegmentation(MobileNetV2Config(**{**defaults, **overrides}, **_label_maps(id2label)))
+    return MobileNetV2ForSemanticSegmentation(MobileNetV2Config(**{**defaults, **overrides}, **label_maps(id2label)))
 
 
 def tiny_upernet(id2label: Mapping[int, str], **overrides) -> UperNetForSemanticSegmentation:
@@ -265,7 +177,7 @@ def tiny_upernet(id2label: Mapping[int, str], **overrides) -> UperNetForSemantic
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
     defaults = dict(backbone_config=backbone_config, hidden_size=32, auxiliary_channels=16, use_auxiliary_head=True)
-    return UperNetForSemanticSegmentation(UperNetConfig(**{**defaults, **overrides}, **_label_maps(id2label)))
+    return UperNetForSemanticSegmentation(UperNetConfig(**{**defaults, **overrides}, **label_maps(id2label)))
 
 
 class _Presets(dict):
@@ -293,30 +205,11 @@ SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = _Presets({
     "tiny-upernet": tiny_upernet,
 })
 
-#: Presets whose backbone starts from timm's ImageNet weights (a download), with that timm backbone.
-_PRETRAINED_BACKBONES = {
-    "deeplabv3-resnet101": "resnet101",
-    "deeplabv3-resnet50": "resnet50",
-    "deeplabv3-resnet18": "resnet18",
-    "deeplabv3-mobilenetv2": "mobilenetv2_100",
-}
-PRETRAINED_BACKBONE_PRESETS = tuple(_PRETRAINED_BACKBONES)
-
 #: Old preset names -> new ones (they still work, with a deprecation warning).
 RENAMED_PRESETS = {
     "tiny-deeplabv3-mobilenetv2": "tiny-deeplabv3-mobilenetv2-timm",
     "tiny-mobilenetv2-deeplabv3": "tiny-mobilenetv2-hf-deeplabv3",
 }
-
-
-def pretrained_backbone_license(preset: str) -> str | None:
-    """The license timm declares for the ImageNet weights a preset's backbone starts from (None if unknown)."""
-    import timm
-
-    try:
-        return getattr(timm.models.get_pretrained_cfg(_PRETRAINED_BACKBONES[preset]), "license", None)
-    except Exception:  # noqa: BLE001 (metadata only)
-        return None
 
 
 def canonical_preset_name(name: str | None) -> str | None:
@@ -326,35 +219,6 @@ def canonical_preset_name(name: str | None) -> str | None:
         warnings.warn(f"the preset {name!r} is now called {new!r}; the old name will be removed", FutureWarning, stacklevel=2)
         return new
     return name
-
-
-def preset_options(name: str, *, pretrained_backbone: bool | None = None, backbone_weights: str | None = None) -> dict:
-    """Keyword arguments for preset ``name`` from ``--pretrained_backbone`` / ``--backbone_weights`` (only the
-    presets with an ImageNet backbone take them; the others ignore them)."""
-    if name not in _PRETRAINED_BACKBONES:
-        return {}
-    options: dict = {}
-    if pretrained_backbone is not None:
-        options["use_pretrained_backbone"] = bool(pretrained_backbone)
-    if backbone_weights is not None:
-        options["backbone_weights"] = backbone_weights
-    return options
-
-
-def resolve_model_path(name_or_path: str, presets: Mapping[str, Callable], what: str) -> str:
-    """The folder (``~`` expanded) or Hub id to load; a local-looking name that is neither one of ``presets`` nor an
-    existing folder raises FileNotFoundError with the closest preset and the list of them."""
-    expanded = os.path.expanduser(name_or_path)
-    if os.path.exists(expanded):
-        return expanded
-    if not has_hub_id_shape(name_or_path):
-        close = difflib.get_close_matches(name_or_path, list(presets), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FileNotFoundError(
-            f"{name_or_path!r} is not a {what} name and no such folder exists.{hint} "
-            f"Presets: {', '.join(presets)}. Hub ids look like 'org/name'."
-        )
-    return name_or_path
 
 
 def load_segmentation_model(
@@ -377,27 +241,25 @@ def load_segmentation_model(
         trust_remote_code, revision: passed to `AutoModelForSemanticSegmentation.from_pretrained`.
         role: how the model is named in messages ("student", "teacher").
         preset_overrides: for presets only: config fields, and ``backbone_weights`` for the DeepLabV3 presets with
-            an ImageNet backbone (see :func:`preset_options`).
+            an ImageNet backbone (see :func:`~acamkd_hf.models.backbone_weights.preset_options`).
 
     Raises:
         ValueError: a preset without `id2label`; a checkpoint of an architecture without a segmentation head.
         FileNotFoundError: a name that is neither a preset nor an existing folder nor shaped like a Hub id.
         BackboneDownloadError: a preset's ImageNet backbone could not be downloaded.
     """
-    name_or_path = canonical_preset_name(name_or_path)
-    if name_or_path in SEGMENTATION_PRESETS:
-        if id2label is None:
-            raise ValueError(f"Preset {name_or_path!r} needs id2label (the dataset's classes) to size its classifier.")
-        return SEGMENTATION_PRESETS[name_or_path](id2label, **preset_overrides)
-    return load_pretrained_for_labels(
-        AutoModelForSemanticSegmentation,
-        resolve_model_path(name_or_path, SEGMENTATION_PRESETS, "preset"),
+    return load_model(
+        canonical_preset_name(name_or_path),
         id2label,
-        role=role,
+        SEGMENTATION_PRESETS,
+        auto_class=AutoModelForSemanticSegmentation,
+        what="preset",
         task="semantic-segmentation",
         families="SegFormer, MobileNetV2, UperNet and DeepLabV3 (timm_deeplabv3)",
+        role=role,
         trust_remote_code=trust_remote_code,
         revision=revision,
+        preset_options=preset_overrides,
     )
 
 
@@ -415,3 +277,12 @@ def default_image_processor(image_size: tuple[int, int]) -> SegformerImageProces
         image_std=list(IMAGENET_DEFAULT_STD),
         do_reduce_labels=False,
     )
+
+
+__all__ = [
+    "RENAMED_PRESETS",
+    "SEGMENTATION_PRESETS",
+    "canonical_preset_name",
+    "default_image_processor",
+    "load_segmentation_model",
+]
