@@ -27,6 +27,7 @@ from .models import canonical_preset_name
 from .settings import DistillationSettings
 from .tasks import TASKS
 
+
 @dataclass
 class ModelArguments:
     task: str = field(default="segmentation", metadata={"help": "What is distilled.", "choices": list(TASKS)})

@@ -7,10 +7,11 @@
 
 (``acamkd-distill`` and ``python scripts/distill.py`` are the same program; launchers such as ``accelerate launch``
 and ``torchrun`` take the script.) With no arguments it makes a small synthetic dataset in the Cityscapes layout
-(``--task detection``: COCO), trains a small teacher on it (method ``none``: plain training, this same program), distils a smaller student with
-ACAM-KD, evaluates both (and the untrained student), and prints a table. ``--config FILE`` (YAML or JSON) gives a
-recipe, and flags override its values; without ``--config`` and ``--dataset``, the task's default recipe
-(``configs/defaults/<task>.yaml``) is the base that flags override. Every ``transformers.TrainingArguments`` flag works (``--help`` lists them all).
+(``--task detection``: COCO), trains a small teacher on it (method ``none``: plain training, this same program),
+distils a smaller student with ACAM-KD, evaluates both (and the untrained student), and prints a table. ``--config
+FILE`` (YAML or JSON) gives a recipe, and flags override its values; without ``--config`` and ``--dataset``, the
+task's default recipe (``configs/defaults/<task>.yaml``) is the base that flags override. Every
+``transformers.TrainingArguments`` flag works (``--help`` lists them all).
 
 The output folder is a ready Hugging Face model folder (config, safetensors, image processor) that
 ``AutoModelForSemanticSegmentation`` / ``AutoModelForObjectDetection`` and ``pipeline`` load, plus

@@ -25,10 +25,10 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
+from .checkpointing import DISTILLATION_MODULES_NAME
 from .model_sources import is_hub_id
 from .run_record import read_run
 from .tasks import TASKS
-from .checkpointing import DISTILLATION_MODULES_NAME
 
 CARD_TEMPLATE = "distilled_student.md"
 METHOD_TITLES = {
@@ -79,7 +79,7 @@ def project_url() -> str:
             label, _, url = entry.partition(",")
             if label.strip().lower() == "homepage":
                 return url.strip()
-    except Exception:  # not installed (a source checkout on sys.path): the constant
+    except Exception:  # noqa: BLE001 (not installed: a source checkout on sys.path; the constant)
         pass
     return PROJECT_URL
 
@@ -218,7 +218,9 @@ def model_card(
     )
 
     rows = []
-    for label, key in (("teacher", "teacher"), ("student alone (no distillation)", "student_alone"), (f"**this model** ({METHOD_TITLES[method]})", "student")):
+    labelled = (("teacher", "teacher"), ("student alone (no distillation)", "student_alone"),
+                (f"**this model** ({METHOD_TITLES[method]})", "student"))
+    for label, key in labelled:
         if key in metrics:
             rows.append({"label": label, "values": [_fmt(metrics[key].get(f"eval_{name}")) for name, _ in task.metrics]})
     processes = run_config.get("hardware", {}).get("num_processes", 1)
@@ -226,12 +228,15 @@ def model_card(
     training_rows = [
         ("optimizer steps", student.get("global_step", "-")),
         ("epochs", _fmt(student.get("epoch"))),
-        ("batch", f"{effective_batch} = {training['per_device_train_batch_size']} per device x {processes} process(es) x {training['gradient_accumulation_steps']} accumulation"),
-        ("optimizer", f"{training['optim']}, learning rate {training['learning_rate']}, weight decay {training['weight_decay']}, {training['lr_scheduler_type']} schedule"),
+        ("batch", f"{effective_batch} = {training['per_device_train_batch_size']} per device x {processes} process(es) "
+                  f"x {training['gradient_accumulation_steps']} accumulation"),
+        ("optimizer", f"{training['optim']}, learning rate {training['learning_rate']}, weight decay "
+                      f"{training['weight_decay']}, {training['lr_scheduler_type']} schedule"),
         ("hardware", run_config.get("hardware", {}).get("device", "-")),
         ("training time", f"{student['train_runtime']:.0f} s" if "train_runtime" in student else "-"),
         ("seed", training["seed"]),
-        ("software", f"acamkd-hf {run_config['acamkd_hf_version']}, transformers {run_config['transformers_version']}, torch {run_config['torch_version']}"),
+        ("software", f"acamkd-hf {run_config['acamkd_hf_version']}, transformers {run_config['transformers_version']}, "
+                     f"torch {run_config['torch_version']}"),
     ]
     teacher = {
         "name": teacher_name,
@@ -258,7 +263,8 @@ def model_card(
         metric_titles=[title for _, title in task.metrics],
         student={"architecture": student["model"], "params": student["params"]},
         teacher=teacher,
-        dataset={"name": dataset_name, "split": "validation", "num_labels": len(data.get("id2label", {})), "synthetic": bool(data.get("synthetic"))},
+        dataset={"name": dataset_name, "split": "validation", "num_labels": len(data.get("id2label", {})),
+                 "synthetic": bool(data.get("synthetic"))},
         results=rows,
         has_student_alone="student_alone" in metrics,
         distillation_settings=[(name, value) for name, value in distillation.items() if name != "teacher"],
@@ -385,7 +391,7 @@ def push_student(
             revision=revision,
             commit_message=commit_message or "Upload distilled student (acamkd-hf)",
         )
-    except Exception as error:  # network, HTTP, permission: say what happened; never show the token
+    except Exception as error:  # noqa: BLE001 (network, HTTP, permission: say what happened; never show the token)
         message = str(error).replace(token, "<token>")
         raise HubPushError(
             f"could not push {folder} to {repo_id}: {type(error).__name__}: {message}. Nothing was removed locally; "

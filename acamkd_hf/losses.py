@@ -19,12 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as KD
-from .alignment import StudentAligner
-from .fusion import DEFAULT_MAX_KV_TOKENS, StudentTeacherCrossAttention
 from . import mask_objectives as MO
+from .alignment import StudentAligner
+from .choices import require_choice
+from .fusion import StudentTeacherCrossAttention
 from .mask_diagnostics import effective_support, rank_correlation
 from .masking import AdaptiveSpatialChannelMasking
-from .choices import require_choice
 from .settings import (
     DETECTION_NUM_MASKS,
     DistillationSettings,
@@ -436,7 +436,8 @@ class MGDLoss(PointDistillationLoss):
 
     ``weight * sum((G(M (.) f_align(F_S)) - F_T)^2) / B`` with ``G`` = conv3x3 -> ReLU -> conv3x3 and ``M`` dropping
     each position with probability ``mask_ratio``. Defaults are MGD's detection ones (``alpha_mgd``, ``lambda_mgd``:
-    the settings' ``alpha`` and ``mgd_mask_ratio``). The random mask draws from torch's global RNG, which the Trainer checkpoints, so resume is exact.
+    the settings' ``alpha`` and ``mgd_mask_ratio``). The random mask draws from torch's global RNG, which the
+    Trainer checkpoints, so resume is exact.
 
     Forward returns ``{"loss", "mgd"}``.
     """

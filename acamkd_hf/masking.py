@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .choices import require_choice
-from .fusion import FactoredFusion
 from .functional import MASK_ACTIVATIONS, activate_masks
+from .fusion import FactoredFusion
 from .mask_objectives import budget_masks
 
 #: Paper Table 8: spatial masks only, channel masks only, or both (the default).

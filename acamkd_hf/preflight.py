@@ -12,6 +12,7 @@ from .arguments import DataArguments, ModelArguments
 from .config import DistillationArguments
 from .models.labels import check_teacher_labels, describe_label_mismatch
 
+
 def check_writable_directory(directory: str, flag: str = "--output_dir") -> None:
     """The run can create and write ``directory``: checked by writing (and removing) a file in it, or, when it does
     not exist yet, in the closest existing folder above it, where it will be created. Permission bits alone do not

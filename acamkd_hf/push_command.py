@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .hub import HubPushError, push_student, upload_contents
 
+
 def dry_run_report(output_dir: str, repo_id: str, include_distillation_modules: bool, private: bool,
                    revision: str | None) -> str:
     """``acamkd-push --dry_run``: the target repository, each file with its size as uploaded (records without local

@@ -24,6 +24,7 @@ from .models.backbone_weights import pretrained_backbone_license
 from .settings import DistillationSettings
 from .tasks import TASKS
 
+
 def arguments_record(model_args: ModelArguments, data_args: DataArguments, args: DistillationArguments) -> dict[str, Any]:
     """Every setting as this command gives it (recipe + flags, before the run resolves anything): what
     ``run_config.json`` records as ``arguments``, and what tells a rerun of the same command (:func:`finished_run`)."""

@@ -33,9 +33,9 @@ class PerExampleSeededDataset(Dataset):
         dataset: the training dataset (indexable by ``int``, with ``len``).
         seed: the run's data seed.
 
-    ``set_epoch(e)`` is called by :class:`~acamkd_hf.trainer.DistillationTrainer` (through :class:`SetDatasetEpoch`) at the start of every epoch. With
-    persistent DataLoader workers the workers keep the epoch of their first copy, so augmentations would repeat
-    across epochs: the trainer warns about that combination.
+    ``set_epoch(e)`` is called by :class:`~acamkd_hf.trainer.DistillationTrainer` (through :class:`SetDatasetEpoch`)
+    at the start of every epoch. With persistent DataLoader workers the workers keep the epoch of their first copy,
+    so augmentations would repeat across epochs: the trainer warns about that combination.
     """
 
     def __init__(self, dataset: Any, seed: int) -> None:

@@ -159,7 +159,8 @@ class DistillationSettings:
                   "choices": list(ACAMKD_VARIANTS)},
     )
     lambda_div: float | None = field(
-        default=None, metadata={"help": f"Weight of the Dice diversity term L_div. Default: the variant's ({_variant_values('lambda_div')})."}
+        default=None,
+        metadata={"help": f"Weight of the Dice diversity term L_div. Default: the variant's ({_variant_values('lambda_div')})."},
     )
     num_masks: int | None = field(
         default=None,

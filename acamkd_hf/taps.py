@@ -298,7 +298,7 @@ class FeatureTaps:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             for name, pick in picks:
                 tensor = pick(output)
-                self._stored[name] = (tensor, tensor._version)
+                self._stored[name] = (tensor, tensor._version)  # noqa: SLF001 (torch's in-place counter)
 
         return hook
 
@@ -323,7 +323,7 @@ class FeatureTaps:
                         "collect(), or the hooks were removed."
                     )
                 tensor, version = stored[name]
-                if tensor._version != version:
+                if tensor._version != version:  # noqa: SLF001
                     raise RuntimeError(
                         f"Point {name!r} of {self.model_class} was modified in place after it was recorded; this tap "
                         f"location ({spec.module!r}) is unsafe for this model."

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoImageProcessor
@@ -32,8 +32,8 @@ from .data.labels import count_unknown_values
 from .metrics import CocoDetectionMetrics, StreamingSegmentationMetrics, detection_labels_for_metrics
 from .models import (
     DETECTION_PRESETS,
-    canonical_preset_name,
     SEGMENTATION_PRESETS,
+    canonical_preset_name,
     default_detection_image_processor,
     default_image_processor,
     detection_family,

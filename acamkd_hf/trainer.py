@@ -35,9 +35,9 @@ from .checkpointing import (
 )
 from .config import DistillationArguments
 from .console import BarsWithoutLogs, ConsoleLog
-from .interrupts import Interrupts, StopAtStepBoundary
 from .distiller import Distiller, build_distillation_loss
 from .inheritance import inherit_from_teacher
+from .interrupts import Interrupts, StopAtStepBoundary
 from .models.labels import check_label_sets
 from .placement import convert_to_sync_batchnorm, place_teacher
 from .seeding import PerExampleSeededDataset, SetDatasetEpoch
@@ -104,7 +104,8 @@ class DistillationTrainer(Trainer):
         if train_dataset is not None and not isinstance(train_dataset, (torch.utils.data.IterableDataset, PerExampleSeededDataset)):
             # Augmentations seeded per (seed, epoch, example): exact resume mid-epoch, same images on any number of
             # processes (see acamkd_hf.seeding).
-            kwargs["train_dataset"] = PerExampleSeededDataset(train_dataset, seed=args.data_seed if args.data_seed is not None else args.seed)
+            seed = args.data_seed if args.data_seed is not None else args.seed
+            kwargs["train_dataset"] = PerExampleSeededDataset(train_dataset, seed=seed)
             if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
                 logger.warning(
                     "--dataloader_persistent_workers: the workers keep their first epoch number, so each image gets "

@@ -110,11 +110,11 @@ class MaskVisualizationCallback(TrainerCallback):
 
     What is written and logged: see the module docstring. The batch is the first ``num_images`` examples of the
     trainer's eval dataset (the train dataset when there is none), collated with the trainer's ``data_collator`` and
-    fixed when training begins. Each render runs ``trainer.teacher_features`` and the unwrapped Distiller's student +
-    distillation modules in eval mode under ``torch.no_grad`` (every module's train/eval flag is restored after), all
-    inside ``torch.random.fork_rng``: a run with the callback trains exactly the same weights as one without. Renders happen on the main process only
-    (``trainer.is_world_process_zero()``) on the unwrapped module, so no other process waits; FSDP and DeepSpeed
-    ZeRO-3 (sharded parameters) are therefore not supported.
+    fixed when training begins. Each render runs ``trainer.teacher_features`` and the unwrapped Distiller's student
+    + distillation modules in eval mode under ``torch.no_grad`` (every module's train/eval flag is restored after),
+    all inside ``torch.random.fork_rng``: a run with the callback trains exactly the same weights as one without.
+    Renders happen on the main process only (``trainer.is_world_process_zero()``) on the unwrapped module, so no
+    other process waits; FSDP and DeepSpeed ZeRO-3 (sharded parameters) are therefore not supported.
 
     Args:
         trainer: the :class:`~acamkd_hf.trainer.DistillationTrainer`, with method ``acamkd`` (other methods have no

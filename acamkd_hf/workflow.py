@@ -8,7 +8,6 @@ trained alone (the control row) and the distilled student, each through the same
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path

@@ -284,10 +284,12 @@ def _acamkd_part_job(kind: str, module, student, teacher, aligned, device: str) 
     def part():
         if kind == "adapter":
             source = _leaf(student)
-            forward = lambda: [module.align(source, teacher.shape[-2:])]
+            def forward():
+                return [module.align(source, teacher.shape[-2:])]
         else:  # the student enters detached by default: the gradient reaches W_q,k,v and the units
             source = _leaf(aligned)
-            forward = lambda: [m for m in module.masking(module.fusion(teacher, source, factored=True)) if m is not None]
+            def forward():
+                return [m for m in module.masking(module.fusion(teacher, source, factored=True)) if m is not None]
         with torch.no_grad():
             grads = [torch.randn_like(o) for o in forward()]
 

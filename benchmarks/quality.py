@@ -384,7 +384,8 @@ def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], ta
     mask_baselines = {name: {r["seed"]: r.get(headline) for r in rows.get(mask_control_of(name), [])} for name in rows}
     header = (
         f"| row | {title} mean +- std | per seed | minus {control}, paired by seed: mean [95% t-interval] | "
-        f"seeds better | minus its uniform-mask control ({MASK_CONTROL}[_distribution]), paired | seeds better | {second_title} mean +- std | imitation / task "
+        f"seeds better | minus its uniform-mask control ({MASK_CONTROL}[_distribution]), paired | seeds better | "
+        f"{second_title} mean +- std | imitation / task "
         f"loss, first log -> last | final spatial / channel mask mean | final spatial / channel support, spatial "
         f"rank corr. with the error | wall s (mean) |"
     )
@@ -583,7 +584,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     results_dir = Path(options.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    name = f"quality_{options.task}_{options.table}{options.tag}" if options.task == "segmentation" else f"quality_{options.table}{options.tag}"
+    prefix = f"quality_{options.task}_" if options.task == "segmentation" else "quality_"
+    name = f"{prefix}{options.table}{options.tag}"
     (results_dir / f"{name}.md").write_text(markdown)
     for record in [teacher, *(r for records in rows.values() for r in records)]:  # keep the JSON small:
         history = record.pop("log_history")  # the logs at 0, 10, 25, 50, 100 % of training (the dynamics table's)

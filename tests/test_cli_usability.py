@@ -55,7 +55,8 @@ def test_help_shows_the_distillation_and_data_flags_first_in_groups():
     assert "--dataset" in groups["The dataset"] and "--crop_size" in groups["The dataset"]
     for flag in ("--method", "--distillation_points", "--alpha", "--num_masks", "--mask_visualization_steps"):
         assert flag in groups["How the teacher teaches"], flag
-    assert "--output_dir" in groups["transformers.TrainingArguments"] and "--remove_unused_columns" in groups["transformers.TrainingArguments"]
+    training = groups["transformers.TrainingArguments"]
+    assert "--output_dir" in training and "--remove_unused_columns" in training
     assert "--method" not in groups["transformers.TrainingArguments"]
     assert text.splitlines()[0].startswith("usage: acamkd-distill [--config FILE]")
 

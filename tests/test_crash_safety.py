@@ -16,11 +16,11 @@ from torch import nn
 from transformers.trainer_utils import get_last_checkpoint
 
 from acamkd_hf import DistillationArguments, DistillationTrainer
-from acamkd_hf.data import collate_segmentation, load_cityscapes, make_synthetic_cityscapes
-from acamkd_hf.seeding import PerExampleSeededDataset, example_seed
-from acamkd_hf.models import SEGMENTATION_PRESETS
 from acamkd_hf.checkpointing import PARTIAL_CHECKPOINTS_DIR, NonFiniteLossError
+from acamkd_hf.data import collate_segmentation, load_cityscapes, make_synthetic_cityscapes
+from acamkd_hf.models import SEGMENTATION_PRESETS
 from acamkd_hf.placement import convert_to_sync_batchnorm
+from acamkd_hf.seeding import PerExampleSeededDataset, example_seed
 
 REPO = Path(__file__).resolve().parents[1]
 KILLABLE = REPO / "tests" / "workers" / "distill_killed_at.py"

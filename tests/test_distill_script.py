@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 

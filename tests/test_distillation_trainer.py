@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForSemanticSegmentation
 
 from acamkd_hf import DistillationArguments, DistillationTrainer
+from acamkd_hf.checkpointing import DISTILLATION_MODULES_NAME
 from acamkd_hf.data import (
     SegmentationTransforms,
     collate_segmentation,
@@ -19,7 +20,6 @@ from acamkd_hf.data import (
     make_synthetic_cityscapes,
 )
 from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
-from acamkd_hf.checkpointing import DISTILLATION_MODULES_NAME
 
 IMAGE_SIZE = (32, 64)
 
@@ -194,7 +194,8 @@ def test_gradient_accumulation_1x8_equals_8x1(data, tmp_path):
     standardisation's statistics per image and the adversarial ramp counted in optimizer updates keep the update
     independent of the per-device batch. Tolerance 1e-5: only the summation order differs."""
     (student_a, modules_a, log_a), (student_b, modules_b, log_b) = _train_8x1_and_1x8(data, tmp_path)
-    assert any(not torch.equal(student_a[n], t) for n, t in _state(_segformer_without_batch_statistics(data.id2label)).items() if n in student_a)
+    initial = _state(_segformer_without_batch_statistics(data.id2label))
+    assert any(not torch.equal(student_a[n], t) for n, t in initial.items() if n in student_a)
     for name in student_a:
         torch.testing.assert_close(student_a[name], student_b[name], atol=1e-5, rtol=1e-4, msg=name)
     for name in modules_a:

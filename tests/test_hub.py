@@ -165,9 +165,8 @@ def test_unreachable_hub_is_a_clear_error_that_never_shows_the_token(run):
     def offline(api, repo_id, **kwargs):
         raise ConnectionError(f"Failed to resolve huggingface.co (Authorization: Bearer {SECRET})")
 
-    with mock.patch.object(HfApi, "create_repo", offline):
-        with pytest.raises(HubPushError) as caught:
-            push_student(out, REPO_ID, token=SECRET)
+    with mock.patch.object(HfApi, "create_repo", offline), pytest.raises(HubPushError) as caught:
+        push_student(out, REPO_ID, token=SECRET)
     message = str(caught.value)
     assert "could not push" in message and "scripts/push_to_hub.py" in message and "ConnectionError" in message
     assert SECRET not in message
@@ -210,7 +209,8 @@ def test_push_script_dry_run_lists_the_files_and_no_token_fails_cleanly(run, tmp
     listed = _push_script([str(out), REPO_ID, "--dry_run", "--private"], tmp_path)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    assert lines[0] == f"would push to https://huggingface.co/{REPO_ID} as a private repository: {len(EXPECTED_UPLOAD)} files, nothing uploaded"
+    assert lines[0] == (f"would push to https://huggingface.co/{REPO_ID} as a private repository: "
+                        f"{len(EXPECTED_UPLOAD)} files, nothing uploaded")
     files = {line.split()[0]: line.split()[1:] for line in lines[1:len(EXPECTED_UPLOAD) + 1]}
     assert set(files) == EXPECTED_UPLOAD
     weights = (out / "model.safetensors").stat().st_size / 1024**2

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from acamkd_hf import cli
-from acamkd_hf.checkpointing import publish_directory
 from acamkd_hf.trainer import DistillationTrainer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "distill.py"

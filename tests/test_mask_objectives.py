@@ -152,7 +152,7 @@ def test_channel_wise_kl_with_position_weights_is_the_kl_of_the_reweighted_distr
     for b in range(2):
         w = weights[b].flatten().tolist()
         for k in range(3):
-            def distribution(x):
+            def distribution(x, w=w, b=b, k=k):
                 unnormalised = [wi * math.exp(v / tau) for wi, v in zip(w, x[b, k].flatten().tolist())]
                 total = sum(unnormalised)
                 return [u / total for u in unnormalised]
@@ -244,7 +244,8 @@ def test_the_imitation_never_reaches_the_masks_and_the_objective_never_reaches_t
     mask_parameters = [*loss.masking.parameters(), *loss.fusion.parameters()]
     imitation = out["channel"] + out["spatial"]
     assert all(g is None for g in torch.autograd.grad(imitation, mask_parameters, allow_unused=True))
-    assert any(g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(out["loss"], mask_parameters, retain_graph=True, allow_unused=True))
+    gradients = torch.autograd.grad(out["loss"], mask_parameters, retain_graph=True, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in gradients)
     (from_total,) = torch.autograd.grad(out["loss"], student, retain_graph=True)
     (from_imitation,) = torch.autograd.grad(loss.alpha * (out["channel"] + out["spatial"]), student)
     torch.testing.assert_close(from_total, from_imitation)

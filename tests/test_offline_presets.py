@@ -67,7 +67,8 @@ def test_pretrained_backbone_false_needs_no_download(monkeypatch):
     model = workflow.load_model(task, "deeplabv3-mobilenetv2", data, model_args, "student", seed=0)
     assert model.config.use_pretrained_backbone is False and model.config.num_labels == 2
     # Presets without an ImageNet backbone ignore the flag.
-    assert type(workflow.load_model(task, "tiny-segformer", data, model_args, "student", seed=0)).__name__ == "SegformerForSemanticSegmentation"
+    segformer = workflow.load_model(task, "tiny-segformer", data, model_args, "student", seed=0)
+    assert type(segformer).__name__ == "SegformerForSemanticSegmentation"
 
 
 @pytest.mark.parametrize("as_folder", [False, True])
@@ -137,7 +138,8 @@ def test_renamed_presets_keep_working_with_a_deprecation_warning():
     assert {"tiny-deeplabv3-mobilenetv2-timm", "tiny-mobilenetv2-hf-deeplabv3"} <= set(SEGMENTATION_PRESETS)
     assert not {"tiny-deeplabv3-mobilenetv2", "tiny-mobilenetv2-deeplabv3"} & set(SEGMENTATION_PRESETS)
     for old, new, kind in [("tiny-deeplabv3-mobilenetv2", "tiny-deeplabv3-mobilenetv2-timm", "DeepLabV3ForSemanticSegmentation"),
-                           ("tiny-mobilenetv2-deeplabv3", "tiny-mobilenetv2-hf-deeplabv3", "MobileNetV2ForSemanticSegmentation")]:  # fmt: skip
+                           ("tiny-mobilenetv2-deeplabv3", "tiny-mobilenetv2-hf-deeplabv3",
+                            "MobileNetV2ForSemanticSegmentation")]:
         with pytest.warns(FutureWarning, match=f"the preset '{old}' is now called '{new}'"):
             assert type(load_segmentation_model(old, LABELS)).__name__ == kind
         with pytest.warns(FutureWarning):

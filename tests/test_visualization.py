@@ -25,7 +25,6 @@ from acamkd_hf.data import (
     load_cityscapes,
     make_synthetic_cityscapes,
 )
-from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
 from acamkd_hf.mask_rendering import (
     DEFAULT_IMAGE_MEAN,
     DEFAULT_IMAGE_STD,
@@ -33,6 +32,7 @@ from acamkd_hf.mask_rendering import (
     channel_bar_image,
     render_point_masks,
 )
+from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
 from acamkd_hf.visualization import MaskVisualizationCallback
 
 IMAGE_SIZE = (32, 64)
@@ -318,7 +318,7 @@ def test_rendering_shows_values_on_an_absolute_scale():
 def test_default_image_mean_and_std_are_the_processors_imagenet_values():
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    assert DEFAULT_IMAGE_MEAN == tuple(IMAGENET_DEFAULT_MEAN) and DEFAULT_IMAGE_STD == tuple(IMAGENET_DEFAULT_STD)
+    assert tuple(IMAGENET_DEFAULT_MEAN) == DEFAULT_IMAGE_MEAN and tuple(IMAGENET_DEFAULT_STD) == DEFAULT_IMAGE_STD
 
 
 def test_figure_script_and_rendering_module_load_neither_torch_nor_transformers():

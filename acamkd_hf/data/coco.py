@@ -112,7 +112,7 @@ def _image_modes(paths: list[Path]) -> dict[str, int]:
         try:
             with PIL.Image.open(path) as image:
                 return image.mode
-        except Exception:  # a header PIL cannot parse: the decode that reads the image names the file
+        except Exception:  # noqa: BLE001 (a header PIL cannot parse: the decode that reads the image names the file)
             return None
 
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -265,7 +265,7 @@ def load_detection_data(
         # Keyed by the source split's fingerprint (stable across runs for Hub and local datasets) and every option
         # that changes the written annotations.
         key = json.dumps(
-            [loaded[source]._fingerprint, bbox_format, class_names, sorted(label_to_category_id.items())]
+            [loaded[source]._fingerprint, bbox_format, class_names, sorted(label_to_category_id.items())]  # noqa: SLF001
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         ground_truth[target] = write_coco_ground_truth(

@@ -2,9 +2,9 @@
 
 from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
+from .backbone_weights import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, preset_options
 from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
 from .labels import describe_label_mismatch
-from .backbone_weights import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError, preset_options
 from .segmentation import (
     RENAMED_PRESETS,
     SEGMENTATION_PRESETS,

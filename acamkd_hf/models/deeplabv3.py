@@ -239,7 +239,7 @@ class DeepLabV3ForSemanticSegmentation(DeepLabV3PreTrainedModel):
             **(config.backbone_kwargs or {}),
         )
         for module in self.backbone.modules():
-            module._keep_timm_init = True  # see _init_weights
+            module._keep_timm_init = True  # noqa: SLF001 (our marker, read by _init_weights)
         channels = self.backbone.feature_info.channels()  # one entry per out_index
         self.decode_head = DeepLabV3Head(
             channels[-1], config.aspp_channels, tuple(config.atrous_rates), config.num_labels, config.head_dropout
