@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from .acamkd_loss import ACAMKDLoss
 from .functional import dice_diversity
-from .losses import ACAMKDLoss
 from .mask_rendering import (
     DEFAULT_IMAGE_MEAN,
     DEFAULT_IMAGE_STD,

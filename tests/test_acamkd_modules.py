@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acamkd_hf.acamkd_loss import ACAMKDLoss
 from acamkd_hf.alignment import StudentAligner
+from acamkd_hf.baseline_losses import CWDLoss, FeatureMSELoss, MGDLoss, PKDLoss
 from acamkd_hf.fusion import StudentTeacherCrossAttention
-from acamkd_hf.losses import ACAMKDLoss, CWDLoss, FeatureMSELoss, MGDLoss, MultiPointDistillationLoss, PKDLoss
+from acamkd_hf.losses import MultiPointDistillationLoss
 from acamkd_hf.masking import AdaptiveSpatialChannelMasking
 from acamkd_hf.settings import ACAMKD_VARIANTS
 

@@ -98,7 +98,7 @@ def _fsdp_wrapped_fusion_worker(rank: int, world: int, port: int, channels: int,
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
-    from acamkd_hf.losses import ACAMKDLoss
+    from acamkd_hf.acamkd_loss import ACAMKDLoss
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -131,7 +131,7 @@ def test_acamkd_point_under_fsdp_sharding_of_the_fusion_equals_the_unwrapped_los
 
     channels = 96
     torch.manual_seed(0)
-    from acamkd_hf.losses import ACAMKDLoss
+    from acamkd_hf.acamkd_loss import ACAMKDLoss
 
     reference_loss = ACAMKDLoss(16, channels, num_masks=3, fusion_kv_reduction="1")
     torch.manual_seed(1)

@@ -10,9 +10,10 @@ import torch
 from scipy.stats import spearmanr
 
 from acamkd_hf import mask_objectives as MO
+from acamkd_hf.acamkd_loss import ACAMKDLoss
+from acamkd_hf.baseline_losses import FeatureMSELoss
 from acamkd_hf.distiller import build_distillation_loss
 from acamkd_hf.functional import channel_standardize, channel_wise_kl
-from acamkd_hf.losses import ACAMKDLoss, FeatureMSELoss
 from acamkd_hf.mask_diagnostics import effective_support, rank_correlation
 from acamkd_hf.settings import DistillationSettings
 

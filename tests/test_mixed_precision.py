@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from acamkd_hf import DistillationArguments, DistillationTrainer
+from acamkd_hf.acamkd_loss import ACAMKDLoss
 from acamkd_hf.data import SegmentationTransforms, collate_segmentation, load_cityscapes, make_synthetic_cityscapes
 from acamkd_hf.fusion import MAX_FACTORED_KEYS, FactoredFusion
-from acamkd_hf.losses import ACAMKDLoss
 from acamkd_hf.models import SEGMENTATION_PRESETS, default_image_processor
 
 IMAGE_SIZE = (32, 64)
@@ -33,7 +33,7 @@ def _record_fusion_dtype(fusion, seen):
 @pytest.mark.parametrize("size", [8, 17])  # 64 key tokens: the factored fusion; 289 (> MAX_FACTORED_KEYS): the kernel
 def test_acamkd_loss_under_bf16_autocast_fuses_in_bf16_and_masks_and_losses_in_fp32(size):
     torch.manual_seed(0)
-    loss = ACAMKDLoss(16, 32, num_masks=3)
+    loss = ACAMKDLoss(16, 32, num_masks=3, fusion_kv_reduction=1)  # the exact fusion: both paths by map size
     student, teacher = torch.randn(2, 16, size, size), torch.randn(2, 32, size, size)
     reference = loss(student, teacher)  # float32 throughout
     reference_masks = loss.masks(student, teacher)
