@@ -157,6 +157,73 @@ def custom_code_files(output_dir: str | os.PathLike) -> list[str]:
     return sorted(path.name for path in Path(output_dir).glob("*.py")) if config.get("auto_map") else []
 
 
+def _card_metadata(task, run_config: dict[str, Any], metrics: dict[str, Any], repo_id: str, model_type: str | None,
+                   teacher_metadata: str | None) -> ModelCardData:
+    """The card's YAML metadata: tags, licence, base model, dataset, eval results (the Hub's model-index)."""
+    method = run_config["distillation"]["method"]
+    student = metrics["student"]
+    model_record = run_config["model"]
+    dataset_name, dataset_type, dataset_hub_id = _dataset_names(task, run_config["data"])
+    eval_results = [
+        EvalResult(
+            task_type=task.pipeline_tag,
+            task_name=task.title,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split="validation",
+            metric_type=key,
+            metric_name=title,
+            metric_value=float(student[f"eval_{key}"]),
+        )
+        for key, title in task.metrics
+        if f"eval_{key}" in student and _defined(student[f"eval_{key}"])
+    ]
+    tags = ["knowledge-distillation", task.pipeline_tag, "acamkd-hf"]
+    tags += ["acam-kd"] if method == "acamkd" else [method]
+    tags += [model_type] if model_type and model_type not in tags else []  # the student's family, not the teacher's
+    student_id = model_record["student"]
+    return ModelCardData(
+        model_name=repo_id,
+        library_name="transformers",
+        pipeline_tag=task.pipeline_tag,
+        tags=tags,
+        license=model_record.get("student_license"),
+        base_model=model_record.get("student_base_model") or (student_id if is_hub_id(student_id) else None),
+        datasets=[dataset_hub_id] if dataset_hub_id else None,
+        eval_results=eval_results or None,
+        teacher_model=teacher_metadata,  # extra metadata: the teacher (a Hub id, or a local folder's name)
+        distillation_method=method,
+    )
+
+
+def _result_rows(task, metrics: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    """The card's results table: the teacher, the student alone and this model, where measured."""
+    labelled = (("teacher", "teacher"), ("student alone (no distillation)", "student_alone"),
+                (f"**this model** ({METHOD_TITLES[method]})", "student"))
+    return [{"label": label, "values": [_fmt(metrics[key].get(f"eval_{name}")) for name, _ in task.metrics]}
+            for label, key in labelled if key in metrics]
+
+
+def _training_rows(run_config: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The card's training table: steps, batch as it was made up, optimiser, hardware, time, seed, software."""
+    training = run_config["training"]
+    processes = run_config.get("hardware", {}).get("num_processes", 1)
+    per_device, accumulation = training["per_device_train_batch_size"], training["gradient_accumulation_steps"]
+    return [
+        ("optimizer steps", student.get("global_step", "-")),
+        ("epochs", _fmt(student.get("epoch"))),
+        ("batch", f"{per_device * processes * accumulation} = {per_device} per device x {processes} process(es) "
+                  f"x {accumulation} accumulation"),
+        ("optimizer", f"{training['optim']}, learning rate {training['learning_rate']}, weight decay "
+                      f"{training['weight_decay']}, {training['lr_scheduler_type']} schedule"),
+        ("hardware", run_config.get("hardware", {}).get("device", "-")),
+        ("training time", f"{student['train_runtime']:.0f} s" if "train_runtime" in student else "-"),
+        ("seed", training["seed"]),
+        ("software", f"acamkd-hf {run_config['acamkd_hf_version']}, transformers {run_config['transformers_version']}, "
+                     f"torch {run_config['torch_version']}"),
+    ]
+
+
 def model_card(
     run_config: dict[str, Any],
     metrics: dict[str, Any],
@@ -173,71 +240,14 @@ def model_card(
     ``model_path`` is what the usage snippet loads (default ``repo_id``: the Hub repository; before a push, the
     local folder relative to where the run started)."""
     task = TASKS[run_config["model"].get("task", "segmentation")]
-    distillation = run_config["distillation"]
-    data = run_config["data"]
-    training = run_config["training"]
+    distillation, data, model_record = run_config["distillation"], run_config["data"], run_config["model"]
     method = distillation["method"]
     student = metrics["student"]
     teacher_record = metrics.get("teacher", {})
-
-    dataset_name, dataset_type, dataset_hub_id = _dataset_names(task, data)
-    eval_results = [
-        EvalResult(
-            task_type=task.pipeline_tag,
-            task_name=task.title,
-            dataset_type=dataset_type,
-            dataset_name=dataset_name,
-            dataset_split="validation",
-            metric_type=key,
-            metric_name=title,
-            metric_value=float(student[f"eval_{key}"]),
-        )
-        for key, title in task.metrics
-        if f"eval_{key}" in student and _defined(student[f"eval_{key}"])
-    ]
-    teacher_id = distillation.get("teacher")
-    model_record = run_config["model"]
-    student_id = model_record["student"]
     trained_here = bool(teacher_record.get("trained_here"))
-    teacher_metadata, teacher_name = _teacher_names(teacher_id, model_record, teacher_record.get("model") if trained_here else None)
+    teacher_metadata, teacher_name = _teacher_names(
+        distillation.get("teacher"), model_record, teacher_record.get("model") if trained_here else None)
     model_path = model_path or repo_id
-    tags = ["knowledge-distillation", task.pipeline_tag, "acamkd-hf"]
-    tags += ["acam-kd"] if method == "acamkd" else [method]
-    tags += [model_type] if model_type and model_type not in tags else []  # the student's family, not the teacher's
-    card_data = ModelCardData(
-        model_name=repo_id,
-        library_name="transformers",
-        pipeline_tag=task.pipeline_tag,
-        tags=tags,
-        license=model_record.get("student_license"),
-        base_model=model_record.get("student_base_model") or (student_id if is_hub_id(student_id) else None),
-        datasets=[dataset_hub_id] if dataset_hub_id else None,
-        eval_results=eval_results or None,
-        teacher_model=teacher_metadata,  # extra metadata: the teacher (a Hub id, or a local folder's name)
-        distillation_method=method,
-    )
-
-    rows = []
-    labelled = (("teacher", "teacher"), ("student alone (no distillation)", "student_alone"),
-                (f"**this model** ({METHOD_TITLES[method]})", "student"))
-    for label, key in labelled:
-        if key in metrics:
-            rows.append({"label": label, "values": [_fmt(metrics[key].get(f"eval_{name}")) for name, _ in task.metrics]})
-    processes = run_config.get("hardware", {}).get("num_processes", 1)
-    effective_batch = training["per_device_train_batch_size"] * processes * training["gradient_accumulation_steps"]
-    training_rows = [
-        ("optimizer steps", student.get("global_step", "-")),
-        ("epochs", _fmt(student.get("epoch"))),
-        ("batch", f"{effective_batch} = {training['per_device_train_batch_size']} per device x {processes} process(es) "
-                  f"x {training['gradient_accumulation_steps']} accumulation"),
-        ("optimizer", f"{training['optim']}, learning rate {training['learning_rate']}, weight decay "
-                      f"{training['weight_decay']}, {training['lr_scheduler_type']} schedule"),
-        ("hardware", run_config.get("hardware", {}).get("device", "-")),
-        ("training time", f"{student['train_runtime']:.0f} s" if "train_runtime" in student else "-"),
-        ("seed", training["seed"]),
-        ("software", f"acamkd-hf {run_config['acamkd_hf_version']}, transformers {run_config['transformers_version']}, "
-                     f"torch {run_config['torch_version']}"),
-    ]
     teacher = {
         "name": teacher_name,
         "params": teacher_record.get("params"),
@@ -246,7 +256,7 @@ def model_card(
         "not_evaluated": teacher_record.get("not_evaluated"),
     }
     return ModelCard.from_template(
-        card_data,
+        _card_metadata(task, run_config, metrics, repo_id, model_type, teacher_metadata),
         template_path=str(card_template_path()),
         model_name=repo_id,
         repo_id=repo_id,
@@ -263,12 +273,12 @@ def model_card(
         metric_titles=[title for _, title in task.metrics],
         student={"architecture": student["model"], "params": student["params"]},
         teacher=teacher,
-        dataset={"name": dataset_name, "split": "validation", "num_labels": len(data.get("id2label", {})),
-                 "synthetic": bool(data.get("synthetic"))},
-        results=rows,
+        dataset={"name": _dataset_names(task, data)[0], "split": "validation",
+                 "num_labels": len(data.get("id2label", {})), "synthetic": bool(data.get("synthetic"))},
+        results=_result_rows(task, metrics, method),
         has_student_alone="student_alone" in metrics,
         distillation_settings=[(name, value) for name, value in distillation.items() if name != "teacher"],
-        training_rows=training_rows,
+        training_rows=_training_rows(run_config, student),
         custom_code=custom_code or [],
         project_url=project_url(),
         example_image="street.png" if task.name == "segmentation" else "image.jpg",

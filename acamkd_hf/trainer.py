@@ -41,7 +41,7 @@ from .interrupts import Interrupts, StopAtStepBoundary
 from .models.labels import check_label_sets
 from .placement import convert_to_sync_batchnorm, place_teacher
 from .seeding import PerExampleSeededDataset, SetDatasetEpoch
-from .settings import default_num_masks
+from .settings import DistillationSettings, default_num_masks
 from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes, resolve_distillation_points
 
 logger = logging.get_logger(__name__)
@@ -85,32 +85,10 @@ class DistillationTrainer(Trainer):
         if args.sync_batchnorm:
             model = convert_to_sync_batchnorm(model, world_size=args.world_size, device=args.device)
         set_seed(args.seed)  # the distillation modules' initialisation is part of the run's seed
-        settings = args.distillation_settings()
-        distillation_loss = None
-        if distilling:
-            freeze_teacher(teacher_model)
-            image_size = probe_image_size or _first_image_size(kwargs.get("train_dataset"))
-            points = resolve_distillation_points(model, teacher_model, settings.distillation_points, teacher_name=args.teacher or "teacher")
-            # Another label set: refused at class outputs (logits), a warning at feature points.
-            check_label_sets(teacher_model, model, teacher_name=args.teacher, points=points)
-            student_shapes = probe_feature_shapes(model, points, image_size)
-            teacher_shapes = probe_feature_shapes(teacher_model, points, image_size)
-            logger.info(f"distillation points (C, H, W) student {student_shapes} <- teacher {teacher_shapes}")
-            settings = settings.resolved(points, default_num_masks(model))
-            distillation_loss = build_distillation_loss(settings, student_shapes, teacher_shapes)
+        image_size = probe_image_size or _first_image_size(kwargs.get("train_dataset")) if distilling else None
         #: the :class:`~acamkd_hf.settings.DistillationSettings` as used: the models' defaults resolved
-        self.distillation_settings = settings
-        train_dataset = kwargs.get("train_dataset")
-        if train_dataset is not None and not isinstance(train_dataset, (torch.utils.data.IterableDataset, PerExampleSeededDataset)):
-            # Augmentations seeded per (seed, epoch, example): exact resume mid-epoch, same images on any number of
-            # processes (see acamkd_hf.seeding).
-            seed = args.data_seed if args.data_seed is not None else args.seed
-            kwargs["train_dataset"] = PerExampleSeededDataset(train_dataset, seed=seed)
-            if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
-                logger.warning(
-                    "--dataloader_persistent_workers: the workers keep their first epoch number, so each image gets "
-                    "the same augmentation every epoch. Turn persistent workers off for per-epoch augmentations."
-                )
+        self.distillation_settings, distillation_loss = _build_distillation(args, model, teacher_model, image_size)
+        kwargs["train_dataset"] = _seeded_per_example(kwargs.get("train_dataset"), args)
         super().__init__(model=Distiller(model, distillation_loss), args=args, **kwargs)
         # The console: compact loss lines at a readable cadence (acamkd_hf.console), not every logged dict.
         if self.pop_callback(ProgressCallback) is not None:
@@ -139,19 +117,21 @@ class DistillationTrainer(Trainer):
                     "(configs/accelerate/fsdp.yaml does) or pass --fsdp_cpu_ram_efficient_loading false."
                 )
             place_teacher(self.teacher, self.accelerator)
-        if args.mask_visualization_steps:
-            if args.method == "acamkd":
-                from .visualization import MaskVisualizationCallback
-
-                self.add_callback(
-                    MaskVisualizationCallback(
-                        self, every_n_steps=args.mask_visualization_steps, num_images=args.mask_visualization_images
-                    )
-                )
-            elif args.distilling:
-                logger.warning(f"--mask_visualization_steps: method {args.method!r} has no masks to show; ignored")
+        self._add_mask_visualization(args)
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
+
+    def _add_mask_visualization(self, args: DistillationArguments) -> None:
+        """``--mask_visualization_steps``: the masks rendered on a fixed batch (ACAM-KD only; other methods: a warning)."""
+        if not args.mask_visualization_steps:
+            return
+        if args.method == "acamkd":
+            from .visualization import MaskVisualizationCallback
+
+            self.add_callback(MaskVisualizationCallback(
+                self, every_n_steps=args.mask_visualization_steps, num_images=args.mask_visualization_images))
+        elif args.distilling:
+            logger.warning(f"--mask_visualization_steps: method {args.method!r} has no masks to show; ignored")
 
     # ------------------------------------------------------------------------------------------------- access
     @property
@@ -349,6 +329,36 @@ class DistillationTrainer(Trainer):
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+def _build_distillation(args: DistillationArguments, student, teacher, image_size) -> tuple[DistillationSettings, Any]:
+    """The settings resolved for these models and the per-point losses sized by a dry run at ``image_size``
+    (``None`` for method ``none``); the teacher is frozen."""
+    settings = args.distillation_settings()
+    if not args.distilling:
+        return settings, None
+    freeze_teacher(teacher)
+    points = resolve_distillation_points(student, teacher, settings.distillation_points, teacher_name=args.teacher or "teacher")
+    # Another label set: refused at class outputs (logits), a warning at feature points.
+    check_label_sets(teacher, student, teacher_name=args.teacher, points=points)
+    student_shapes = probe_feature_shapes(student, points, image_size)
+    teacher_shapes = probe_feature_shapes(teacher, points, image_size)
+    logger.info(f"distillation points (C, H, W) student {student_shapes} <- teacher {teacher_shapes}")
+    settings = settings.resolved(points, default_num_masks(student))
+    return settings, build_distillation_loss(settings, student_shapes, teacher_shapes)
+
+
+def _seeded_per_example(train_dataset, args: DistillationArguments):
+    """The training set with augmentations seeded per (seed, epoch, example): exact resume mid-epoch, the same images
+    on any number of processes (:mod:`acamkd_hf.seeding`). Iterable and already-wrapped datasets pass as they are."""
+    if train_dataset is None or isinstance(train_dataset, (torch.utils.data.IterableDataset, PerExampleSeededDataset)):
+        return train_dataset
+    if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+        logger.warning(
+            "--dataloader_persistent_workers: the workers keep their first epoch number, so each image gets "
+            "the same augmentation every epoch. Turn persistent workers off for per-epoch augmentations."
+        )
+    return PerExampleSeededDataset(train_dataset, seed=args.data_seed if args.data_seed is not None else args.seed)
+
+
 def _log_name(term: str) -> str:
     """``task`` -> ``task_loss``, ``distillation`` -> ``distillation_loss``, ``<point>/<term>`` -> ``distill/...``."""
     return {"task": "task_loss", "distillation": "distillation_loss"}.get(term, f"distill/{term}")
