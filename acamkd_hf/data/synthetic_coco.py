@@ -255,6 +255,45 @@ def _make_image(
     return painter.image(), annotations
 
 
+def _write_split(root: Path, split: str, split_index: int, count: int, rng, size: tuple[int, int],
+                 category_ids: list[int], categories: list[dict], size_thresholds: tuple[float, float]) -> None:
+    """One split of :func:`make_synthetic_coco`: ``count`` JPEGs in ``root/<split>/`` and their annotation file."""
+    height, width = size
+    small, large = size_thresholds
+    image_dir = root / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    first_image_id = 1 if split_index == 0 else _VAL_IMAGE_ID_OFFSET + 1
+    next_annotation_id = 1 if split_index == 0 else _VAL_ANNOTATION_ID_OFFSET + 1
+    images, annotations = [], []
+    for i in range(count):
+        image_id = first_image_id + i
+        pixels, objects = _make_image(rng, height, width, len(categories), small, large)
+        file_name = f"{image_id:012d}.jpg"
+        Image.fromarray(pixels).save(image_dir / file_name, quality=_JPEG_QUALITY)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for obj in objects:
+            annotations.append(
+                {
+                    "id": next_annotation_id,
+                    "image_id": image_id,
+                    "category_id": category_ids[obj["category"]],
+                    "bbox": obj["bbox"],
+                    "area": obj["area"],
+                    "iscrowd": obj["iscrowd"],
+                    "segmentation": obj["segmentation"],
+                }
+            )
+            next_annotation_id += 1
+    document = {
+        "info": {"description": "acamkd_hf synthetic COCO-layout detection set", "version": "1.0"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+
+
 def make_synthetic_coco(
     root: str | Path,
     num_train: int = 256,
@@ -297,39 +336,8 @@ def make_synthetic_coco(
     (root / "annotations").mkdir(parents=True, exist_ok=True)
 
     for split_index, (split, count) in enumerate((("train2017", num_train), ("val2017", num_val))):
-        rng = np.random.default_rng([seed, split_index])
-        image_dir = root / split
-        image_dir.mkdir(parents=True, exist_ok=True)
-        first_image_id = 1 if split_index == 0 else _VAL_IMAGE_ID_OFFSET + 1
-        next_annotation_id = 1 if split_index == 0 else _VAL_ANNOTATION_ID_OFFSET + 1
-        images, annotations = [], []
-        for i in range(count):
-            image_id = first_image_id + i
-            pixels, objects = _make_image(rng, height, width, num_classes, small, large)
-            file_name = f"{image_id:012d}.jpg"
-            Image.fromarray(pixels).save(image_dir / file_name, quality=_JPEG_QUALITY)
-            images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-            for obj in objects:
-                annotations.append(
-                    {
-                        "id": next_annotation_id,
-                        "image_id": image_id,
-                        "category_id": category_ids[obj["category"]],
-                        "bbox": obj["bbox"],
-                        "area": obj["area"],
-                        "iscrowd": obj["iscrowd"],
-                        "segmentation": obj["segmentation"],
-                    }
-                )
-                next_annotation_id += 1
-        document = {
-            "info": {"description": "acamkd_hf synthetic COCO-layout detection set", "version": "1.0"},
-            "licenses": [],
-            "images": images,
-            "annotations": annotations,
-            "categories": categories,
-        }
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+        _write_split(root, split, split_index, count, np.random.default_rng([seed, split_index]), (height, width),
+                     category_ids, categories, (small, large))
 
     meta = {
         "generator": "acamkd_hf.data.synthetic_coco.make_synthetic_coco",
