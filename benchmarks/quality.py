@@ -53,6 +53,10 @@ CLI = [sys.executable, "-m", "acamkd_hf.cli"]
 MASK_STUDY_ROWS: dict[str, tuple[list[str], str]] = {
     "acamkd_uniform": (["--method", "acamkd", "--mask_objective", "uniform"],
                        "the default's imitation with every mask a constant 1: no fusion, no selection units (the control)"),
+    "acamkd_imitation": (["--method", "acamkd", "--mask_objective", "imitation"],
+                         "the default's statistics, masks trained by the total loss (the paper's reading)"),
+    "acamkd_predictive": (["--method", "acamkd", "--mask_objective", "predictive"],
+                          "the default's statistics, budgeted masks that regress the student's standardised error"),
     "acamkd_uniform_batch": (["--method", "acamkd", "--mask_objective", "uniform", "--standardize_over", "batch"],
                              "the control with per-batch standardisation statistics (the objectives' control)"),
     "acamkd_imitation_batch": (["--method", "acamkd", "--mask_objective", "imitation", "--standardize_over", "batch"],
