@@ -272,7 +272,7 @@ def test_console_entry_points_and_the_script_run_the_cli():
 
     scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
     assert scripts["acamkd-distill"] == "acamkd_hf.cli:main"
-    assert scripts["acamkd-push"] == "acamkd_hf.cli:push_main"
+    assert scripts["acamkd-push"] == "acamkd_hf.push_command:main"
     # The documented `accelerate launch scripts/distill.py` runs the same program, --config among its flags.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     shown = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, env=env, timeout=300)
