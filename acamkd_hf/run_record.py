@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import transformers
@@ -23,6 +23,30 @@ from .models import PRETRAINED_BACKBONE_PRESETS
 from .models.backbone_weights import pretrained_backbone_license
 from .settings import DistillationSettings
 from .tasks import TASKS
+
+
+class RunConfig(TypedDict):
+    """``run_config.json``: what the run was (the model card, ``acamkd-push`` and a rerun's finished-run check read
+    it back through :func:`read_run`)."""
+
+    acamkd_hf_version: str
+    torch_version: str
+    transformers_version: str
+    hardware: dict[str, Any]  # device, num_processes, torch_threads
+    model: dict[str, Any]  # ModelArguments + student_base_model / student_license + teacher_source
+    data: dict[str, Any]  # DataArguments + origin, layout, num_labels, id2label
+    distillation: dict[str, Any]  # the teacher + the settings the method reads (distiller.recorded_settings)
+    training: dict[str, Any]  # TrainingArguments as JSON
+    arguments: dict[str, Any]  # the command's settings before anything was resolved (arguments_record)
+
+
+class Metrics(TypedDict, total=False):
+    """``metrics.json``: one row per model of the run (``eval_*`` metrics, ``model``, ``params``...)."""
+
+    teacher: dict[str, Any]
+    student_untrained: dict[str, Any]
+    student_alone: dict[str, Any]
+    student: dict[str, Any]
 
 
 def arguments_record(model_args: ModelArguments, data_args: DataArguments, args: DistillationArguments) -> dict[str, Any]:
@@ -59,7 +83,7 @@ def provenance(model_args: ModelArguments) -> dict[str, Any]:
     return {"base_model": student if is_hub_id(student) else None, "license": license_}
 
 def run_record(args, settings: DistillationSettings, model_args, data_args, data, origin: dict[str, Any],
-               arguments: dict[str, Any]) -> dict[str, Any]:
+               arguments: dict[str, Any]) -> RunConfig:
     """``run_config.json``: versions, hardware, and every setting of the run (``settings``: as used, defaults
     resolved: the trainer's ``distillation_settings``; ``arguments``: as the command gave them)."""
     return {
@@ -76,7 +100,7 @@ def run_record(args, settings: DistillationSettings, model_args, data_args, data
         "arguments": arguments,
     }
 
-def write_run_record(output_dir: str, run_config: dict[str, Any], metrics: dict[str, Any]) -> tuple[dict, dict]:
+def write_run_record(output_dir: str, run_config: RunConfig, metrics: Metrics) -> tuple[RunConfig, Metrics]:
     """Writes ``run_config.json`` and then ``metrics.json`` (last: its presence marks a finished run); returns both
     as written (JSON types, as a reader of the files gets them: the card made from them is the one ``acamkd-push``
     re-renders from the folder)."""
@@ -88,7 +112,7 @@ def write_run_record(output_dir: str, run_config: dict[str, Any], metrics: dict[
     return written[0], written[1]
 
 
-def read_run(output_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_run(output_dir: str | os.PathLike) -> tuple[RunConfig, Metrics]:
     """``(run_config, metrics)`` of a folder written by ``acamkd-distill`` (``scripts/distill.py``)."""
     folder = Path(output_dir)
     missing = [name for name in ("run_config.json", "metrics.json") if not (folder / name).is_file()]
@@ -123,4 +147,4 @@ def local_model_path(output_dir: str) -> str:
         return path.name
 
 
-__all__ = ["arguments_record", "finished_run", "local_model_path", "read_run", "run_record", "write_run_record"]
+__all__ = ["Metrics", "RunConfig", "arguments_record", "finished_run", "local_model_path", "read_run", "run_record", "write_run_record"]
