@@ -23,7 +23,6 @@ import yaml
 from transformers import HfArgumentParser
 
 from .config import DistillationArguments
-from .models import canonical_preset_name
 from .settings import DistillationSettings
 from .tasks import TASKS
 
@@ -271,11 +270,9 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Dis
     refuse_unknown_flags(parser, argv)
     model_args, data_args, training_args, *_ = parser.parse_args_into_dataclasses(args=argv)  # _: --config
     task = TASKS[model_args.task]()
-    model_args.student = canonical_preset_name(model_args.student or task.default_student)
-    model_args.teacher_architecture = canonical_preset_name(model_args.teacher_architecture or task.default_teacher)
+    model_args.student = model_args.student or task.default_student
+    model_args.teacher_architecture = model_args.teacher_architecture or task.default_teacher
     changes: dict[str, Any] = dict(task.required_training_args)
-    if training_args.teacher is not None:
-        changes["teacher"] = canonical_preset_name(training_args.teacher)
     if not torch.cuda.is_available():
         changes["dataloader_pin_memory"] = False  # nothing to pin to
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

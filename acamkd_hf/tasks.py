@@ -33,7 +33,6 @@ from .metrics import CocoDetectionMetrics, StreamingSegmentationMetrics, detecti
 from .models import (
     DETECTION_PRESETS,
     SEGMENTATION_PRESETS,
-    canonical_preset_name,
     default_detection_image_processor,
     default_image_processor,
     detection_family,
@@ -144,7 +143,6 @@ class Task:
         """A preset built with the dataset's labels (``preset_options``: its extra keyword arguments), or a loaded
         checkpoint: the student with the dataset's labels (its class heads start anew when they differ, as in
         transformers' examples), the teacher as it is (its label set is checked against the distillation points)."""
-        name_or_path = canonical_preset_name(name_or_path)
         if name_or_path in self.presets:
             return type(self).model_loader(
                 name_or_path, id2label, trust_remote_code=trust_remote_code, revision=revision, **(preset_options or {})

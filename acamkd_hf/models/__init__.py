@@ -6,9 +6,7 @@ from .backbone_weights import PRETRAINED_BACKBONE_PRESETS, BackboneDownloadError
 from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
 from .labels import describe_label_mismatch
 from .segmentation import (
-    RENAMED_PRESETS,
     SEGMENTATION_PRESETS,
-    canonical_preset_name,
     default_image_processor,
     load_segmentation_model,
 )
@@ -21,8 +19,6 @@ AutoModelForSemanticSegmentation.register(DeepLabV3Config, DeepLabV3ForSemanticS
 __all__ = [
     "BackboneDownloadError",
     "PRETRAINED_BACKBONE_PRESETS",
-    "RENAMED_PRESETS",
-    "canonical_preset_name",
     "preset_options",
     "DeepLabV3Config",
     "DeepLabV3ForSemanticSegmentation",

@@ -17,7 +17,6 @@ replace config fields (e.g. `use_pretrained_backbone=False`, `output_stride=16`)
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 
 from transformers import (
@@ -180,17 +179,7 @@ def tiny_upernet(id2label: Mapping[int, str], **overrides) -> UperNetForSemantic
     return UperNetForSemanticSegmentation(UperNetConfig(**{**defaults, **overrides}, **label_maps(id2label)))
 
 
-class _Presets(dict):
-    """A dict of presets where a renamed preset's old name still works (``SEGMENTATION_PRESETS["old-name"]``), with a
-    ``FutureWarning``; iteration, ``in`` and listings show the current names only."""
-
-    def __missing__(self, key: str):
-        if key in RENAMED_PRESETS:
-            return self[canonical_preset_name(key)]
-        raise KeyError(key)
-
-
-SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = _Presets({
+SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = {
     "deeplabv3-resnet101": deeplabv3_resnet101,
     "deeplabv3-resnet50": deeplabv3_resnet50,
     "deeplabv3-resnet18": deeplabv3_resnet18,
@@ -203,23 +192,7 @@ SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = _Presets({
     "small-segformer": small_segformer,
     "tiny-mobilenetv2-hf-deeplabv3": tiny_mobilenetv2_hf_deeplabv3,
     "tiny-upernet": tiny_upernet,
-})
-
-#: Old preset names -> new ones (they still work, with a deprecation warning).
-RENAMED_PRESETS = {
-    "tiny-deeplabv3-mobilenetv2": "tiny-deeplabv3-mobilenetv2-timm",
-    "tiny-mobilenetv2-deeplabv3": "tiny-mobilenetv2-hf-deeplabv3",
 }
-
-
-def canonical_preset_name(name: str | None) -> str | None:
-    """``name``, or the current name of a renamed preset (with a ``FutureWarning``)."""
-    if name in RENAMED_PRESETS:
-        new = RENAMED_PRESETS[name]
-        warnings.warn(f"the preset {name!r} is now called {new!r}; the old name will be removed", FutureWarning, stacklevel=2)
-        return new
-    return name
-
 
 def load_segmentation_model(
     name_or_path: str,
@@ -249,7 +222,7 @@ def load_segmentation_model(
         BackboneDownloadError: a preset's ImageNet backbone could not be downloaded.
     """
     return load_model(
-        canonical_preset_name(name_or_path),
+        name_or_path,
         id2label,
         SEGMENTATION_PRESETS,
         auto_class=AutoModelForSemanticSegmentation,
@@ -280,9 +253,7 @@ def default_image_processor(image_size: tuple[int, int]) -> SegformerImageProces
 
 
 __all__ = [
-    "RENAMED_PRESETS",
     "SEGMENTATION_PRESETS",
-    "canonical_preset_name",
     "default_image_processor",
     "load_segmentation_model",
 ]
