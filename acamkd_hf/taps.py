@@ -335,22 +335,12 @@ class FeatureTaps:
             features[name] = tensor
         return features
 
-    def clear(self) -> None:
-        """Drop stored tensors (e.g. after a forward whose features are not needed)."""
-        self._stored = {}
-
     def remove(self) -> None:
         """Remove the hooks and drop stored tensors."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
         self._stored = {}
-
-    def __enter__(self) -> FeatureTaps:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
 
 
 def _input_channels(model: nn.Module) -> int:

@@ -72,9 +72,9 @@ MASK_STUDY_ROWS: dict[str, tuple[list[str], str]] = {
 SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
     "student": (["--method", "none"], "student alone (no KD)"),
     "mse": (["--method", "mse"], "MSE on the aligned feature (FitNet, the paper's 'no mask')"),
-    "cwd": (["--method", "cwd"], "CWD (tau 1, weight 1)"),
-    "mgd": (["--method", "mgd"], "MGD (alpha_mgd 2e-5, ratio 0.65)"),
-    "pkd": (["--method", "pkd"], "PKD (per-channel standardisation, weight 6)"),
+    "cwd": (["--method", "cwd"], "CWD at its default temperature and weight"),
+    "mgd": (["--method", "mgd"], "MGD at its published weight and mask ratio"),
+    "pkd": (["--method", "pkd"], "PKD (per-channel standardisation) at mmrazor's published weight"),
     "acamkd_paper": (["--method", "acamkd", "--acamkd_variant", "paper"],
                      "ACAM-KD, the paper's literal losses (sum-M normaliser, sigmoid masks, raw features, alpha 1)"),
     "acamkd": (["--method", "acamkd"], "ACAM-KD, the recommended variant (the default of --method acamkd)"),
@@ -136,7 +136,7 @@ DETECTION_ROWS = {
                    "the recommended variant with 8 key/value tokens instead of 32 (a larger saving, tried as the default)"),
     "acamkd_alpha10": (["--method", "acamkd", "--alpha", "10"],
                        "recommended variant at alpha 10 (the neck imitation at ~0.7x the DETR task loss, not ~0.07x)"),
-    "cwd": (["--method", "cwd"], "CWD on the neck maps (tau 1, weight 1), inheritance on"),
+    "cwd": (["--method", "cwd"], "CWD on the neck maps, inheritance on"),
     **MASK_STUDY_ROWS,
 }
 
