@@ -43,8 +43,10 @@ PARTS = ("adapter", "fusion + masks")
 def variants(args) -> list[tuple[str, str, dict]]:
     """``(label, method, settings)`` of every setup: each method with its defaults, then ACAM-KD once per
     ``--kv-reductions`` value (``acamkd_r<R>``: STCA-FF's keys/values average-pooled R per side) and once per
-    ``--kv-budgets`` value (``acamkd_kv<N>``: ``auto`` with at most N key/value tokens per point)."""
+    ``--kv-budgets`` value (``acamkd_kv<N>``: ``auto`` with at most N key/value tokens per point) and once per
+    ``--mask-objectives`` value (``acamkd_<objective>``: what trains the masks)."""
     rows = [(method, method, {}) for method in METHODS]
+    rows += [(f"acamkd_{o}", "acamkd", {"mask_objective": o}) for o in getattr(args, "mask_objectives", [])]
     rows += [(f"acamkd_r{r}", "acamkd", {"fusion_kv_reduction": r}) for r in args.kv_reductions]
     rows += [(f"acamkd_kv{n}", "acamkd", {"fusion_kv_reduction": "auto", "fusion_max_kv_tokens": n}) for n in args.kv_budgets]
     return rows
@@ -104,6 +106,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, repeats_help: str, war
     parser.add_argument("--kv-budgets", nargs="*", type=int, default=[], metavar="N",
                         help="also ACAM-KD with --fusion_kv_reduction auto --fusion_max_kv_tokens N for each value: "
                              "acamkd_kv<N>")
+    parser.add_argument("--mask-objectives", nargs="*", default=[], metavar="OBJECTIVE",
+                        help="also ACAM-KD with --mask_objective OBJECTIVE for each value (e.g. imitation uniform): "
+                             "acamkd_<objective>")
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast (cuda only; the losses still compute in float32, as the library does)")
 
@@ -217,7 +222,7 @@ def result_values(labels: list[str], ms: dict[str, float], peaks: dict[str, int]
     order = ["acamkd_over_mse", "acamkd_over_student", "mse_over_student", "mgd_over_student", "cwd_over_student",
              "pkd_over_student", "mgd_over_mse", "cwd_over_mse", "pkd_over_mse"]
     result = {key: result[key] for key in order}
-    reduced = [label for label in labels if label.startswith(("acamkd_r", "acamkd_kv"))]
+    reduced = [label for label in labels if label.startswith("acamkd_")]
     for m in reduced:
         result[f"{m}_over_mse"] = ms[m] / ms["mse"]
     for m in ("acamkd", "mse", "mgd", "cwd", "pkd"):
