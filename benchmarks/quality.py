@@ -67,6 +67,17 @@ MASK_STUDY_ROWS: dict[str, tuple[list[str], str]] = {
     "acamkd_predictive_batch": (["--method", "acamkd", "--mask_objective", "predictive", "--standardize_over", "batch"],
                                 "budgeted masks that regress the student's standardised error, detached"),
 }
+#: the paper's ablations (Tables 8-10) under the default, rows of every table
+PAPER_ABLATION_ROWS: dict[str, tuple[list[str], str]] = {
+    "acamkd_spatial_only": (["--method", "acamkd", "--mask_kinds", "spatial"],
+                            "recommended, spatial masks only (paper Table 8)"),
+    "acamkd_channel_only": (["--method", "acamkd", "--mask_kinds", "channel"],
+                            "recommended, channel masks only (paper Table 8)"),
+    "acamkd_student_query": (["--method", "acamkd", "--fusion_mode", "student_query"],
+                             "recommended, queries from the student, keys/values from the teacher (paper Table 9)"),
+    "acamkd_teacher_only": (["--method", "acamkd", "--fusion_mode", "teacher_only"],
+                            "recommended, masks from the teacher alone: no cooperation (paper Table 10)"),
+}
 #: row name -> (extra CLI flags, description), for the two segmentation tables (the point is the table's). Rows
 #: beyond the default ones (--rows) are the method study's variants (docs/results.md).
 SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
@@ -99,15 +110,7 @@ SEGMENTATION_ROWS: dict[str, tuple[list[str], str]] = {
     **{f"acamkd_std_r{r}": (["--method", "acamkd", "--acamkd_variant", "paper", "--imitation_standardize", "true",
                              "--fusion_kv_reduction", str(r)], f"paper + standardised imitation, key/value reduction R = {r}")
        for r in (2, 4, 8)},
-    # the paper's ablations (Tables 8-10) under the recommended variant
-    "acamkd_spatial_only": (["--method", "acamkd", "--mask_kinds", "spatial"],
-                            "recommended, spatial masks only (paper Table 8)"),
-    "acamkd_channel_only": (["--method", "acamkd", "--mask_kinds", "channel"],
-                            "recommended, channel masks only (paper Table 8)"),
-    "acamkd_student_query": (["--method", "acamkd", "--fusion_mode", "student_query"],
-                             "recommended, queries from the student, keys/values from the teacher (paper Table 9)"),
-    "acamkd_teacher_only": (["--method", "acamkd", "--fusion_mode", "teacher_only"],
-                            "recommended, masks from the teacher alone: no cooperation (paper Table 10)"),
+    **PAPER_ABLATION_ROWS,
     **MASK_STUDY_ROWS,
     # the masked distribution imitation (CWD's spatial KL under the masks), raw logits as CWD (no statistics: the
     # per-batch setting is the one these runs recorded)
@@ -138,6 +141,7 @@ DETECTION_ROWS = {
                        "recommended variant at alpha 10 (the neck imitation at ~0.7x the DETR task loss, not ~0.07x)"),
     "cwd": (["--method", "cwd"], "CWD on the neck maps, inheritance on"),
     **MASK_STUDY_ROWS,
+    **PAPER_ABLATION_ROWS,
 }
 
 #: per table: task, point flags, rows, the row every other is paired against, teacher preset, budget, metrics
