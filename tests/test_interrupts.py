@@ -95,11 +95,12 @@ def test_outside_a_training_loop_the_first_ctrl_c_interrupts_at_once(monkeypatch
         signal.raise_signal(signal.SIGINT)  # while the data is prepared: nothing to save yet
 
     monkeypatch.setattr(cli.TASKS["segmentation"], "prepare_data", prepare)
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when started in the background
     with pytest.raises(SystemExit) as stopped:
         cli.main(_flags(tmp_path))
     assert stopped.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted before training started: run the same command again."
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are uninstalled
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are uninstalled: what was there before is back
 
 
 @pytest.mark.slow
