@@ -27,6 +27,14 @@ from .settings import DistillationSettings
 from .tasks import TASKS
 
 
+def _per_task(attribute: str) -> str:
+    """``"segmentation: tiny-segformer; detection: ..."``: a task default for help texts, read from the tasks."""
+    def shown(value):
+        return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    return "; ".join(f"{name}: {shown(getattr(task, attribute))}" for name, task in TASKS.items())
+
+
+
 @dataclass
 class ModelArguments:
     task: str = field(default="segmentation", metadata={"help": "What is distilled.", "choices": list(TASKS)})
@@ -34,12 +42,12 @@ class ModelArguments:
         default=None,
         metadata={"help": "Student: a preset (see acamkd_hf.models), a Hub id or a local folder. A checkpoint with other "
                           "classes gets the dataset's (its class heads start anew; one line says which). Default: the "
-                          "task's small CPU student (segmentation: tiny-segformer)."},
+                          f"task's small CPU student ({_per_task('default_student')})."},
     )
     teacher_architecture: str | None = field(
         default=None,
         metadata={"help": "When no --teacher is given: the preset trained here first as the teacher (method none). "
-                          "Default: the task's (segmentation: small-segformer)."},
+                          f"Default: the task's ({_per_task('default_teacher')})."},
     )
     teacher_num_train_epochs: float | None = field(
         default=None, metadata={"help": "Epochs for that teacher (default: --num_train_epochs)."}
@@ -88,10 +96,10 @@ class DataArguments:
     synthetic_num_train: int = field(default=240, metadata={"help": "Synthetic training images."})
     synthetic_num_val: int = field(default=60, metadata={"help": "Synthetic validation images."})
     synthetic_image_size: list[int] | None = field(
-        default=None, metadata={"help": "H W of the synthetic images (default: the task's; segmentation 64 128)."}
+        default=None, metadata={"help": f"H W of the synthetic images (default: the task's; {_per_task('synthetic_image_size')})."}
     )
     synthetic_num_classes: int | None = field(
-        default=None, metadata={"help": "Classes of the synthetic set (default: the task's; segmentation 8, <= 19)."}
+        default=None, metadata={"help": f"Classes of the synthetic set (default: the task's; {_per_task('synthetic_num_classes')})."}
     )
     id2label: str | None = field(default=None, metadata={"help": "JSON file {id: name} for datasets without one."})
     train_split: str | None = field(default=None, metadata={"help": "Training split of a Hub/local dataset."})
@@ -129,9 +137,21 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
 
+#: What ``acamkd-distill --help`` says first (for its users; the module docstring is for the code's readers).
+DESCRIPTION = """\
+Distil a teacher into a student with ACAM-KD (or a baseline), through transformers.Trainer.
+
+  acamkd-distill                                 # the default: a synthetic set, a few minutes on a CPU
+  accelerate launch scripts/distill.py --config configs/cityscapes_deeplabv3_r101_to_mbv2.yaml \\
+      --teacher path/or/hub-id --dataset /data/cityscapes
+
+--config FILE (YAML or JSON) gives a recipe and flags override its values. The output folder is a Hugging Face model
+folder (from_pretrained, pipeline) plus run_config.json, metrics.json and a model card.
+"""
+
 EPILOG = """\
 Defaults: without --config and --dataset, the task's default recipe (configs/defaults/<task>.yaml: a synthetic set,
-ACAM-KD with the control row, a few minutes on a CPU) sets the defaults shown above. With --dataset and no --config,
+ACAM-KD with the control row, a few minutes on a CPU) replaces their defaults. With --dataset and no --config,
 the Trainer's own defaults apply: set --learning_rate, --num_train_epochs, --output_dir.
 Interrupted (Ctrl-C, a crash)? Run the same command again: it resumes from the last checkpoint in --output_dir.
 A finished run's command run again says so and changes nothing.
@@ -146,7 +166,7 @@ HELP_GROUPS = (
     ("data", "The dataset (a synthetic one when none is given)", lambda: _field_names(DataArguments)),
     ("distillation", "How the teacher teaches (acamkd_hf.settings.DistillationSettings)",
      lambda: [*_field_names(DistillationSettings), *_own_field_names(DistillationArguments)]),
-    ("training", "transformers.TrainingArguments (every flag; the recipe's values are the defaults shown)",
+    ("training", "transformers.TrainingArguments (every flag; a recipe's values replace their defaults)",
      lambda: _field_names(DistillationArguments)),
 )
 
@@ -166,7 +186,7 @@ def build_parser() -> HfArgumentParser:
         (ModelArguments, DataArguments, DistillationArguments),
         prog="acamkd-distill",
         usage=USAGE,
-        description=__doc__,
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # a flag is spelled in full: a misspelled one is an error with the closest flag named

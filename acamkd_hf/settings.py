@@ -153,9 +153,10 @@ class DistillationSettings:
     acamkd_variant: str = field(
         default="recommended",
         metadata={"help": "ACAM-KD settings not given explicitly: 'recommended' (the project's default, chosen on the "
-                          "quality benchmark, docs/results.md: standardised features, reduced fusion, masks trained "
-                          "by the adversarial objective) or 'paper' (the spec's literal losses: sum-M normaliser, "
-                          "sigmoid masks trained by the total loss, raw features, alpha = lambda = 1).",
+                          "quality benchmark, docs/results.md: features standardised per channel and image, reduced "
+                          "fusion, masks trained by the adversarial objective; it ties the earlier default and its "
+                          "masks add nothing over uniform weighting there) or 'paper' (the spec's literal losses: "
+                          "sum-M normaliser, sigmoid masks trained by the total loss, raw features, alpha = lambda = 1).",
                   "choices": list(ACAMKD_VARIANTS)},
     )
     lambda_div: float | None = field(
@@ -164,7 +165,8 @@ class DistillationSettings:
     )
     num_masks: int | None = field(
         default=None,
-        metadata={"help": "Masks M per point. Default: the number of classes for segmentation (paper), 6 for detection."},
+        metadata={"help": "Masks M per point. Default: the number of classes for segmentation (paper), "
+                          f"{DETECTION_NUM_MASKS} for detection."},
     )
     mask_kinds: str = field(default="both", metadata={"help": "Paper Table 8 ablation.", "choices": list(MASK_KINDS)})
     fusion_mode: str = field(

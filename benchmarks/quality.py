@@ -318,7 +318,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 #: per-point diagnostics that are averaged over the points (the loss terms are summed)
-AVERAGED_TERMS = ("_mask_mean", "_mask_support", "_error_rank_corr")
+AVERAGED_TERMS = ("_mask_mean", "_mask_support", "_error_rank_corr", "_diversity")
 #: the mask study's control: every row is also paired against it (a row of the distribution form against that
 #: form's own control, :func:`mask_control_of`)
 MASK_CONTROL = "acamkd_uniform"
@@ -395,7 +395,7 @@ def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], ta
         f"seeds better | minus its uniform-mask control ({MASK_CONTROL}[_distribution]), paired | seeds better | "
         f"{second_title} mean +- std | imitation / task "
         f"loss, first log -> last | final spatial / channel mask mean | final spatial / channel support, spatial "
-        f"rank corr. with the error | wall s (mean) |"
+        f"rank corr. with the error, spatial / channel Dice between masks | wall s (mean) |"
     )
     teacher_line = (
         f"| teacher ({table['teacher']}, 1 run) | {fmt(teacher.get(headline))} | - | - | - | - | - | "
@@ -416,7 +416,8 @@ def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], ta
         first = mean_std([a for a, _ in ratios if a is not None])[0] if any(a is not None for a, _ in ratios) else None
         last = mean_std([b for _, b in ratios if b is not None])[0] if any(b is not None for _, b in ratios) else None
         masks = [final(records, key) for key in ("spatial_mask_mean", "channel_mask_mean")]
-        diagnostics = [final(records, key) for key in ("spatial_mask_support", "channel_mask_support", "spatial_error_rank_corr")]
+        diagnostics = [final(records, key) for key in ("spatial_mask_support", "channel_mask_support", "spatial_error_rank_corr",
+                                                       "spatial_diversity", "channel_diversity")]
         versus_control = paired_difference(records, baseline, headline)
         versus_uniform = paired_difference(records, mask_baselines[name], headline)
         summary[name] = {
@@ -427,7 +428,8 @@ def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], ta
             "imitation_over_task_first": first,
             "imitation_over_task_last": last, "final_spatial_mask_mean": masks[0], "final_channel_mask_mean": masks[1],
             "final_spatial_mask_support": diagnostics[0], "final_channel_mask_support": diagnostics[1],
-            "final_spatial_error_rank_corr": diagnostics[2],
+            "final_spatial_error_rank_corr": diagnostics[2], "final_spatial_dice": diagnostics[3],
+            "final_channel_dice": diagnostics[4],
         }
         if versus_uniform["deltas"] and name != mask_control_of(name):
             summary[name].update({
@@ -440,7 +442,7 @@ def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], ta
         paired_uniform, better_uniform = ("-", "-") if name == mask_control_of(name) else paired_cell(versus_uniform)
         ratio = "-" if first is None else f"{fmt(first, 3)} -> {fmt(last, 3)}"
         mask_cell = "-" if masks == [None, None] else f"{fmt(masks[0], 3, mask=True)} / {fmt(masks[1], 3, mask=True)}"
-        diagnostics_cell = "-" if diagnostics == [None] * 3 else " / ".join(fmt(v, 3) for v in diagnostics)
+        diagnostics_cell = "-" if diagnostics[:3] == [None] * 3 else " / ".join(fmt(v, 3) for v in diagnostics)
         lines.append(
             f"| {name} | {fmt(m)} +- {fmt(s)} | {per_seed} | {paired} | {better} | {paired_uniform} | {better_uniform} | "
             f"{fmt(m2)} +- {fmt(s2)} | {ratio} | {mask_cell} | {diagnostics_cell} | {fmt(wall, 0)} |"

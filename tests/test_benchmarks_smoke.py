@@ -138,7 +138,7 @@ def test_gpu_suite_commands_parse():
     text = (BENCHMARKS / "gpu_suite.sh").read_text().replace("\\\n", " ")
     commands = [line.split("python ", 1)[1] for line in text.splitlines()
                 if line.startswith("step ") and "python benchmarks/" in line]
-    assert len(commands) == 7
+    assert commands and len(commands) == text.count("python benchmarks/")  # every benchmark line was found
     for command in commands:
         script, *argv = shlex.split(command)
         name = Path(script).stem
