@@ -236,8 +236,8 @@ def model_card(
 ) -> ModelCard:
     """The student's card from the run's record: ``run_config`` and ``metrics`` are the dicts that
     ``run_config.json`` and ``metrics.json`` hold; ``model_type`` is the student's (its ``config.model_type``);
-    ``custom_code`` the model code files shipped with it (``config.json``'s ``auto_map``: loaded with
-    ``trust_remote_code=True``);
+    ``custom_code`` the model code files shipped with it (``config.json``'s ``auto_map``: a user loads them only by
+    turning ``trust_remote_code`` on, which the card says);
     ``model_path`` is what the usage snippet loads (default ``repo_id``: the Hub repository; before a push, the
     local folder relative to where the run started)."""
     task = TASKS[run_config["model"].get("task", "segmentation")]
