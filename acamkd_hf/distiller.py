@@ -68,7 +68,7 @@ class Distiller(nn.Module):
         _, student_features = self._student_forward(pixel_values, None, pixel_mask)
         return {
             point: loss.masks(student_features[point], teacher_features[point])
-            for point, loss in self.distillation_loss.points.items()
+            for point, loss in self.distillation_loss.named_point_losses()
             if hasattr(loss, "masks")
         }
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .acamkd_loss import ACAMKDLoss
 from .baseline_losses import CWDLoss, FeatureMSELoss, MGDLoss, PKDLoss
 from .point_loss import PointDistillationLoss
+from .taps import point_key
 
 #: The CLI's ``--method`` names (``none`` = the student trained alone, no module).
 DISTILLATION_LOSSES: dict[str, type[PointDistillationLoss]] = {
@@ -25,7 +26,8 @@ class MultiPointDistillationLoss(nn.Module):
     """One per-point loss module per distillation point (e.g. per FPN level); the total is their sum.
 
     Args:
-        point_losses: ``{point name: per-point loss module}``; names must be valid ``nn.ModuleDict`` keys (no ".").
+        point_losses: ``{point name: per-point loss module}``; a ``module:`` point's dots become ``/`` in the
+            ``nn.ModuleDict`` key (:func:`acamkd_hf.taps.point_key`); ``point_names`` keeps the names.
 
     Forward takes ``{point: student feature}`` and ``{point: teacher feature}`` and returns
     ``{"loss": sum over points, "<point>/<term>": each unweighted term, "<point>/loss": each point's total}``.
@@ -35,15 +37,15 @@ class MultiPointDistillationLoss(nn.Module):
         super().__init__()
         if not point_losses:
             raise ValueError("at least one distillation point is needed")
-        bad = [name for name in point_losses if "." in name or not name]
-        if bad:
-            raise ValueError(f"distillation point names may not be empty or contain '.': {bad}")
-        self.points = nn.ModuleDict(dict(point_losses))
+        if any(not name for name in point_losses):
+            raise ValueError(f"distillation point names may not be empty: {list(point_losses)}")
+        self.point_names: list[str] = list(point_losses)
+        self.points = nn.ModuleDict({point_key(name): loss for name, loss in point_losses.items()})
 
     def forward(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         missing = [
             f"{name} ({side})"
-            for name in self.points
+            for name in self.point_names
             for side, features in (("student", student_features), ("teacher", teacher_features))
             if name not in features
         ]
@@ -51,15 +53,15 @@ class MultiPointDistillationLoss(nn.Module):
             raise KeyError(f"features missing for distillation points: {', '.join(missing)}")
         terms: dict[str, Tensor] = {}
         total = None
-        for name, point_loss in self.points.items():
+        for name, point_loss in self.named_point_losses():
             point_terms = point_loss(student_features[name], teacher_features[name])
             total = point_terms["loss"] if total is None else total + point_terms["loss"]
             terms.update({f"{name}/{term}": value for term, value in point_terms.items()})
         return {"loss": total, **terms}
 
-    @property
-    def point_names(self) -> list[str]:
-        return list(self.points.keys())
+    def named_point_losses(self) -> list[tuple[str, nn.Module]]:
+        """``[(point name, its loss module)]`` in the order given."""
+        return list(zip(self.point_names, self.points.values()))
 
     def set_optimizer_step(self, step: int) -> None:
         """Set the clock of every point's adversarial ramp (``mask_steps``) to ``step`` optimizer updates, so that

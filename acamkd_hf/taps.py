@@ -1,263 +1,155 @@
-"""Distillation points: where each supported model family exposes its feature maps, and hooks that collect them.
+"""Distillation points: named (B, C, H, W) maps of one forward pass, and the forward hooks that collect them.
 
-A distillation point is a named (B, C, H, W) map of one forward pass. Names are shared across families so that a
-teacher and a student of different families can be paired by name:
+Names are shared across families so that a teacher and a student of different families can be paired by name:
 
     "logits"                    the model's output logits (the paper's segmentation point; segmenters only)
-    "neck1" ... "neckN"         a detector's neck levels, finest first (the paper's detection points): RT-DETR's
-                                hybrid-encoder FPN/PAN outputs, DETR's projected stride-32 map (one level),
-                                Deformable DETR's multi-scale input projections
+    "neck1" ... "neckN"         a detector's neck levels, finest first (the paper's detection points): the maps its
+                                decoder reads (RT-DETR's hybrid-encoder FPN/PAN outputs, DETR's projected stride-32
+                                map, Deformable DETR's multi-scale input projections, ...)
     "stem", "stage1" ... "stage4"  backbone stages at strides ~2, 4, 8, 16, 32 (less where the backbone is dilated);
                                 for detectors, the backbone maps the detector consumes (e.g. stage2..4 for RT-DETR)
+    "module:PATH", "module:PATH[i]"  any submodule of any model, by its dotted path (``model.named_modules()``): its
+                                forward output, or item ``i`` of a tuple / list / ModelOutput output
 
-Detectors offer no "logits" point: their logits are per-query class scores, not a dense map.
-
-Names never contain dots (they become `nn.ModuleDict` keys). The per-family table `_FAMILIES` maps a model class
-name to a function returning `{point: TapSpec}`; adding a family is one function and one table entry. Families are
-matched by class name along the MRO, so a model loaded through `trust_remote_code` (a different class object with
-the same name) is recognised too.
+Where each family's points are is in :mod:`acamkd_hf.families` (one function per family, matched by class name along
+the MRO). A segmenter without a family entry still has ``logits`` (any model that returns dense ``.logits`` of shape
+(B, K, H, W)); any model has ``module:`` points.
 
 In-place safety: a forward hook keeps a reference to a module's output; if a later op modified that tensor in place
 (timm's `ReLU(inplace=True)`, a residual `+=`), the stored map would silently change and the student's backward
 would fail. The chosen modules are ones whose outputs are only read afterwards (stage outputs that feed a conv or
 a non-inplace add), and `FeatureTaps.collect` checks each tensor's version counter, so a violation is an error,
-never a wrong number.
+never a wrong number (for a ``module:`` point too: the error names the module).
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-LOGITS = "logits"
+from .families import FAMILIES
+from .families.spec import LOGITS, TapSpec, read_logits
+
+#: the prefix of a point given by module path.
+MODULE_POINT_PREFIX = "module:"
+_MODULE_POINT = re.compile(r"^module:(?P<path>[A-Za-z0-9_.]*?)(?:\[(?P<index>\d+)\])?$")
 
 
-@dataclass(frozen=True)
-class TapSpec:
-    """How to obtain one point.
+class ModuleOutput:
+    """pick = the module's output (``index`` None: it must be a tensor) or its item ``index`` (a tuple / list, or a
+    ModelOutput's ``index``-th field). A wrong kind of output is an error that says what the output holds."""
 
-    module: dotted path of the submodule whose forward output holds the map; "" means the model's own output (read
-        from the `outputs` given to `FeatureTaps.collect`, not from a hook).
-    pick: function from that output to the (B, C, H, W) tensor.
-    """
-
-    module: str
-    pick: Callable[[Any], torch.Tensor]
-
-
-def _logits(outputs: Any) -> torch.Tensor:
-    logits = getattr(outputs, "logits", None)
-    if logits is None:
-        raise TypeError(
-            f"Expected a ModelOutput with `.logits`, got {type(outputs).__name__}; "
-            "call the model with return_dict=True."
-        )
-    return logits
-
-
-def _identity(output: torch.Tensor) -> torch.Tensor:
-    return output
-
-
-class _Item:
-    """pick = output[index] (timm `features_only` returns a list of maps)."""
-
-    def __init__(self, index: int):
-        self.index = index
-
-    def __call__(self, output: Sequence[torch.Tensor]) -> torch.Tensor:
-        return output[self.index]
-
-    def __repr__(self) -> str:
-        return f"output[{self.index}]"
-
-
-class _FeatureMap:
-    """pick = output.feature_maps[index] (transformers `BackboneOutput`)."""
-
-    def __init__(self, index: int):
-        self.index = index
+    def __init__(self, point: str, index: int | None):
+        self.point, self.index = point, index
 
     def __call__(self, output: Any) -> torch.Tensor:
-        return output.feature_maps[self.index]
+        if self.index is None:
+            if isinstance(output, torch.Tensor):
+                return output
+            raise RuntimeError(f"{self.point}: the module returns {_describe(output)}, not a tensor; name one item "
+                               f"of it, e.g. {self.point}[0].")
+        items = output.to_tuple() if hasattr(output, "to_tuple") else output
+        if not isinstance(items, (tuple, list)) or self.index >= len(items):
+            raise RuntimeError(f"{self.point}: the module returns {_describe(output)}, which has no item {self.index}.")
+        item = items[self.index]
+        if not isinstance(item, torch.Tensor):
+            raise RuntimeError(f"{self.point}: item {self.index} of the module's output is {_describe(item)}, not a "
+                               "tensor.")
+        return item
 
     def __repr__(self) -> str:
-        return f"output.feature_maps[{self.index}]"
+        return "output" if self.index is None else f"output[{self.index}]"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# One function per family: {point name: TapSpec}, logits first, then stages in order.
+def _describe(value: Any) -> str:
+    """A short description of a module output: a tensor's shape, or a sequence's items' shapes."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    items = value.to_tuple() if hasattr(value, "to_tuple") else value
+    if isinstance(items, (tuple, list)):
+        shapes = ", ".join(f"[{i}] {tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__}"
+                           for i, item in enumerate(items[:8]))
+        return f"a {type(value).__name__} of {len(items)} items ({shapes}{', ...' if len(items) > 8 else ''})"
+    return f"a {type(value).__name__}"
 
 
-def _deeplabv3_points(model: nn.Module) -> dict[str, TapSpec]:
-    # Ours (acamkd_hf.models.deeplabv3). `backbone` is timm `features_only`: its forward returns the list of maps
-    # for config.out_indices, exactly what the heads consume. timm index 0 is the stride-2 stem, 1..4 the stages.
-    points = {LOGITS: TapSpec("", _logits)}
-    for position, index in enumerate(model.config.out_indices):
-        points["stem" if int(index) == 0 else f"stage{int(index)}"] = TapSpec("backbone", _Item(position))
-    return points
+def is_module_point(name: str) -> bool:
+    """Whether ``name`` names a point by module path (``module:PATH`` or ``module:PATH[i]``)."""
+    return name.startswith(MODULE_POINT_PREFIX)
 
 
-def _segformer_points(model: nn.Module) -> dict[str, TapSpec]:
-    # transformers 5.x: `segformer.stages.{i}` (4.x had `segformer.encoder.block`). Each stage ends with a reshape
-    # to (B, C, H, W) (a fresh tensor from .contiguous()), except the last one when config.reshape_last_stage=False
-    # (then it is (B, N, C) tokens and not offered).
-    points = {LOGITS: TapSpec("", _logits)}
-    num_stages = len(model.segformer.stages)
-    for i in range(num_stages):
-        if i < num_stages - 1 or getattr(model.config, "reshape_last_stage", True):
-            points[f"stage{i + 1}"] = TapSpec(f"segformer.stages.{i}", _identity)
-    return points
+def module_point_spec(model: nn.Module, name: str) -> TapSpec:
+    """The TapSpec of ``module:PATH`` / ``module:PATH[i]``. A path that is not a submodule of ``model`` raises
+    ValueError naming the closest real paths."""
+    match = _MODULE_POINT.match(name)
+    if match is None or not match["path"]:
+        raise ValueError(f"{name!r} is not a module point; spell it module:PATH or module:PATH[i], with PATH a dotted "
+                         "submodule path from model.named_modules(), e.g. module:model.encoder.fpn_blocks.0")
+    path = match["path"]
+    modules = dict(model.named_modules())
+    if path not in modules:
+        close = difflib.get_close_matches(path, [p for p in modules if p], n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ValueError(f"{type(model).__name__} has no submodule {path!r}{hint}")
+    index = match["index"]
+    return TapSpec(path, ModuleOutput(name, None if index is None else int(index)))
 
 
-# transformers' MobileNetV2 has 16 inverted-residual layers (`mobilenet_v2.layer.{0..15}`); the last layer of each
-# resolution/width group gives the same four maps as timm's MobileNetV2 out_indices 1..4: 24, 32, 96 and 320
-# channels (x depth_multiplier) at strides 4, 8, 16, 32 (before dilation).
-_MOBILENETV2_STAGE_LAYERS = (1, 4, 11, 15)
+def point_key(name: str) -> str:
+    """The point's key in an ``nn.ModuleDict`` / a state dict: the name itself, with a ``module:`` path's dots as
+    ``/`` (keys may not contain dots)."""
+    return name.replace(".", "/")
 
 
-def _mobilenetv2_points(model: nn.Module) -> dict[str, TapSpec]:
-    points = {LOGITS: TapSpec("", _logits)}
-    for stage, layer in enumerate(_MOBILENETV2_STAGE_LAYERS, start=1):
-        points[f"stage{stage}"] = TapSpec(f"mobilenet_v2.layer.{layer}", _identity)
-    return points
+def _is_dense_segmenter(model: nn.Module) -> bool:
+    """A model without a family entry that `AutoModelForSemanticSegmentation` would load: its class name says so."""
+    return any(cls.__name__.endswith("ForSemanticSegmentation") for cls in type(model).__mro__)
 
 
-def _upernet_points(model: nn.Module) -> dict[str, TapSpec]:
-    # Tap the backbone's `feature_maps` (what the UperNet heads consume) rather than the stage modules: for ConvNeXt /
-    # Swin backbones the feature maps are layer-normed copies of the stage outputs. Names are the backbone's own
-    # out_features ("stage1".."stage4", possibly "stem"). Note UperNet upsamples its logits to the input size.
-    points = {LOGITS: TapSpec("", _logits)}
-    for position, name in enumerate(model.backbone.out_features):
-        points[name] = TapSpec("backbone", _FeatureMap(position))
-    return points
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Detectors (transformers DETR family). Neck levels first ("neck1" = finest), then the backbone maps.
-
-
-class _BackboneMap:
-    """pick = output[index][0]: the DETR-family conv encoders (`model.model.backbone`) return a list of
-    `(feature_map, mask)` pairs, one per backbone output."""
-
-    def __init__(self, index: int):
-        self.index = index
-
-    def __call__(self, output: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        return output[self.index][0]
-
-    def __repr__(self) -> str:
-        return f"output[{self.index}][0]"
-
-
-class _EncoderMap:
-    """pick = output.last_hidden_state[index]: RT-DETR's hybrid encoder returns its FPN/PAN maps as a list (finest
-    first) in `last_hidden_state` (a tuple output when return_dict is off: output[0][index])."""
-
-    def __init__(self, index: int):
-        self.index = index
-
-    def __call__(self, output: Any) -> torch.Tensor:
-        maps = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        return maps[self.index]
-
-    def __repr__(self) -> str:
-        return f"output.last_hidden_state[{self.index}]"
-
-
-def _stage_name(index: int) -> str:
-    return "stem" if index == 0 else f"stage{index}"
-
-
-def _detector_backbone_points(conv_encoder: nn.Module, path: str) -> dict[str, TapSpec]:
-    """{stem/stageN: TapSpec} for the maps a DETR-family conv encoder returns, named by backbone stage.
-
-    `conv_encoder.model` is a transformers backbone (`out_features` are already "stem"/"stageN") or, for timm
-    backbones in DETR / Deformable DETR, the unwrapped timm `FeatureListNet` (feature index 0 = stem, i = stage i)."""
-    inner = conv_encoder.model
-    names: list[str] = []
-    out_features = getattr(inner, "out_features", None)
-    if out_features is not None and all(name == "stem" or name.startswith("stage") for name in out_features):
-        names = list(out_features)
-    else:
-        timm_model = inner if hasattr(inner, "feature_info") else getattr(inner, "_backbone", None)
-        feature_info = getattr(timm_model, "feature_info", None)
-        out_indices = getattr(inner, "out_indices", None) or getattr(feature_info, "out_indices", None)
-        total = len(feature_info.info) if feature_info is not None and hasattr(feature_info, "info") else None
-        if out_indices is None or total is None:
-            return {}  # unknown backbone layout: no stage points, the neck points still work
-        names = [_stage_name(int(i) % total) for i in out_indices]
-    return {name: TapSpec(path, _BackboneMap(position)) for position, name in enumerate(names)}
-
-
-def _rtdetr_points(model: nn.Module) -> dict[str, TapSpec]:
-    # Hook the hybrid encoder (`model.encoder`) itself: its return value holds the PAN outputs (strides 8, 16, 32
-    # for the default 3 levels, encoder_hidden_dim channels), exactly what the decoder's input projections read.
-    levels = len(model.config.encoder_in_channels)
-    points = {f"neck{i + 1}": TapSpec("model.encoder", _EncoderMap(i)) for i in range(levels)}
-    points.update(_detector_backbone_points(model.model.backbone, "model.backbone"))
-    return points
-
-
-def _detr_points(model: nn.Module) -> dict[str, TapSpec]:
-    # DETR projects only the last backbone map: one neck level, d_model channels, stride 32.
-    points = {"neck1": TapSpec("model.input_projection", _identity)}
-    points.update(_detector_backbone_points(model.model.backbone, "model.backbone"))
-    return points
-
-
-def _deformable_detr_points(model: nn.Module) -> dict[str, TapSpec]:
-    # One input projection (1x1 conv + GroupNorm) per backbone map, then 3x3 stride-2 convs for the extra levels:
-    # num_feature_levels maps of d_model channels, finest first.
-    levels = len(model.model.input_proj)
-    points = {f"neck{i + 1}": TapSpec(f"model.input_proj.{i}", _identity) for i in range(levels)}
-    points.update(_detector_backbone_points(model.model.backbone, "model.backbone"))
-    return points
-
-
-_FAMILIES: dict[str, Callable[[nn.Module], dict[str, TapSpec]]] = {
-    "DeepLabV3ForSemanticSegmentation": _deeplabv3_points,
-    "SegformerForSemanticSegmentation": _segformer_points,
-    "MobileNetV2ForSemanticSegmentation": _mobilenetv2_points,
-    "UperNetForSemanticSegmentation": _upernet_points,
-    "RTDetrForObjectDetection": _rtdetr_points,
-    "DetrForObjectDetection": _detr_points,
-    "DeformableDetrForObjectDetection": _deformable_detr_points,
-}
-
-
-def point_specs(model: nn.Module) -> dict[str, TapSpec]:
-    """{point name: TapSpec} for the model's family (the model as built, not wrapped in DDP or a Distiller)."""
+def family_point_specs(model: nn.Module) -> dict[str, TapSpec]:
+    """{point name: TapSpec} of the model's family: the family's table entry, else ``logits`` alone for a semantic
+    segmenter (the generic fallback), else nothing (only ``module:`` points)."""
     for cls in type(model).__mro__:
-        if cls.__name__ in _FAMILIES:
-            return _FAMILIES[cls.__name__](model)
-    raise TypeError(
-        f"No distillation points are defined for {type(model).__name__}; supported model classes: "
-        f"{', '.join(_FAMILIES)}. (Pass the model itself, not a DDP/Distiller wrapper.)"
-    )
+        if cls.__name__ in FAMILIES:
+            return FAMILIES[cls.__name__](model)
+    if _is_dense_segmenter(model):
+        return {LOGITS: TapSpec("", read_logits)}
+    return {}
+
+
+def point_specs(model: nn.Module, points: Sequence[str] = ()) -> dict[str, TapSpec]:
+    """{point name: TapSpec}: the model's family points, plus the ``module:`` points among ``points`` (the model as
+    built, not wrapped in DDP or a Distiller)."""
+    specs = family_point_specs(model)
+    for name in points:
+        if is_module_point(name):
+            specs[name] = module_point_spec(model, name)
+    return specs
 
 
 def available_points(model: nn.Module) -> list[str]:
-    """Names of the model's distillation points: "logits" first (segmenters) or the neck levels "neck1".. (detectors,
-    finest first), then the backbone stages in order."""
-    return list(point_specs(model))
+    """Names of the model's family points: "logits" first (segmenters) or the neck levels "neck1".. (detectors,
+    finest first), then the backbone stages in order. (Every model also has ``module:`` points.)"""
+    return list(family_point_specs(model))
 
 
 def _check_points(model: nn.Module, points: Sequence[str]) -> dict[str, TapSpec]:
     if isinstance(points, str):
         points = [points]
-    specs = point_specs(model)
+    specs = point_specs(model, points)
+    listed = ", ".join(specs) or "none (no family entry; name a submodule: module:PATH)"
     if not points:
-        raise ValueError(f"No distillation points given; available for {type(model).__name__}: {', '.join(specs)}")
+        raise ValueError(f"No distillation points given; available for {type(model).__name__}: {listed}")
     for name in points:
         if name not in specs:
             raise ValueError(
-                f"Unknown distillation point {name!r} for {type(model).__name__}; available: {', '.join(specs)}"
+                f"Unknown distillation point {name!r} for {type(model).__name__}; available: {listed}"
+                + ("" if specs else f". Supported families: {', '.join(FAMILIES)}")
             )
     duplicates = sorted({name for name in points if list(points).count(name) > 1})
     if duplicates:

@@ -390,8 +390,12 @@ def test_multi_point_sums_points_and_names_every_term():
     torch.testing.assert_close(out["loss"], out["neck1/loss"] + out["neck2/loss"])
     with pytest.raises(KeyError, match="neck2 \\(teacher\\)"):
         container({"neck1": s1, "neck2": s2}, {"neck1": t1})
-    with pytest.raises(ValueError, match="contain '.'"):
-        MultiPointDistillationLoss({"backbone.stage1": FeatureMSELoss(4, 8)})
+    with pytest.raises(ValueError, match="may not be empty"):
+        MultiPointDistillationLoss({"": FeatureMSELoss(4, 8)})
+    # A module point's dots cannot be ModuleDict keys: stored as "/", named as given.
+    dotted = MultiPointDistillationLoss({"module:backbone.stage1": FeatureMSELoss(4, 8)})
+    assert dotted.point_names == ["module:backbone.stage1"] and list(dotted.points) == ["module:backbone/stage1"]
+    assert "module:backbone.stage1/loss" in dotted({"module:backbone.stage1": s2}, {"module:backbone.stage1": t2})
 
 
 def test_student_query_mode_trains_from_both_sides():

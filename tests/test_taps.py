@@ -253,10 +253,12 @@ def test_duplicate_or_empty_points_rejected():
 
 
 def test_unknown_family_error_names_class_and_supported():
-    with pytest.raises(TypeError) as info:
-        available_points(nn.Conv2d(3, 3, 1))
+    model = nn.Sequential(nn.Conv2d(3, 3, 1))
+    assert available_points(model) == []  # no family entry and not a semantic segmenter: only module: points
+    with pytest.raises(ValueError) as info:
+        FeatureTaps(model, ["stage1"])
     message = str(info.value)
-    assert "Conv2d" in message
+    assert "Sequential" in message and "module:PATH" in message
     for supported in [
         "DeepLabV3ForSemanticSegmentation",
         "SegformerForSemanticSegmentation",
