@@ -19,16 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-#: model class name -> prefix (dotted module path) of its backbone. Matched along the MRO by class name, as in taps.
-BACKBONE_PREFIXES: dict[str, str] = {
-    "DetrForObjectDetection": "model.backbone",
-    "RTDetrForObjectDetection": "model.backbone",
-    "DeformableDetrForObjectDetection": "model.backbone",
-    "DeepLabV3ForSemanticSegmentation": "backbone",
-    "UperNetForSemanticSegmentation": "backbone",
-    "SegformerForSemanticSegmentation": "segformer",
-    "MobileNetV2ForSemanticSegmentation": "mobilenet_v2",
-}
+from .families import BACKBONE_PREFIXES  # model class name -> dotted path of its backbone
 
 
 @dataclass
@@ -126,7 +117,7 @@ def inherit_from_teacher(
         exclude_prefixes: dotted name prefixes never copied (e.g. ["class_labels_classifier"]), reported in
             `excluded`.
         backbone_prefix: the student's backbone module path; default from the model class (`model.backbone` for
-            DETR, RT-DETR and Deformable DETR; see `BACKBONE_PREFIXES`).
+            DETR, RT-DETR and Deformable DETR; see `acamkd_hf.families.BACKBONE_PREFIXES`).
 
     Returns:
         InheritanceReport (print `report.summary()`).

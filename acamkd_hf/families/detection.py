@@ -65,3 +65,10 @@ DETECTION_FAMILIES: dict[str, Callable[[nn.Module], dict[str, TapSpec]]] = {
     "DetrForObjectDetection": _detr_points,
     "DeformableDetrForObjectDetection": _deformable_detr_points,
 }
+
+#: model class name -> dotted path of its backbone (what ``--inherit_from_teacher`` leaves to the student).
+DETECTION_BACKBONES: dict[str, str] = {
+    "DetrForObjectDetection": "model.backbone",
+    "RTDetrForObjectDetection": "model.backbone",
+    "DeformableDetrForObjectDetection": "model.backbone",
+}

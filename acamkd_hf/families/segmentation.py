@@ -63,3 +63,11 @@ SEGMENTATION_FAMILIES: dict[str, Callable[[nn.Module], dict[str, TapSpec]]] = {
     "MobileNetV2ForSemanticSegmentation": _mobilenetv2_points,
     "UperNetForSemanticSegmentation": _upernet_points,
 }
+
+#: model class name -> dotted path of its backbone (what ``--inherit_from_teacher`` leaves to the student).
+SEGMENTATION_BACKBONES: dict[str, str] = {
+    "DeepLabV3ForSemanticSegmentation": "backbone",
+    "UperNetForSemanticSegmentation": "backbone",
+    "SegformerForSemanticSegmentation": "segformer",
+    "MobileNetV2ForSemanticSegmentation": "mobilenet_v2",
+}
