@@ -138,3 +138,13 @@ def test_python_api_trainer_block_trains_and_saves_the_student(tmp_path, monkeyp
         assert trainer.state.global_step > 0 and math.isfinite(trainer.state.log_history[-1]["train_loss"])
         assert trainer.distillation_modules is not None  # it distilled (not the student alone)
         assert (tmp_path / namespace["args"].output_dir / "model.safetensors").is_file()
+
+
+def test_the_families_table_is_the_one_the_code_generates():
+    # The table is measured on each family's tiny preset; `python -m acamkd_hf.families.table --write README.md`
+    # regenerates it after a family or a preset changes.
+    from acamkd_hf.families.table import TABLE_END, TABLE_START, families_table
+
+    readme = README.read_text()
+    between = readme[readme.index(TABLE_START) + len(TABLE_START):readme.index(TABLE_END)]
+    assert between.strip() == families_table(), "regenerate with: python -m acamkd_hf.families.table --write README.md"
