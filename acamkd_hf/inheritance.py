@@ -32,6 +32,8 @@ class InheritanceReport:
     excluded: tensors under one of `exclude_prefixes`; untouched.
     skipped_backbone: number of backbone tensors (left as they were).
     backbone_prefix: the prefix that was treated as the backbone.
+    families: (teacher class, student class) when they differ (a cross-family pair: a name they share need not be
+        the same layer, e.g. RT-DETR -> D-FINE), else None.
     """
 
     inherited: list[str] = field(default_factory=list)
@@ -40,6 +42,7 @@ class InheritanceReport:
     excluded: list[str] = field(default_factory=list)
     skipped_backbone: int = 0
     backbone_prefix: str = ""
+    families: tuple[str, str] | None = None
 
     def summary(self, max_names: int = 3) -> str:
         """A few lines for the run log: counts and the first `max_names` names of each list."""
@@ -62,6 +65,10 @@ class InheritanceReport:
         if self.excluded:
             lines.append(f"  excluded by prefix: {len(self.excluded)}{first(self.excluded)}")
         lines.append(f"  backbone ({self.backbone_prefix!r}) left as initialised: {self.skipped_backbone} tensors")
+        if self.families is not None and self.inherited:
+            lines.append(f"  teacher and student are different families ({self.families[0]} -> {self.families[1]}): "
+                         "tensors were copied by name and shape, which need not mean the same layer; check the copied "
+                         "names, or leave --inherit_from_teacher off")
         return "\n".join(lines)
 
 
@@ -131,7 +138,8 @@ def inherit_from_teacher(
         raise ValueError(f"Cannot inherit the teacher's heads: {mismatch}")
     prefix = backbone_prefix if backbone_prefix is not None else find_backbone_prefix(student)
     excluded_prefixes = [p for p in (exclude_prefixes or []) if p]
-    report = InheritanceReport(backbone_prefix=prefix)
+    classes = (type(teacher).__name__, type(student).__name__)
+    report = InheritanceReport(backbone_prefix=prefix, families=classes if classes[0] != classes[1] else None)
     teacher_tensors = _tensors(teacher, remove_duplicate=False)  # tied weights: any of the teacher's names
     with torch.no_grad():
         for name, tensor in _tensors(student, remove_duplicate=True).items():

@@ -9,6 +9,7 @@ torch or transformers.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -32,6 +33,12 @@ _VIRIDIS_ANCHORS = np.array(
 
 
 # ----------------------------------------------------------------------------------------------------- rendering
+def point_file_name(point: str) -> str:
+    """A point's name as a portable file-name stem: characters other than letters, digits, ``_``, ``.`` and ``-``
+    (a ``module:`` point's colon and brackets, which Windows refuses) become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", point)
+
+
 def denormalize_images(
     pixel_values: np.ndarray,
     image_mean: Sequence[float] = DEFAULT_IMAGE_MEAN,
@@ -238,6 +245,7 @@ def load_mask_render(path: str) -> tuple[int, dict[str, dict[str, np.ndarray]], 
 
 
 __all__ = [
+    "point_file_name",
     "DEFAULT_IMAGE_MEAN",
     "DEFAULT_IMAGE_STD",
     "HEADER_HEIGHT",

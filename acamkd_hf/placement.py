@@ -1,4 +1,5 @@
-"""Where the teacher and the student's BatchNorm statistics live when training runs in several processes.
+"""Where the teacher and the student's BatchNorm statistics live when training runs in several processes, and
+whether DDP must look for parameters the student's loss does not reach.
 
 Why the teacher is placed by hand and not with ``accelerator.prepare_model(teacher, evaluation_mode=True)`` (what
 TRL does), checked against accelerate 1.x's ``prepare_model``:
@@ -18,12 +19,16 @@ device, in eval mode, never wrapped.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.utils import logging
 
+from .seeding import fork_rng_on
 from .taps import freeze_teacher
 
 logger = logging.get_logger(__name__)
@@ -69,4 +74,61 @@ def convert_to_sync_batchnorm(student: nn.Module, world_size: int, device: torch
     return nn.SyncBatchNorm.convert_sync_batchnorm(student)
 
 
-__all__ = ["place_teacher", "convert_to_sync_batchnorm"]
+def parameters_without_gradient(model: nn.Module, batch: dict[str, Any]) -> list[str]:
+    """Names of the trainable parameters the task loss of ``batch`` (``model(**batch).loss``) does not reach, found by
+    one forward in training mode and one ``torch.autograd.grad``; every buffer (BatchNorm statistics), every
+    submodule's train/eval flag and the RNG are restored, and no ``.grad`` is written.
+
+    transformers' segmenters have such parameters: BEiT's last encoder layer (its heads read earlier layers), DPT's
+    final layer norm and its first fusion layer's residual unit, a Swin backbone's unused layer norm, DINOv3's mask
+    token."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    modes = {module: module.training for module in model.modules()}
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    try:
+        with fork_rng_on(named[0][1].device if named else torch.device("cpu")):
+            model.train()
+            loss = model(**batch).loss
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+    return [name for (name, _), grad in zip(named, grads) if grad is None]
+
+
+def _plain_ddp(args: Any) -> bool:
+    """Several processes under DDP (not FSDP or DeepSpeed, which take no ``find_unused_parameters``)."""
+    fsdp = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    deepspeed = bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    return args.world_size > 1 and not fsdp and not deepspeed
+
+
+def find_unused_parameters_if_needed(
+    student: nn.Module, args: Any, first_batch: Callable[[], dict[str, Any] | None]
+) -> Any:
+    """``args``, with ``ddp_find_unused_parameters`` turned on (one warning line) when DDP runs with it off and the
+    student has parameters its loss does not reach (:func:`parameters_without_gradient` on ``first_batch()``, a
+    collated batch of training examples, built only then): DDP would otherwise stop at the second step ("Expected to
+    have finished reduction in the prior iteration"). Single-process, FSDP and DeepSpeed runs, and a batch of None,
+    are left as given."""
+    if args.ddp_find_unused_parameters or not _plain_ddp(args):
+        return args
+    batch = first_batch()
+    if batch is None:
+        return args
+    unused = parameters_without_gradient(student, batch)
+    if not unused:
+        return args
+    shown = ", ".join(unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
+    if args.should_log:
+        logger.warning(
+            f"the student's loss does not reach {len(unused)} of its parameters ({shown}): DDP looks for unused "
+            "parameters at every step (--ddp_find_unused_parameters true)."
+        )
+    return replace(args, ddp_find_unused_parameters=True)
+
+
+__all__ = ["place_teacher", "convert_to_sync_batchnorm", "find_unused_parameters_if_needed", "parameters_without_gradient"]

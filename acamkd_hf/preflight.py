@@ -10,7 +10,10 @@ from pathlib import Path
 
 from .arguments import DataArguments, ModelArguments
 from .config import DistillationArguments
+from .families.segmentation import input_size_problem
+from .models.detection import DETECTORS, detection_input_problem
 from .models.labels import check_teacher_labels, describe_label_mismatch
+from .taps import is_module_point, probe_feature_shapes
 
 
 def check_writable_directory(directory: str, flag: str = "--output_dir") -> None:
@@ -73,6 +76,49 @@ def check_teacher(teacher, data, points: list[str], args: DistillationArguments,
         )
     return problem is None
 
+
+def _input_problem(model, size: tuple[int, int]) -> str | None:
+    """Why ``model`` cannot take inputs of ``size`` = (H, W): its family's rule (a segmenter's, e.g. DPT's square
+    grid; a detector's: stride multiples, enough positions for its queries), else None."""
+    return detection_input_problem(model, size) if _is_detector(model) else input_size_problem(model, size)
+
+
+def _is_detector(model) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) in DETECTORS
+
+
+def check_models_take_the_inputs(
+    models: dict[str, tuple[str, object]], points: list[str], training_size: tuple[int, int],
+    evaluation_size: tuple[int, int],
+) -> None:
+    """Each model takes the run's inputs, checked before anything trains (the teacher trained here would train first).
+
+    models: role -> (name, model), e.g. {"student": ("tiny-dpt", model)}; points: the resolved distillation points;
+    training_size, evaluation_size: (H, W) of the first training / evaluation example as the model receives it.
+
+    Raises ValueError naming the model: a family's input-size rule (DPT: square inputs), or a ``module:`` point whose
+    output is not a (B, C, H, W) map at the training size (found by one dry forward of each model).
+    """
+    for role, (name, model) in models.items():
+        for what, (height, width) in (("training inputs", training_size), ("evaluation inputs", evaluation_size)):
+            problem = _input_problem(model, (height, width))
+            if problem:
+                how = ("--image_size sets the input side" if _is_detector(model) else
+                       "--crop_size H W sets the training crops; validation images are used whole")
+                raise ValueError(
+                    f"the {role} {name!r} cannot take the {what} ({height}x{width}): {problem}. Train and evaluate on "
+                    f"inputs it takes ({how})."
+                )
+    module_points = [point for point in points if is_module_point(point)]
+    if not module_points:
+        return
+    for role, (name, model) in models.items():
+        try:
+            probe_feature_shapes(model, module_points, training_size)
+        except RuntimeError as error:
+            raise ValueError(f"the {role} {name!r}: {error}") from error
+
+
 def recipe_warnings(task, data, data_args: DataArguments, args: DistillationArguments) -> list[str]:
     """Settings that do not fit the data, said once at the start: the task's (a crop larger than the images) and
     ``--num_masks`` above the dataset's classes (segmentation: the paper uses one mask per class)."""
@@ -93,5 +139,5 @@ def launch_warnings(args: DistillationArguments) -> list[str]:
     return []
 
 
-__all__ = ["check_task_flags", "check_teacher", "check_writable_directory", "launch_warnings", "output_directories",
-           "recipe_warnings", "sibling_folder"]
+__all__ = ["check_models_take_the_inputs", "check_task_flags", "check_teacher", "check_writable_directory",
+           "launch_warnings", "output_directories", "recipe_warnings", "sibling_folder"]

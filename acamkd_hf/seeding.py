@@ -19,6 +19,17 @@ from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
 
+def fork_rng_on(device: torch.device):
+    """``torch.random.fork_rng`` over the CPU generator and the one of ``device`` (if it is an accelerator): random
+    draws inside (a dry run's dropout) leave the run's RNG where it was."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    index = device.index
+    if index is None:
+        index = torch.cuda.current_device() if device.type == "cuda" else 0
+    return torch.random.fork_rng(devices=[index], device_type=device.type)
+
+
 def example_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for one example in one epoch (numpy's SeedSequence hashing)."""
     return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -62,7 +73,7 @@ class PerExampleSeededDataset(Dataset):
         return getattr(self.dataset, name)
 
 
-__all__ = ["PerExampleSeededDataset", "example_seed"]
+__all__ = ["PerExampleSeededDataset", "example_seed", "fork_rng_on"]
 
 
 class SetDatasetEpoch(TrainerCallback):

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .families import FAMILIES
+from .families.segmentation import mask_classification_problem
 from .families.spec import LOGITS, TapSpec, read_logits
 
 #: the prefix of a point given by module path.
@@ -143,6 +144,9 @@ def _check_points(model: nn.Module, points: Sequence[str]) -> dict[str, TapSpec]
         points = [points]
     specs = point_specs(model, points)
     listed = ", ".join(specs) or "none (no family entry; name a submodule: module:PATH)"
+    mask_classifier = mask_classification_problem(model)
+    if mask_classifier:
+        listed += f". {mask_classifier}"
     if not points:
         raise ValueError(f"No distillation points given; available for {type(model).__name__}: {listed}")
     for name in points:

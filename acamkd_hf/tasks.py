@@ -346,8 +346,8 @@ class DetectionTask(Task):
             family = detection_family(student)
             if input_size is None and data.synthetic:
                 input_size = max(first_image_size(data.dataset["validation"]))
-        else:  # a folder or Hub id: the family comes from its config
-            family = detection_family(AutoConfig.from_pretrained(student, trust_remote_code=trust_remote_code, revision=revision))
+        else:  # a folder or Hub id: its config gives the family and the size rules that depend on the model
+            family = AutoConfig.from_pretrained(student, trust_remote_code=trust_remote_code, revision=revision)
         if processor is None:
             return default_detection_image_processor(family, input_size)
         if input_size is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from typing import Any
 
 import safetensors.torch
@@ -36,10 +37,11 @@ from .checkpointing import (
 from .config import DistillationArguments
 from .console import BarsWithoutLogs, ConsoleLog
 from .distiller import Distiller, build_distillation_loss
+from .families.segmentation import mask_classification_problem
 from .inheritance import inherit_from_teacher
 from .interrupts import Interrupts, StopAtStepBoundary
 from .models.labels import check_label_sets
-from .placement import convert_to_sync_batchnorm, place_teacher
+from .placement import convert_to_sync_batchnorm, find_unused_parameters_if_needed, place_teacher
 from .seeding import PerExampleSeededDataset, SetDatasetEpoch
 from .settings import DistillationSettings, default_num_masks
 from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes, resolve_distillation_points
@@ -75,6 +77,8 @@ class DistillationTrainer(Trainer):
             raise TypeError("DistillationTrainer needs args=DistillationArguments(...)")
         if isinstance(model, Distiller):
             raise TypeError("pass the student itself as model=; the trainer builds the Distiller")
+        if mask_classification_problem(model):  # its loss needs mask_labels / class_labels, its metric a post-process
+            raise TypeError(f"the student: {mask_classification_problem(model)}")
         distilling = args.distilling
         if distilling and teacher_model is None:
             raise ValueError(f"method {args.method!r} needs a teacher_model (use method 'none' to train the student alone)")
@@ -82,10 +86,12 @@ class DistillationTrainer(Trainer):
             if teacher_model is None:
                 raise ValueError("--inherit_from_teacher needs a teacher_model")
             logger.warning(f"inheritance from the teacher: {inherit_from_teacher(model, teacher_model).summary()}")
+        # Before SyncBatchNorm (GPU-only): one dry step of the student on the first training batch, under DDP only.
+        args = find_unused_parameters_if_needed(model, args, partial(_first_batch, kwargs))
         if args.sync_batchnorm:
             model = convert_to_sync_batchnorm(model, world_size=args.world_size, device=args.device)
         set_seed(args.seed)  # the distillation modules' initialisation is part of the run's seed
-        image_size = probe_image_size or _first_image_size(kwargs.get("train_dataset")) if distilling else None
+        image_size = probe_image_size or first_input_size(kwargs.get("train_dataset")) if distilling else None
         #: the :class:`~acamkd_hf.settings.DistillationSettings` as used: the models' defaults resolved
         self.distillation_settings, distillation_loss = _build_distillation(args, model, teacher_model, image_size)
         kwargs["train_dataset"] = _seeded_per_example(kwargs.get("train_dataset"), args)
@@ -368,7 +374,20 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str,
     return {name[len(prefix) :]: tensor for name, tensor in state_dict.items() if name.startswith(prefix)}
 
 
-def _first_image_size(dataset: Any) -> tuple[int, int]:
+def _first_batch(trainer_kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The first training example, twice (BatchNorm needs two), through the collator: what a training step feeds the
+    student; None without a training set or collator. Read without moving the run's RNG."""
+    dataset, collate = trainer_kwargs.get("train_dataset"), trainer_kwargs.get("data_collator")
+    if dataset is None or collate is None or isinstance(dataset, torch.utils.data.IterableDataset) or len(dataset) == 0:
+        return None
+    with torch.random.fork_rng():
+        example = dataset[0]
+    return collate([example, example])
+
+
+def first_input_size(dataset: Any) -> tuple[int, int]:
+    """(H, W) of the first example's ``pixel_values`` (as the model receives it: after the dataset's transform), read
+    without moving the run's RNG."""
     if dataset is None or len(dataset) == 0:
         raise ValueError("cannot size the distillation adapters: no train_dataset example; pass probe_image_size=(H, W)")
     with torch.random.fork_rng():  # reading an augmented example must not move the run's RNG
@@ -377,4 +396,4 @@ def _first_image_size(dataset: Any) -> tuple[int, int]:
     return tuple(int(s) for s in pixel_values.shape[-2:])
 
 
-__all__ = ["DistillationArguments", "DistillationTrainer", "NonFiniteLossError"]
+__all__ = ["DistillationArguments", "DistillationTrainer", "NonFiniteLossError", "first_input_size"]

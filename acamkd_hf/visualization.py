@@ -7,6 +7,7 @@ For every render it writes, on the main process only::
 
     <output_dir>/mask_visualizations/step-<N>/masks.safetensors   raw masks of every point + the images
     <output_dir>/mask_visualizations/step-<N>/<point>.png         spatial masks over the image, channel masks as bars
+                                                                  (a module: point's ":[]" written as "_")
 
 adds the PNGs to TensorBoard when the run reports there, and logs per point (through ``trainer.log``, so the values
 reach ``trainer.state.log_history`` and every reporting integration)::
@@ -46,9 +47,11 @@ from .mask_rendering import (
     MASK_VISUALIZATION_DIR,
     MASKS_FILE,
     denormalize_images,
+    point_file_name,
     render_point_masks,
     save_mask_render,
 )
+from .seeding import fork_rng_on
 
 logger = logging.get_logger(__name__)
 
@@ -88,21 +91,11 @@ def mask_statistics(
 
 # ----------------------------------------------------------------------------------------------------- callback
 def acamkd_points(distillation_modules: nn.Module | None) -> list[str]:
-    """Names of the distillation points whose loss is ACAM-KD (the ones with masks)."""
-    points = getattr(distillation_modules, "points", None)
-    if points is None:
+    """Names of the distillation points whose loss is ACAM-KD (the ones with masks): the point names themselves, not
+    their ``nn.ModuleDict`` keys (a ``module:`` point's dots are ``/`` there)."""
+    if distillation_modules is None or not hasattr(distillation_modules, "named_point_losses"):
         return []
-    return [name for name, module in points.items() if isinstance(module, ACAMKDLoss)]
-
-
-def _fork_rng(device: torch.device):
-    """``torch.random.fork_rng`` over the CPU generator and the one of ``device`` (if it is an accelerator)."""
-    if device.type == "cpu":
-        return torch.random.fork_rng(devices=[])
-    index = device.index
-    if index is None:
-        index = torch.cuda.current_device() if device.type == "cuda" else 0
-    return torch.random.fork_rng(devices=[index], device_type=device.type)
+    return [name for name, module in distillation_modules.named_point_losses() if isinstance(module, ACAMKDLoss)]
 
 
 class MaskVisualizationCallback(TrainerCallback):
@@ -224,7 +217,7 @@ class MaskVisualizationCallback(TrainerCallback):
         device = trainer.args.device
         distiller = trainer.accelerator.unwrap_model(trainer.model)
         modes = [(module, module.training) for module in distiller.modules()]
-        with _fork_rng(device):
+        with fork_rng_on(device):
             try:
                 if self._batch is None:
                     self._batch = self._fixed_batch()
@@ -264,7 +257,7 @@ class MaskVisualizationCallback(TrainerCallback):
                 tile_height=self.tile_height,
                 title=f"step {step}",
             )
-            picture.save(os.path.join(folder, f"{point}.png"))
+            picture.save(os.path.join(folder, f"{point_file_name(point)}.png"))
             if writer is not None:
                 writer.add_image(f"{MASK_VISUALIZATION_DIR}/{point}", np.asarray(picture), step, dataformats="HWC")
             previous = self._previous.get(point) if self._previous is not None else None

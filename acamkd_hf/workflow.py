@@ -24,6 +24,7 @@ from .interrupts import Interrupts, TrainingInterrupted
 from .model_sources import is_hub_id, is_local_path
 from .models import preset_options
 from .preflight import (
+    check_models_take_the_inputs,
     check_task_flags,
     check_teacher,
     check_writable_directory,
@@ -35,7 +36,7 @@ from .preflight import (
 from .resume import checkpoint_to_resume, last_step_state
 from .taps import resolve_distillation_points
 from .tasks import dataset_origin
-from .trainer import DistillationTrainer
+from .trainer import DistillationTrainer, first_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +118,12 @@ class Workbench:
     image_processor: Any
     data_args: DataArguments
 
+    def datasets(self):
+        """(train, evaluation): the task's datasets with their transforms (nothing is decoded until read)."""
+        return self.task.datasets(self.data, self.image_processor, self.data_args)
+
     def trainer(self, student, teacher, args: DistillationArguments) -> DistillationTrainer:
-        train, evaluation = self.task.datasets(self.data, self.image_processor, self.data_args)
+        train, evaluation = self.datasets()
         return DistillationTrainer(
             model=student,
             teacher_model=teacher,
@@ -192,8 +197,11 @@ def prepare_run(task, model_args: ModelArguments, data_args: DataArguments, args
         teacher = None
         teacher_name = args.teacher or model_args.teacher_architecture
         teacher_knows_the_classes = True
+        models = {"student": (model_args.student, student)}
+        points: list[str] = []
         if args.distilling:
             teacher = load_model(task, teacher_name, data, model_args, "teacher", args.seed)
+            models["teacher"] = (teacher_name, teacher)
             # The trainer checks the points too, but the teacher trained here would train first: a wrong name fails now.
             points = resolve_distillation_points(
                 student, teacher, args.distillation_points, student_name=model_args.student, teacher_name=teacher_name
@@ -203,8 +211,9 @@ def prepare_run(task, model_args: ModelArguments, data_args: DataArguments, args
             model_args.student, data, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision,
             input_size=data_args.image_size,
         )
-    return PreparedRun(task, data, data_args, origin, student, teacher, teacher_name, teacher_knows_the_classes,
-                       Workbench(task, data, image_processor, data_args))
+        bench = Workbench(task, data, image_processor, data_args)
+        check_models_take_the_inputs(models, points, *(first_input_size(split) for split in bench.datasets()))
+    return PreparedRun(task, data, data_args, origin, student, teacher, teacher_name, teacher_knows_the_classes, bench)
 
 
 def teacher_row(run: PreparedRun, model_args: ModelArguments, args: DistillationArguments) -> tuple[dict, DistillationArguments]:

@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from acamkd_hf.mask_rendering import MASK_VISUALIZATION_DIR, MASKS_FILE, load_mask_render
+from acamkd_hf.mask_rendering import MASK_VISUALIZATION_DIR, MASKS_FILE, load_mask_render, point_file_name
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
@@ -217,7 +217,7 @@ def plot(args: argparse.Namespace) -> str:
     _log_axis(change, "change between renders / Dice")
     figure.suptitle(f"ACAM-KD masks over training: point {point!r}, image {image_index}", fontsize=10)
 
-    output = args.output or os.path.join(args.run_dir, f"mask_evolution_{point}.png")
+    output = args.output or os.path.join(args.run_dir, f"mask_evolution_{point_file_name(point)}.png")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     figure.savefig(output, dpi=args.dpi)
     plt.close(figure)

@@ -170,3 +170,13 @@ def test_the_control_row_inherits_when_the_distilled_student_does(tmp_path, monk
                        "--report_to", "none", "--save_strategy", "no"])
     assert len(calls) == 2 and calls[0][1] == calls[1][1] and calls[0][0] != calls[1][0]  # control + student
     assert results["student_alone"]["inherited_from_teacher"] is True
+
+
+def test_a_cross_family_pair_is_said_to_be_one():
+    # RT-DETR -> D-FINE share many names (D-FINE's decoder grew out of RT-DETR's): copied by name and shape, said so.
+    teacher, student = _build("tiny-rtdetr-resnet", 1), _build("tiny-dfine-student", 0)
+    report = inherit_from_teacher(student, teacher)
+    assert report.families == ("RTDetrForObjectDetection", "DFineForObjectDetection")
+    assert report.inherited and "different families (RTDetrForObjectDetection -> DFineForObjectDetection)" in report.summary()
+    same = inherit_from_teacher(_build("tiny-rtdetr-resnet-student", 0), teacher)
+    assert same.families is None and "different families" not in same.summary()

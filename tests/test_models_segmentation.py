@@ -30,8 +30,8 @@ from acamkd_hf.models import (
 ID2LABEL = {0: "road", 1: "car", 2: "sky", 3: "person", 4: "tree"}
 # CPU-scale random-init presets: the tiny ones (tests) and the small teacher of the CPU default run.
 TINY = [name for name in SEGMENTATION_PRESETS if name.startswith(("tiny-", "micro-", "small-"))]
-# Output stride of the logits per tiny preset, from the architectures (DeepLabV3/MobileNetV2 at OS 8, SegFormer's
-# decoder at 1/4, UperNet upsamples to the input).
+# Output stride of the logits per tiny preset, from the architectures (DeepLabV3/MobileNetV2/MobileViT at OS 8,
+# SegFormer's decoder and BEiT's UperNet head at 1/4, UperNet and DPT upsample to the input).
 LOGIT_STRIDE = {
     "tiny-deeplabv3-resnet": 8,
     "tiny-deeplabv3-mobilenetv2-timm": 8,
@@ -40,7 +40,18 @@ LOGIT_STRIDE = {
     "small-segformer": 4,
     "tiny-mobilenetv2-hf-deeplabv3": 8,
     "tiny-upernet": 1,
+    "tiny-upernet-convnext": 1,
+    "tiny-upernet-swin": 1,
+    "tiny-upernet-dinov3": 1,
+    "tiny-upernet-dinov3-convnext": 1,
+    "tiny-dpt": 1,
+    "tiny-dpt-hybrid": 1,
+    "tiny-beit": 4,
+    "tiny-mobilevit": 8,
+    "tiny-mobilevitv2": 8,
 }
+# transformers' DPT takes square inputs only (the Hybrid exactly its config.image_size, 64 in the preset).
+INPUT_SIZE = {"tiny-dpt": (64, 64), "tiny-dpt-hybrid": (64, 64)}
 
 
 
@@ -74,10 +85,10 @@ def test_tiny_preset_builds_with_labels_and_forward_shapes(name):
     assert model.config.id2label == ID2LABEL
     assert model.config.label2id == {v: k for k, v in ID2LABEL.items()}
     assert model.config.num_labels == 5
-    stride = LOGIT_STRIDE[name]
+    stride, (height, width) = LOGIT_STRIDE[name], INPUT_SIZE.get(name, (64, 128))
     with torch.no_grad():
-        logits = model.eval()(pixel_values=torch.randn(2, 3, 64, 128)).logits
-    assert logits.shape == (2, 5, 64 // stride, 128 // stride)
+        logits = model.eval()(pixel_values=torch.randn(2, 3, height, width)).logits
+    assert logits.shape == (2, 5, height // stride, width // stride)
 
 
 def test_tiny_preset_overrides_reach_the_config():

@@ -113,8 +113,9 @@ def test_an_architecture_without_a_head_for_the_task_is_refused_in_one_sentence(
     assert str(info.value) == (
         f"the student '{folder}' is a resnet checkpoint (ResNetForImageClassification), and transformers has no "
         "semantic-segmentation model for that architecture: use a semantic-segmentation checkpoint or one whose "
-        "backbone has a semantic-segmentation model in transformers (SegFormer, MobileNetV2, UperNet and DeepLabV3 "
-        "(timm_deeplabv3))."
+        "backbone has a semantic-segmentation model in transformers (any of them distils at logits; the stages too for "
+        "DeepLabV3, Segformer, MobileNetV2, UperNet, DPT, Beit, MobileViT and MobileViTV2; mask classification "
+        "(Mask2Former, MaskFormer, OneFormer, EoMT) is not supported yet)."
     )
     assert not (tmp_path / "student").exists() and not (tmp_path / "student_teacher").exists()
     segformer = tmp_path / "segformer"

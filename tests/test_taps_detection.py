@@ -1,4 +1,4 @@
-"""The feature-tap contract for detectors (DETR, RT-DETR, Deformable DETR), tested like tests/test_taps.py does for
+"""The feature-tap contract for detectors (every family's tiny presets), tested like tests/test_taps.py does for
 segmenters: point names, probe shapes == collected shapes == shapes worked out by hand, tapped maps == an
 independent recomputation (and the model's own return values where it has them), taps through a wrapping module
 called like the Distiller calls the student (pixel_mask + list-of-dict labels), backward without in-place errors,
@@ -14,35 +14,47 @@ from acamkd_hf.taps import FeatureTaps, available_points, freeze_teacher, probe_
 ID2LABEL = {0: "square", 1: "ellipse", 2: "triangle"}
 SIZE = (128, 128)
 
-# (C, H, W) at 128x128, worked out from each architecture. DETR: d_model 64 projection of the stride-32 map; stages
-# at strides 4..32 of ResNets 32/64/128/256 (teacher) and 16/32/48/64 (student). RT-DETR: 64-wide PAN outputs at
-# strides 8/16/32; backbone stages 2-4. Deformable DETR: d_model 64 projections of stages 2-4 (strides 8/16/32)
-# plus one stride-2 conv level (stride 64).
+# (C, H, W) at 128x128, worked out from each architecture. DETR, Conditional DETR, DAB-DETR: d_model 64 projection of
+# the stride-32 map; stages at strides 4..32 of ResNets 32/64/128/256 (teacher) and 16/32/48/64 (student). RT-DETR,
+# RT-DETRv2, D-FINE, DEIMv2: 64-wide PAN outputs at strides 8/16/32; backbone stages 2-4 (ResNet-vd or HGNetV2 of the
+# same widths). Deformable DETR: d_model 64 projections of stages 2-4 (strides 8/16/32) plus one stride-2 conv level
+# (stride 64). LW-DETR: the projector's 64-wide maps at scales 2 and 0.5 of the stride-16 patch grid (strides 8, 32);
+# RF-DETR: its one 64-wide projector map at the patch stride 16. The ViTs offer no stage points.
+_DETR_LIKE = {
+    "teacher": {"neck1": (64, 4, 4), "stage1": (32, 32, 32), "stage2": (64, 16, 16), "stage3": (128, 8, 8),
+                "stage4": (256, 4, 4)},
+    "student": {"neck1": (64, 4, 4), "stage1": (16, 32, 32), "stage2": (32, 16, 16), "stage3": (48, 8, 8),
+                "stage4": (64, 4, 4)},
+}
+_REALTIME = {
+    "teacher": {"neck1": (64, 16, 16), "neck2": (64, 8, 8), "neck3": (64, 4, 4),
+                "stage2": (64, 16, 16), "stage3": (128, 8, 8), "stage4": (256, 4, 4)},
+    "student": {"neck1": (64, 16, 16), "neck2": (64, 8, 8), "neck3": (64, 4, 4),
+                "stage2": (32, 16, 16), "stage3": (48, 8, 8), "stage4": (64, 4, 4)},
+}
+_DEFORMABLE_NECKS = {"neck1": (64, 16, 16), "neck2": (64, 8, 8), "neck3": (64, 4, 4), "neck4": (64, 2, 2)}
 EXPECTED = {
-    "tiny-detr-resnet": {
-        "neck1": (64, 4, 4), "stage1": (32, 32, 32), "stage2": (64, 16, 16), "stage3": (128, 8, 8),
-        "stage4": (256, 4, 4),
-    },
-    "tiny-detr-resnet-student": {
-        "neck1": (64, 4, 4), "stage1": (16, 32, 32), "stage2": (32, 16, 16), "stage3": (48, 8, 8),
-        "stage4": (64, 4, 4),
-    },
-    "tiny-rtdetr-resnet": {
-        "neck1": (64, 16, 16), "neck2": (64, 8, 8), "neck3": (64, 4, 4),
-        "stage2": (64, 16, 16), "stage3": (128, 8, 8), "stage4": (256, 4, 4),
-    },
-    "tiny-rtdetr-resnet-student": {
-        "neck1": (64, 16, 16), "neck2": (64, 8, 8), "neck3": (64, 4, 4),
-        "stage2": (32, 16, 16), "stage3": (48, 8, 8), "stage4": (64, 4, 4),
-    },
-    "tiny-deformable-detr": {
-        "neck1": (64, 16, 16), "neck2": (64, 8, 8), "neck3": (64, 4, 4), "neck4": (64, 2, 2),
-        "stage2": (64, 16, 16), "stage3": (128, 8, 8), "stage4": (256, 4, 4),
-    },
-    "tiny-deformable-detr-student": {
-        "neck1": (64, 16, 16), "neck2": (64, 8, 8), "neck3": (64, 4, 4), "neck4": (64, 2, 2),
-        "stage2": (32, 16, 16), "stage3": (48, 8, 8), "stage4": (64, 4, 4),
-    },
+    "tiny-detr-resnet": _DETR_LIKE["teacher"],
+    "tiny-detr-resnet-student": _DETR_LIKE["student"],
+    "tiny-conditional-detr": _DETR_LIKE["teacher"],
+    "tiny-conditional-detr-student": _DETR_LIKE["student"],
+    "tiny-dab-detr": _DETR_LIKE["teacher"],
+    "tiny-dab-detr-student": _DETR_LIKE["student"],
+    "tiny-rtdetr-resnet": _REALTIME["teacher"],
+    "tiny-rtdetr-resnet-student": _REALTIME["student"],
+    "tiny-rtdetrv2": _REALTIME["teacher"],
+    "tiny-rtdetrv2-student": _REALTIME["student"],
+    "tiny-dfine": _REALTIME["teacher"],
+    "tiny-dfine-student": _REALTIME["student"],
+    "tiny-deimv2": _REALTIME["teacher"],
+    "tiny-deimv2-student": _REALTIME["student"],
+    "tiny-deformable-detr": {**_DEFORMABLE_NECKS, "stage2": (64, 16, 16), "stage3": (128, 8, 8), "stage4": (256, 4, 4)},
+    "tiny-deformable-detr-student": {**_DEFORMABLE_NECKS, "stage2": (32, 16, 16), "stage3": (48, 8, 8),
+                                     "stage4": (64, 4, 4)},
+    "tiny-lwdetr": {"neck1": (64, 16, 16), "neck2": (64, 4, 4)},
+    "tiny-lwdetr-student": {"neck1": (64, 16, 16), "neck2": (64, 4, 4)},
+    "tiny-rfdetr": {"neck1": (64, 8, 8)},
+    "tiny-rfdetr-student": {"neck1": (64, 8, 8)},
 }
 PRESETS = list(EXPECTED)
 
@@ -73,22 +85,39 @@ def _necks(name):
     return [p for p in EXPECTED[name] if p.startswith("neck")]
 
 
+def _kind(name):
+    return name.removeprefix("tiny-").removesuffix("-student").removesuffix("-resnet")
+
+
+def _backbone_path(name):
+    """The tiny preset's transformers backbone (a BackboneOutput of (B, C, H, W) feature_maps)."""
+    paths = {"deimv2": "model.conv_encoder.model", "dab-detr": "model.backbone.conv_encoder.model",
+             "lwdetr": "model.backbone.backbone", "rfdetr": "model.backbone.backbone"}
+    return paths.get(_kind(name), "model.backbone.model")
+
+
 def _references(name, model, x):
     """Every point recomputed outside the model's forward, from its submodules: {point: tensor}."""
-    base = model.model
-    maps = list(base.backbone.model(x).feature_maps)  # transformers ResNet backbones in every tiny preset
+    base, kind = model.model, _kind(name)
+    if kind in ("lwdetr", "rfdetr"):  # the ViT's selected layers, then the projector (LW-DETR: one per scale)
+        layers = base.backbone.backbone(x).feature_maps
+        if kind == "rfdetr":
+            return {"neck1": base.backbone.projector(layers)}
+        return {f"neck{i + 1}": scale(layers) for i, scale in enumerate(base.backbone.projector.scale_layers)}
+    maps = list(model.get_submodule(_backbone_path(name))(x).feature_maps)  # ResNet, ResNet-vd or HGNetV2
     stages = [p for p in EXPECTED[name] if p.startswith("stage")]
     reference = dict(zip(stages, maps))
-    if "rtdetr" in name:
-        projected = [proj(feature) for proj, feature in zip(base.encoder_input_proj, maps)]
-        pan = base.encoder(projected).last_hidden_state
+    if kind in ("rtdetr", "rtdetrv2", "dfine", "deimv2"):
+        projections = base.conv_encoder.encoder_input_proj if kind == "deimv2" else base.encoder_input_proj
+        encoded = base.encoder([proj(feature) for proj, feature in zip(projections, maps)])
+        pan = encoded.feature_maps if kind == "deimv2" else encoded.last_hidden_state
         reference.update({f"neck{i + 1}": level for i, level in enumerate(pan)})
-    elif "deformable" in name:
+    elif kind == "deformable-detr":
         levels = [proj(feature) for proj, feature in zip(base.input_proj, maps)]
         levels.append(base.input_proj[len(maps)](maps[-1]))  # the extra level reads the last backbone map
         reference.update({f"neck{i + 1}": level for i, level in enumerate(levels)})
     else:
-        reference["neck1"] = base.input_projection(maps[-1])  # DETR projects only the last map
+        reference["neck1"] = base.input_projection(maps[-1])  # DETR, Conditional / DAB-DETR: only the last map
     return reference
 
 
@@ -124,7 +153,7 @@ def test_taps_equal_independent_references(name):
     assert set(reference) == set(tapped)
     for point, ref in reference.items():
         torch.testing.assert_close(tapped[point], ref, rtol=1e-5, atol=1e-6, msg=point)
-    if "rtdetr" in name:  # RT-DETR also returns its PAN maps: the taps must be exactly those tensors
+    if _kind(name) in ("rtdetr", "rtdetrv2", "dfine"):  # they return their PAN maps: the taps must be those tensors
         for i, level in enumerate(outputs.encoder_last_hidden_state):
             assert torch.equal(tapped[f"neck{i + 1}"], level)
 
@@ -166,7 +195,7 @@ def test_student_backward_through_taps_in_train_mode(name):
     assert torch.isfinite(outputs.loss)
     (outputs.loss + sum(feature.pow(2).mean() for feature in features.values())).backward()
     assert all(feature.requires_grad for feature in features.values())
-    stem = next(model.model.backbone.parameters())
+    stem = next(model.get_submodule(_backbone_path(name)).parameters())
     assert stem.grad is not None and stem.grad.abs().sum() > 0
 
 
@@ -178,7 +207,7 @@ def test_neck_gradient_reaches_only_the_prefix(name):
     taps = FeatureTaps(model, ["neck1"])
     model(pixel_values=_x())
     taps.collect()["neck1"].pow(2).mean().backward()
-    stem = next(model.model.backbone.parameters())
+    stem = next(model.get_submodule(_backbone_path(name)).parameters())
     assert stem.grad is not None and stem.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.model.decoder.parameters())
 

@@ -43,9 +43,10 @@ class SegmentationTransforms:
     samples keep the label's resolution (the image is resized only when `eval_size` is given).
 
     image_processor: provides the normalisation (`do_rescale`/`rescale_factor`, `do_normalize`/`image_mean`/
-        `image_std`), e.g. the `SegformerImageProcessor` saved with the student. Its resizing is not used: sizes are
-        the transform's business so that labels stay aligned. Its `do_reduce_labels` is not applied either: label
-        maps change only through `label_lookup` (see `reduce_labels_lookup`), the one place labels are remapped.
+        `image_std`; `do_flip_channel_order`: MobileViT's RGB -> BGR), e.g. the `SegformerImageProcessor` saved with
+        the student. Its resizing is not used: sizes are the transform's business so that labels stay aligned. Its
+        `do_reduce_labels` is not applied either: label maps change only through `label_lookup` (see
+        `reduce_labels_lookup`), the one place labels are remapped.
     train: random scale / crop / flip when True.
     crop_size: (h, w) of training crops; None = no crop (then the scaled samples of a batch may differ in size and
         need a batch size of 1).
@@ -107,10 +108,13 @@ class SegmentationTransforms:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(3, 1, 1).clone()
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1).expand(3, 1, 1).clone()
+        # MobileViT's processors feed BGR: `do_flip_channel_order` reverses the channels after rescaling.
+        self.flip_channel_order = bool(getattr(image_processor, "do_flip_channel_order", False))
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """float (3, H, W) in [0, 255] -> normalised float (3, H, W)."""
-        return (image * self.rescale_factor - self.mean) / self.std
+        """float (3, H, W) RGB in [0, 255] -> normalised float (3, H, W), BGR when the processor flips the channels."""
+        image = (image * self.rescale_factor - self.mean) / self.std
+        return image.flip(0) if self.flip_channel_order else image
 
     def _train_sample(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image float (3, H, W) in [0, 255], label long (H, W) -> both cropped to `crop_size`."""

@@ -7,7 +7,9 @@ matched by class name along the MRO (``acamkd_hf.taps.point_specs``), so a model
 
 Adding a family: one function and one table entry in the task's module, its backbone's path (for
 ``--inherit_from_teacher``), and one tiny preset named ``tiny-...`` in ``acamkd_hf.models`` (the contract test,
-``tests/test_family_contract.py``, fails for a family without one).
+``tests/test_family_contract.py``, fails for a family without one). A detection family also needs its entry in
+``acamkd_hf.models.detection.DETECTORS`` (its image processor and input-size rules; ``tests/test_detection_families.py``
+checks that both tables name the same classes).
 """
 
 from __future__ import annotations

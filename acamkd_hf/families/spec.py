@@ -56,7 +56,7 @@ class Item:
 
 
 class FeatureMap:
-    """pick = output.feature_maps[index] (transformers `BackboneOutput`)."""
+    """pick = output.feature_maps[index] (transformers `BackboneOutput`, DEIMv2's encoder output)."""
 
     def __init__(self, index: int):
         self.index = index

@@ -28,12 +28,14 @@ __all__ = [
     "load_segmentation_model",
 ]
 
-# Detection: DETR / RT-DETR / Deformable DETR presets, loading, processors, explicit backbone freezing.
+# Detection: presets of ten families, loading, processors, explicit backbone freezing.
 from .detection import (  # noqa: E402
     DETECTION_PRESET_FAMILIES,
     DETECTION_PRESETS,
+    DETECTORS,
     default_detection_image_processor,
     detection_family,
+    detection_family_names,
     load_detection_model,
     set_backbone_frozen,
 )
@@ -41,8 +43,10 @@ from .detection import (  # noqa: E402
 __all__ += [
     "DETECTION_PRESETS",
     "DETECTION_PRESET_FAMILIES",
+    "DETECTORS",
     "default_detection_image_processor",
     "detection_family",
+    "detection_family_names",
     "load_detection_model",
     "set_backbone_frozen",
 ]

@@ -1,308 +1,133 @@
-"""Named object-detection models for the CLI and the tests, plus loading by Hub id / folder.
+"""Object detectors: loading by preset name / Hub id / folder, and each family's image processor.
 
-Three transformers families, each with its neck (the paper's distillation points, see `acamkd_hf.taps`):
+Ten transformers families, each with its neck (the paper's distillation points, :mod:`acamkd_hf.families.detection`):
+DETR, Conditional DETR, DAB-DETR (one projected stride-32 map), Deformable DETR (multi-scale input projections),
+RT-DETR, RT-DETRv2, D-FINE, DEIMv2 (the hybrid encoder's FPN/PAN maps), LW-DETR and RF-DETR (a ViT's projector
+maps). The deformable-attention families run on CPU: transformers' `MultiScaleDeformableAttention` is pure PyTorch
+(`grid_sample`) unless hub kernels are requested with `use_kernels=True`.
 
-- DETR (`DetrForObjectDetection`): one projected stride-32 map (`model.input_projection`).
-- RT-DETR (`RTDetrForObjectDetection`): the hybrid encoder's FPN/PAN maps at strides 8, 16, 32.
-- Deformable DETR (`DeformableDetrForObjectDetection`): the multi-scale `model.input_proj` maps. It runs on CPU:
-  transformers' `MultiScaleDeformableAttention` is pure PyTorch (`grid_sample`) unless hub kernels are requested
-  with `use_kernels=True`.
-
-Two kinds of presets:
-- the paper-scale architectures (`detr-resnet101`, `detr-resnet50`, `rtdetr-resnet101`, `rtdetr-resnet50`,
-  `rtdetr-resnet18`, `deformable-detr-resnet50`), laid out as the public checkpoints (facebook/detr-resnet-50,
-  PekingU/rtdetr_r50vd, SenseTime/deformable-detr, ...) but RANDOMLY initialised: nothing is downloaded. For
-  pretrained detectors pass the Hub id to `load_detection_model` instead.
-- tiny random-init models (`tiny-*`): a teacher and a ~3-5x smaller student per family for the tests and the CPU
-  default run. Teacher and student of a family share the neck and head widths and differ in the backbone, as the
-  paper's R101 -> R50 pairs do, so `acamkd_hf.inheritance.inherit_from_teacher` copies everything but the backbone.
-
-Every builder has the signature `builder(id2label, *, freeze_backbone=False, **overrides) -> PreTrainedModel`;
-`overrides` replace config fields. Backbone freezing is decided explicitly by `freeze_backbone` (transformers'
-own choice depends on a name-matching quirk: DETR / Deformable DETR with a transformers ResNet come out with the
-whole backbone frozen, with a timm ResNet fully trainable).
+:data:`DETECTORS` is the one table of what differs per family outside its points: its name in messages, its model
+class, and the image processor its public checkpoints ship with their resizing, normalisation and input-size
+constraint. The COCO metric and `pipeline("object-detection")` go through that processor's own
+`post_process_object_detection`, which matches the family's loss: a sigmoid per class (focal / varifocal / MAL losses,
+no "no object" class) everywhere but DETR (softmax with a "no object" class). The presets are in
+:mod:`acamkd_hf.models.detection_presets`, backbone freezing in :mod:`acamkd_hf.models.freezing`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
 from transformers import (
     AutoModelForObjectDetection,
-    DeformableDetrConfig,
-    DeformableDetrForObjectDetection,
+    ConditionalDetrImageProcessor,
     DeformableDetrImageProcessor,
-    DetrConfig,
-    DetrForObjectDetection,
     DetrImageProcessor,
     PreTrainedModel,
-    ResNetConfig,
-    RTDetrConfig,
-    RTDetrForObjectDetection,
+    RfDetrImageProcessor,
     RTDetrImageProcessor,
-    RTDetrResNetConfig,
-    TimmBackboneConfig,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .loading import label_maps, load_model
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Backbone freezing
-
-
-def set_backbone_frozen(model: PreTrainedModel, frozen: bool) -> PreTrainedModel:
-    """Freeze (`requires_grad=False`) or unfreeze every backbone parameter, whatever transformers decided at
-    construction. Uses the family's own `model.model.freeze_backbone()` / `unfreeze_backbone()`; other detectors
-    need a `model.model.backbone` (or `model.backbone`) module. Frozen BatchNorm statistics are buffers and are not
-    affected; a trainable BatchNorm (the tiny RT-DETR presets) still updates its running statistics in train mode
-    even when frozen here. Returns the model."""
-    base = getattr(model, "model", None)
-    method = getattr(base, "freeze_backbone" if frozen else "unfreeze_backbone", None)
-    if callable(method):
-        method()
-        return model
-    for owner in (base, model):
-        backbone = getattr(owner, "backbone", None)
-        if isinstance(backbone, nn.Module):
-            backbone.requires_grad_(not frozen)
-            return model
-    raise TypeError(f"{type(model).__name__} has no backbone module that could be (un)frozen.")
+from .detection_presets import DETECTION_PRESET_FAMILIES, DETECTION_PRESETS
+from .freezing import set_backbone_frozen
+from .loading import load_model
 
 
-def _finish(model: PreTrainedModel, freeze_backbone: bool) -> PreTrainedModel:
-    return set_backbone_frozen(model, bool(freeze_backbone))
+@dataclass(frozen=True)
+class Detector:
+    """What the package needs to know of one detection family besides its points.
+
+    title: its name in messages ("RT-DETR").
+    model_class: its detection class, the family's key in :data:`acamkd_hf.families.DETECTION_FAMILIES`.
+    processor: the image processor class its public checkpoints ship (what `AutoImageProcessor` loads for them).
+    square: True: every image resized to ``input_size x input_size`` (aspect ratio not kept); False: shortest edge
+        ``input_size``, longest at most ``input_size * 1333 / 800``, aspect ratio kept, batches padded with a
+        ``pixel_mask``.
+    input_size: the side (square) or shortest edge of its public checkpoints' processors.
+    normalize: ImageNet mean / std after rescaling to [0, 1] (False: rescaled only).
+    pad: the processor pads (and returns a ``pixel_mask``); irrelevant to the size when ``square``.
+    size_multiple: the input side must be a multiple of it (1: anything).
+    windows_field: the windowed-ViT families' backbone config field that holds the windows per side; the multiple is
+        then the model's backbone ``patch_size`` times it (unknown without the model).
+    size_reason: why, for the error message.
+    proposal_strides: for the two-stage families, config -> the strides of the maps whose positions the encoder picks
+        its ``num_queries`` queries from (top-k): an input must give at least that many positions.
+    normalize_backbones: backbone model_types with which its checkpoints normalise although ``normalize`` is False.
+    size_from_backbone: the default side is the backbone config's ``image_size`` (RF-DETR's converted checkpoints).
+    """
+
+    title: str
+    model_class: str
+    processor: type
+    square: bool
+    input_size: int
+    normalize: bool
+    pad: bool = True
+    size_multiple: int = 1
+    windows_field: str = ""
+    size_reason: str = ""
+    normalize_backbones: tuple[str, ...] = ()
+    size_from_backbone: bool = False
+    proposal_strides: Callable[[Any], list[float]] | None = None
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Paper-scale architectures (random init)
+def _pan_strides(config: Any) -> list[float]:
+    """The real-time DETRs' decoder levels: config.feat_strides, then a stride-2 level per extra feature level."""
+    strides = [float(stride) for stride in config.feat_strides]
+    extra = max(0, config.num_feature_levels - len(strides))
+    return strides + [strides[-1] * 2 ** (k + 1) for k in range(extra)]
 
 
-def _detr(id2label, defaults: dict, overrides: dict, freeze_backbone: bool) -> DetrForObjectDetection:
-    config = DetrConfig(**{**defaults, **overrides}, **label_maps(id2label))
-    return _finish(DetrForObjectDetection(config), freeze_backbone)
+def _projector_strides(config: Any) -> list[float]:
+    """LW-DETR's projector maps: patch size / scale factor (2.0: 8, 0.5: 32 for patch 16); RF-DETR's one map at the
+    patch size."""
+    scales = getattr(config, "projector_scale_factors", None) or [1.0]
+    return [config.backbone_config.patch_size / scale for scale in scales]
 
 
-def _rtdetr(id2label, defaults: dict, overrides: dict, freeze_backbone: bool) -> RTDetrForObjectDetection:
-    config = RTDetrConfig(**{**defaults, **overrides}, **label_maps(id2label))
-    return _finish(RTDetrForObjectDetection(config), freeze_backbone)
+_REALTIME = dict(processor=RTDetrImageProcessor, square=True, input_size=640, normalize=False, pad=False,
+                 size_multiple=32, size_reason="its encoder merges levels up to stride 32", proposal_strides=_pan_strides)
+_SHORTEST_EDGE = dict(square=False, input_size=800, normalize=True)
+_WINDOWED_VIT = dict(square=True, normalize=True, size_reason="its ViT's patch size times its windows per side",
+                     proposal_strides=_projector_strides)
 
-
-def _deformable(id2label, defaults: dict, overrides: dict, freeze_backbone: bool) -> DeformableDetrForObjectDetection:
-    config = DeformableDetrConfig(**{**defaults, **overrides}, **label_maps(id2label))
-    return _finish(DeformableDetrForObjectDetection(config), freeze_backbone)
-
-
-def _timm_resnet(name: str, out_indices: list[int]) -> TimmBackboneConfig:
-    # The layout of facebook/detr-resnet-50 and SenseTime/deformable-detr (timm ResNet, features_only).
-    return TimmBackboneConfig(backbone=name, out_indices=out_indices)
-
-
-def detr_resnet101(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> DetrForObjectDetection:
-    """DETR-R101 (facebook/detr-resnet-101 layout: timm ResNet-101, 6+6 layers, d_model 256, 100 queries)."""
-    return _detr(id2label, dict(backbone_config=_timm_resnet("resnet101", [1, 2, 3, 4])), overrides, freeze_backbone)
-
-
-def detr_resnet50(id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides) -> DetrForObjectDetection:
-    """DETR-R50 (facebook/detr-resnet-50 layout: timm ResNet-50, 6+6 layers, d_model 256, 100 queries)."""
-    return _detr(id2label, dict(backbone_config=_timm_resnet("resnet50", [1, 2, 3, 4])), overrides, freeze_backbone)
-
-
-def _rtdetr_resnet_backbone(depths, layer_type="bottleneck", hidden_sizes=(256, 512, 1024, 2048), embedding_size=64):
-    return RTDetrResNetConfig(
-        embedding_size=embedding_size,
-        hidden_sizes=list(hidden_sizes),
-        depths=list(depths),
-        layer_type=layer_type,
-        out_indices=[2, 3, 4],
-    )
-
-
-def rtdetr_resnet101(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> RTDetrForObjectDetection:
-    """RT-DETR-R101vd (PekingU/rtdetr_r101vd layout: 384-wide hybrid encoder with a 2048 FFN, 256-wide decoder)."""
-    defaults = dict(
-        backbone_config=_rtdetr_resnet_backbone([3, 4, 23, 3]),
-        encoder_hidden_dim=384,
-        encoder_ffn_dim=2048,
-        decoder_in_channels=[384, 384, 384],
-    )
-    return _rtdetr(id2label, defaults, overrides, freeze_backbone)
-
-
-def rtdetr_resnet50(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> RTDetrForObjectDetection:
-    """RT-DETR-R50vd (PekingU/rtdetr_r50vd layout = transformers' RTDetrConfig defaults)."""
-    return _rtdetr(id2label, dict(backbone_config=_rtdetr_resnet_backbone([3, 4, 6, 3])), overrides, freeze_backbone)
-
-
-def rtdetr_resnet18(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> RTDetrForObjectDetection:
-    """RT-DETR-R18vd (PekingU/rtdetr_r18vd layout: basic blocks, half-width CSP blocks, 3 decoder layers)."""
-    defaults = dict(
-        backbone_config=_rtdetr_resnet_backbone([2, 2, 2, 2], "basic", (64, 128, 256, 512)),
-        encoder_in_channels=[128, 256, 512],
-        hidden_expansion=0.5,
-        decoder_layers=3,
-    )
-    return _rtdetr(id2label, defaults, overrides, freeze_backbone)
-
-
-def deformable_detr_resnet50(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> DeformableDetrForObjectDetection:
-    """Deformable DETR-R50 (SenseTime/deformable-detr layout: timm ResNet-50 stages 2-4 + one extra level, 6+6
-    layers, 300 queries). Pure-PyTorch deformable attention on CPU."""
-    return _deformable(id2label, dict(backbone_config=_timm_resnet("resnet50", [2, 3, 4])), overrides, freeze_backbone)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Tiny CPU models. Backbones are transformers ResNets given as sub-configs (timm's channel widths cannot be set
-# through TimmBackboneConfig). Teacher/student pairs share every non-backbone width.
-
-
-def _tiny_resnet(widths, out_features, *, rtdetr: bool = False):
-    kwargs = dict(embedding_size=widths[0], hidden_sizes=list(widths), depths=[1, 1, 1, 1], layer_type="basic")
-    if rtdetr:  # RT-DETR's basic ResNet needs embedding_size == hidden_sizes[0]
-        return RTDetrResNetConfig(**kwargs, out_features=out_features)
-    return ResNetConfig(**kwargs, out_features=out_features)
-
-
-_TINY_TEACHER_WIDTHS = (32, 64, 128, 256)
-_TINY_STUDENT_WIDTHS = (16, 32, 48, 64)
-
-_TINY_DETR = dict(
-    d_model=64,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_ffn_dim=128,
-    decoder_ffn_dim=128,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
-    num_queries=20,
-    dropout=0.0,
-)
-
-
-def _tiny_detr(id2label, widths, overrides, freeze_backbone) -> DetrForObjectDetection:
-    backbone = _tiny_resnet(widths, ["stage1", "stage2", "stage3", "stage4"])
-    return _detr(id2label, dict(_TINY_DETR, backbone_config=backbone), overrides, freeze_backbone)
-
-
-def tiny_detr_resnet(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> DetrForObjectDetection:
-    """Tiny DETR teacher: ResNet 32/64/128/256 (basic, one block per stage), 2+2 layers, d_model 64, 20 queries."""
-    return _tiny_detr(id2label, _TINY_TEACHER_WIDTHS, overrides, freeze_backbone)
-
-
-def tiny_detr_resnet_student(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> DetrForObjectDetection:
-    """Tiny DETR student: the teacher's transformer and heads on a ResNet 16/32/48/64."""
-    return _tiny_detr(id2label, _TINY_STUDENT_WIDTHS, overrides, freeze_backbone)
-
-
-_TINY_RTDETR = dict(
-    encoder_hidden_dim=64,
-    encoder_ffn_dim=128,
-    encoder_attention_heads=4,
-    hidden_expansion=0.5,
-    d_model=64,
-    decoder_in_channels=[64, 64, 64],
-    decoder_ffn_dim=128,
-    decoder_layers=2,
-    decoder_attention_heads=4,
-    num_queries=30,
-    num_denoising=30,
-    # From scratch the backbone needs working BatchNorm (transformers' default freezes it: right for ImageNet
-    # weights, but a random-init frozen BN is the identity and the tiny ResNet then barely trains).
-    freeze_backbone_batch_norms=False,
-)
-
-
-def _tiny_rtdetr(id2label, widths, overrides, freeze_backbone) -> RTDetrForObjectDetection:
-    backbone = _tiny_resnet(widths, ["stage2", "stage3", "stage4"], rtdetr=True)
-    defaults = dict(_TINY_RTDETR, backbone_config=backbone, encoder_in_channels=list(widths[1:]))
-    return _rtdetr(id2label, defaults, overrides, freeze_backbone)
-
-
-def tiny_rtdetr_resnet(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> RTDetrForObjectDetection:
-    """Tiny RT-DETR teacher: ResNet-vd 32/64/128/256 (basic), 64-wide hybrid encoder, 2 decoder layers, 30 queries."""
-    return _tiny_rtdetr(id2label, _TINY_TEACHER_WIDTHS, overrides, freeze_backbone)
-
-
-def tiny_rtdetr_resnet_student(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> RTDetrForObjectDetection:
-    """Tiny RT-DETR student: the teacher's encoder/decoder widths on a ResNet-vd 16/32/48/64."""
-    return _tiny_rtdetr(id2label, _TINY_STUDENT_WIDTHS, overrides, freeze_backbone)
-
-
-_TINY_DEFORMABLE = dict(
-    d_model=64,  # a multiple of 32: the input projections use GroupNorm(32, d_model)
-    encoder_layers=1,
-    decoder_layers=2,  # transformers 5.x: 1 decoder layer fails in post_init (bbox_embed weight tying)
-    encoder_ffn_dim=128,
-    decoder_ffn_dim=128,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
-    num_queries=20,
-    num_feature_levels=4,
-    encoder_n_points=2,
-    decoder_n_points=2,
-    dropout=0.0,
-)
-
-
-def _tiny_deformable(id2label, widths, overrides, freeze_backbone) -> DeformableDetrForObjectDetection:
-    backbone = _tiny_resnet(widths, ["stage2", "stage3", "stage4"])
-    return _deformable(id2label, dict(_TINY_DEFORMABLE, backbone_config=backbone), overrides, freeze_backbone)
-
-
-def tiny_deformable_detr(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> DeformableDetrForObjectDetection:
-    """Tiny Deformable DETR teacher: ResNet 32/64/128/256 stages 2-4 + one extra level, 1+2 layers, d_model 64."""
-    return _tiny_deformable(id2label, _TINY_TEACHER_WIDTHS, overrides, freeze_backbone)
-
-
-def tiny_deformable_detr_student(
-    id2label: Mapping[int, str], *, freeze_backbone: bool = False, **overrides
-) -> DeformableDetrForObjectDetection:
-    """Tiny Deformable DETR student: the teacher's transformer on a ResNet 16/32/48/64."""
-    return _tiny_deformable(id2label, _TINY_STUDENT_WIDTHS, overrides, freeze_backbone)
-
-
-DETECTION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = {
-    "detr-resnet101": detr_resnet101,
-    "detr-resnet50": detr_resnet50,
-    "rtdetr-resnet101": rtdetr_resnet101,
-    "rtdetr-resnet50": rtdetr_resnet50,
-    "rtdetr-resnet18": rtdetr_resnet18,
-    "deformable-detr-resnet50": deformable_detr_resnet50,
-    "tiny-detr-resnet": tiny_detr_resnet,
-    "tiny-detr-resnet-student": tiny_detr_resnet_student,
-    "tiny-rtdetr-resnet": tiny_rtdetr_resnet,
-    "tiny-rtdetr-resnet-student": tiny_rtdetr_resnet_student,
-    "tiny-deformable-detr": tiny_deformable_detr,
-    "tiny-deformable-detr-student": tiny_deformable_detr_student,
+#: transformers model_type -> its :class:`Detector`. Hub checkpoints: facebook/detr-resnet-50,
+#: microsoft/conditional-detr-resnet-50, IDEA-Research/dab-detr-resnet-50 (a ConditionalDetrImageProcessor, as
+#: transformers' conversion script writes), SenseTime/deformable-detr, PekingU/rtdetr_r50vd,
+#: PekingU/rtdetr_v2_r18vd, ustc-community/dfine-*-coco, the DEIMv2 conversions (an RTDetrImageProcessor; the
+#: DINOv3 ones normalise), AnnaZhang/lwdetr_*_coco (a DeformableDetrImageProcessor at 640 x 640),
+#: Roboflow/rf-detr-* (an RfDetrImageProcessor at the backbone's resolution, e.g. 560 for RF-DETR-B).
+DETECTORS: dict[str, Detector] = {
+    "detr": Detector("DETR", "DetrForObjectDetection", DetrImageProcessor, **_SHORTEST_EDGE),
+    "conditional_detr": Detector("Conditional DETR", "ConditionalDetrForObjectDetection",
+                                 ConditionalDetrImageProcessor, **_SHORTEST_EDGE),
+    "dab-detr": Detector("DAB-DETR", "DabDetrForObjectDetection", ConditionalDetrImageProcessor, **_SHORTEST_EDGE),
+    "deformable_detr": Detector("Deformable DETR", "DeformableDetrForObjectDetection", DeformableDetrImageProcessor,
+                                **_SHORTEST_EDGE),
+    "rt_detr": Detector("RT-DETR", "RTDetrForObjectDetection", **_REALTIME),
+    "rt_detr_v2": Detector("RT-DETRv2", "RTDetrV2ForObjectDetection", **_REALTIME),
+    "d_fine": Detector("D-FINE", "DFineForObjectDetection", **_REALTIME),
+    "deimv2": Detector("DEIMv2", "Deimv2ForObjectDetection", **_REALTIME, normalize_backbones=("dinov3_vit",)),
+    "lw_detr": Detector("LW-DETR", "LwDetrForObjectDetection", DeformableDetrImageProcessor, input_size=640,
+                        windows_field="num_windows_side", **_WINDOWED_VIT),
+    "rf_detr": Detector("RF-DETR", "RfDetrForObjectDetection", RfDetrImageProcessor, input_size=560,
+                        windows_field="num_windows", size_from_backbone=True, **_WINDOWED_VIT),
 }
+#: Each family's input size on real data when its checkpoint brings no processor (see :class:`Detector`).
+DETECTION_INPUT_SIZES = {family: detector.input_size for family, detector in DETECTORS.items()}
+#: DETR's longest edge per unit of its shortest (1333 / 800), kept when the shortest edge is set.
+DETR_LONGEST_PER_SHORTEST = 1333 / 800
 
-#: preset name -> transformers model_type ("detr", "rt_detr", "deformable_detr")
-DETECTION_PRESET_FAMILIES: dict[str, str] = {
-    name: ("rt_detr" if "rtdetr" in name else "deformable_detr" if "deformable" in name else "detr")
-    for name in DETECTION_PRESETS
-}
+
+def detection_family_names() -> str:
+    """"DETR, Conditional DETR, ... and RF-DETR": the families this package distils, for messages."""
+    titles = [detector.title for detector in DETECTORS.values()]
+    return ", ".join(titles[:-1]) + " and " + titles[-1]
 
 
 def load_detection_model(
@@ -318,7 +143,7 @@ def load_detection_model(
 
     Args:
         name_or_path: a key of `DETECTION_PRESETS`, a folder written by `save_pretrained`, or a Hub id ("org/name",
-            e.g. "facebook/detr-resnet-50", "PekingU/rtdetr_r50vd").
+            e.g. "facebook/detr-resnet-50", "PekingU/rtdetr_r50vd", "ustc-community/dfine-nano-coco").
         id2label: the dataset's classes; required for presets. For a loaded detector whose label set differs (80
             COCO classes on a 4-class dataset), it is loaded with these labels and ``ignore_mismatched_sizes=True``
             (as transformers' run_object_detection.py does): the class heads start anew, one line names them. None:
@@ -341,7 +166,7 @@ def load_detection_model(
         auto_class=AutoModelForObjectDetection,
         what="detection preset",
         task="object-detection",
-        families="DETR, RT-DETR and Deformable DETR",
+        families=detection_family_names(),
         role=role,
         trust_remote_code=trust_remote_code,
         revision=revision,
@@ -352,84 +177,139 @@ def load_detection_model(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Image processors
+# Families and image processors
 
-_FAMILY_ALIASES = {
-    "detr": "detr",
-    "rt_detr": "rt_detr",
-    "rtdetr": "rt_detr",
-    "rt-detr": "rt_detr",
-    "deformable_detr": "deformable_detr",
-    "deformable-detr": "deformable_detr",
-    "deformabledetr": "deformable_detr",
-}
+
+def _squash(name: str) -> str:
+    return "".join(character for character in name.lower() if character.isalnum())
+
+
+#: "rtdetr", "rtdetrv2", "dfine", "dabdetr", "conditionaldetr", ...: a family's model_type or title, squashed.
+_FAMILY_ALIASES = {_squash(alias): family for family, detector in DETECTORS.items()
+                   for alias in (family, detector.title)}
+
+
+def _config_of(model_or_config: Any) -> Any:
+    """The config of a model, a config itself, or None for a name."""
+    if isinstance(model_or_config, str):
+        return None
+    return getattr(model_or_config, "config", model_or_config)
 
 
 def detection_family(model_or_name: Any) -> str:
-    """The transformers model_type of a detector ("detr", "rt_detr" or "deformable_detr") from a model, a config, a
-    preset name or a family name / alias."""
-    if isinstance(model_or_name, str):
-        if model_or_name in DETECTION_PRESET_FAMILIES:
-            return DETECTION_PRESET_FAMILIES[model_or_name]
-        key = model_or_name.lower()
-    else:
-        config = getattr(model_or_name, "config", model_or_name)
-        key = str(getattr(config, "model_type", ""))
+    """The transformers model_type of a detector ("detr", "rt_detr", "d_fine", ...: a key of :data:`DETECTORS`)
+    from a model, a config, a preset name or a family name / alias ("RT-DETR", "dfine", "dab_detr", ...)."""
+    if isinstance(model_or_name, str) and model_or_name in DETECTION_PRESET_FAMILIES:
+        return DETECTION_PRESET_FAMILIES[model_or_name]
+    config = _config_of(model_or_name)
+    key = _squash(model_or_name if config is None else str(getattr(config, "model_type", "")))
     if key not in _FAMILY_ALIASES:
         raise ValueError(
-            f"Unknown detection family {model_or_name!r}; expected one of detr, rt_detr, deformable_detr "
-            f"or a preset name ({', '.join(DETECTION_PRESETS)})."
+            f"Unknown detection family {model_or_name if config is None else type(config).__name__!r}; expected one "
+            f"of {', '.join(DETECTORS)} (or {detection_family_names()} by name), a preset name or a model of one."
         )
     return _FAMILY_ALIASES[key]
 
 
-#: Each family's input size on real data when its checkpoint brings no processor, as the family's public processors:
-#: RT-DETR a fixed square side (640, a multiple of its stride 32); DETR / Deformable DETR the shortest edge (800,
-#: the longest at most 1333), aspect ratio kept, batches padded with a ``pixel_mask``.
-DETECTION_INPUT_SIZES = {"rt_detr": 640, "detr": 800, "deformable_detr": 800}
-#: DETR's longest edge per unit of its shortest (1333 / 800), kept when the shortest edge is set.
-DETR_LONGEST_PER_SHORTEST = 1333 / 800
-#: RT-DETR's encoder merges levels at strides 8, 16, 32 (its FPN upsamples by 2 and concatenates): an input side
-#: that is not a multiple of 32 gives levels of mismatched size (a crash inside the model's forward).
-RTDETR_SIZE_MULTIPLE = 32
+def _size_multiple(detector: Detector, config: Any) -> int | None:
+    """The multiple every input side must be; None when it depends on a model that was not given."""
+    if not detector.windows_field:
+        return detector.size_multiple
+    backbone = getattr(config, "backbone_config", None)
+    if backbone is None:
+        return None
+    return int(backbone.patch_size) * int(getattr(backbone, detector.windows_field))
+
+
+def detection_input_problem(family: Any, size: tuple[int, int]) -> str | None:
+    """Why inputs of ``size`` = (H, W) break one of the family's rules, else None. ``family``: a family or preset name
+    (the family's rules), or a model or config (also the rules that depend on it: the ViT families' multiple, and the
+    two-stage families' query count, which the positions of their maps must reach: fewer fail in the model's top-k)."""
+    detector = DETECTORS[detection_family(family)]
+    config = _config_of(family)
+    height, width = (int(side) for side in size)
+    multiple = _size_multiple(detector, config)
+    if multiple is not None and (height % multiple or width % multiple):
+        return f"{detector.title} needs a multiple of {multiple} ({detector.size_reason})"
+    queries = getattr(config, "num_queries", None)
+    if config is None or detector.proposal_strides is None or queries is None:
+        return None
+    strides = detector.proposal_strides(config)
+    positions = sum(math.ceil(height / stride) * math.ceil(width / stride) for stride in strides)
+    if positions >= queries:
+        return None
+    shown = ("strides " if len(strides) > 1 else "stride ") + ", ".join(f"{stride:g}" for stride in strides)
+    return (f"{detector.title} picks its {queries} queries among the positions of its maps ({shown}), and "
+            f"{height}x{width} px give only {positions}")
 
 
 def detection_input_size_error(family: Any, input_size: int) -> str | None:
-    """Why ``input_size`` cannot be ``family``'s input size (``None`` when it can)."""
+    """Why ``input_size`` cannot be the input side of ``family`` (:func:`detection_input_problem` for square
+    inputs), with the nearest sides that can be, as a ``--image_size`` error; ``None`` when it can."""
     if input_size < 1:
         return f"--image_size must be a positive number of pixels, got {input_size}"
-    if detection_family(family) == "rt_detr" and input_size % RTDETR_SIZE_MULTIPLE:
-        lower = max(RTDETR_SIZE_MULTIPLE, input_size // RTDETR_SIZE_MULTIPLE * RTDETR_SIZE_MULTIPLE)
-        return (f"--image_size {input_size}: RT-DETR needs a multiple of {RTDETR_SIZE_MULTIPLE} (its encoder merges "
-                f"strides 8, 16 and 32); use {lower} or {lower + RTDETR_SIZE_MULTIPLE}")
-    return None
+    problem = detection_input_problem(family, (input_size, input_size))
+    if problem is None:
+        return None
+    step = _size_multiple(DETECTORS[detection_family(family)], _config_of(family)) or 1
+    lower = [side for side in range(step, input_size, step) if detection_input_problem(family, (side, side)) is None]
+    upper = next(side for side in itertools.count(input_size // step * step + step, step)
+                 if detection_input_problem(family, (side, side)) is None)
+    return f"--image_size {input_size}: {problem}; use " + (f"{lower[-1]} or {upper}" if lower else f"{upper}")
+
+
+def _default_input_size(detector: Detector, config: Any) -> int:
+    backbone = getattr(config, "backbone_config", None)
+    if detector.size_from_backbone and backbone is not None:
+        return int(backbone.image_size)
+    return detector.input_size
 
 
 def default_detection_image_processor(family: Any, input_size: int | None = None):
     """The processor to save next to a detection checkpoint so `pipeline("object-detection")` and
-    `post_process_object_detection` work, built without the Hub, with the family's own conventions:
+    `post_process_object_detection` work, built without the Hub: the class the family's public checkpoints ship,
+    with their conventions (:data:`DETECTORS`):
 
-    * RT-DETR: every image resized to ``input_size x input_size`` (a multiple of 32; default 640), rescaled to
-      [0, 1], no normalisation, no padding (as its public checkpoints);
-    * DETR / Deformable DETR: shortest edge ``input_size`` (default 800), longest at most ``input_size * 1333 / 800``,
-      aspect ratio kept, ImageNet normalisation, padded per batch with a ``pixel_mask``.
+    * square families (RT-DETR, RT-DETRv2, D-FINE, DEIMv2, LW-DETR, RF-DETR): every image resized to ``input_size x
+      input_size`` (default 640; RF-DETR its backbone's resolution), rescaled to [0, 1], ImageNet-normalised for the
+      ViT families (and DEIMv2 on DINOv3), not padded by the RT-DETR lineage;
+    * DETR, Conditional DETR, DAB-DETR, Deformable DETR: shortest edge ``input_size`` (default 800), longest at most
+      ``input_size * 1333 / 800``, aspect ratio kept, ImageNet normalisation, padded per batch with a ``pixel_mask``.
 
     COCO-detection annotations are converted to boxes normalised by each image's own size, so predictions
     post-processed with the original sizes land on the original images, whatever the resize.
 
-    `family`: "detr", "rt_detr", "deformable_detr" (or a preset name, a model, a config)."""
-    family = detection_family(family)
-    input_size = int(input_size or DETECTION_INPUT_SIZES[family])
+    `family`: a family or preset name, or a model / config (then its backbone decides the ViT families' input-size
+    multiple, and DEIMv2's normalisation). Raises ValueError for a size the family cannot take."""
+    detector = DETECTORS[detection_family(family)]
+    config = _config_of(family)
+    input_size = int(input_size or _default_input_size(detector, config))
     problem = detection_input_size_error(family, input_size)
     if problem is not None:
         raise ValueError(problem)
-    common = dict(do_resize=True, do_rescale=True, do_convert_annotations=True)
-    if family == "rt_detr":
-        return RTDetrImageProcessor(**common, size={"height": input_size, "width": input_size}, do_pad=False,
-                                    do_normalize=False)
-    processor_class = DetrImageProcessor if family == "detr" else DeformableDetrImageProcessor
-    longest = max(input_size, round(input_size * DETR_LONGEST_PER_SHORTEST))
-    return processor_class(
-        **common, size={"shortest_edge": input_size, "longest_edge": longest}, do_pad=True, do_normalize=True,
-        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
-    )
+    backbone_type = getattr(getattr(config, "backbone_config", None), "model_type", None)
+    normalize = detector.normalize or backbone_type in detector.normalize_backbones
+    if detector.square:
+        size = {"height": input_size, "width": input_size}
+    else:
+        longest = max(input_size, round(input_size * DETR_LONGEST_PER_SHORTEST))
+        size = {"shortest_edge": input_size, "longest_edge": longest}
+    statistics = dict(image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD)) if normalize else {}
+    return detector.processor(do_resize=True, do_rescale=True, do_convert_annotations=True, size=size,
+                              do_pad=detector.pad, do_normalize=normalize, **statistics)
+
+
+__all__ = [
+    "DETECTION_INPUT_SIZES",
+    "DETECTION_PRESETS",
+    "DETECTION_PRESET_FAMILIES",
+    "DETECTORS",
+    "Detector",
+    "default_detection_image_processor",
+    "detection_family",
+    "detection_family_names",
+    "detection_input_problem",
+    "detection_input_size_error",
+    "load_detection_model",
+    "set_backbone_frozen",
+]

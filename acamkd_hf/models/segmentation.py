@@ -9,7 +9,10 @@ Two kinds of presets:
   `--pretrained_backbone false` / `--backbone_weights PATH` on the command line; see `backbone_weights`).
 - tiny random-init models (`tiny-*`, `micro-*`, `small-*`) for the tests and the CPU default run. They never touch
   the network. `tiny-deeplabv3-mobilenetv2-timm` is our DeepLabV3 (ASPP head) on a timm MobileNetV2;
-  `tiny-mobilenetv2-hf-deeplabv3` is transformers' own `MobileNetV2ForSemanticSegmentation` (its DeepLabV3 head).
+  `tiny-mobilenetv2-hf-deeplabv3` is transformers' own `MobileNetV2ForSemanticSegmentation` (its DeepLabV3 head);
+  one per transformers family (`tiny-dpt`, `tiny-dpt-hybrid`, `tiny-beit`, `tiny-mobilevit`, `tiny-mobilevitv2`,
+  UperNet on each backbone: `tiny-upernet` (ResNet), `-convnext`, `-swin`, `-dinov3` (ViT), `-dinov3-convnext`),
+  every backbone a sub-config.
 
 Every builder has the signature `builder(id2label: dict[int, str], **overrides) -> PreTrainedModel`; `overrides`
 replace config fields (e.g. `use_pretrained_backbone=False`, `output_stride=16`).
@@ -21,18 +24,32 @@ from collections.abc import Callable, Mapping
 
 from transformers import (
     AutoModelForSemanticSegmentation,
+    BeitConfig,
+    BeitForSemanticSegmentation,
+    BitConfig,
+    ConvNextConfig,
+    DINOv3ConvNextConfig,
+    DINOv3ViTConfig,
+    DPTConfig,
+    DPTForSemanticSegmentation,
     MobileNetV2Config,
     MobileNetV2ForSemanticSegmentation,
+    MobileViTConfig,
+    MobileViTForSemanticSegmentation,
+    MobileViTV2Config,
+    MobileViTV2ForSemanticSegmentation,
     PreTrainedModel,
     ResNetConfig,
     SegformerConfig,
     SegformerForSemanticSegmentation,
     SegformerImageProcessor,
+    SwinConfig,
     UperNetConfig,
     UperNetForSemanticSegmentation,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..families.segmentation import segmentation_support
 from .backbone_weights import build_deeplabv3
 from .deeplabv3 import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
 from .loading import label_maps, load_model
@@ -165,18 +182,114 @@ def tiny_mobilenetv2_hf_deeplabv3(id2label: Mapping[int, str], **overrides) -> M
     return MobileNetV2ForSemanticSegmentation(MobileNetV2Config(**{**defaults, **overrides}, **label_maps(id2label)))
 
 
-def tiny_upernet(id2label: Mapping[int, str], **overrides) -> UperNetForSemanticSegmentation:
-    """UperNet on a tiny transformers ResNet (basic blocks, 16..128 channels), passed as a sub-config (never a Hub
-    name, so nothing is downloaded). Logits come out at full input resolution (UperNet upsamples them)."""
-    backbone_config = ResNetConfig(
-        embedding_size=16,
-        hidden_sizes=[16, 32, 64, 128],
-        depths=[1, 1, 1, 1],
-        layer_type="basic",
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
+def _upernet(id2label: Mapping[int, str], backbone_config, overrides: dict) -> UperNetForSemanticSegmentation:
+    """UperNet (32-wide head, 16-wide auxiliary FCN head) on ``backbone_config``, a sub-config (never a Hub name, so
+    nothing is downloaded). Logits come out at full input resolution (UperNet upsamples them)."""
     defaults = dict(backbone_config=backbone_config, hidden_size=32, auxiliary_channels=16, use_auxiliary_head=True)
     return UperNetForSemanticSegmentation(UperNetConfig(**{**defaults, **overrides}, **label_maps(id2label)))
+
+
+_FOUR_STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
+def tiny_upernet(id2label: Mapping[int, str], **overrides) -> UperNetForSemanticSegmentation:
+    """UperNet on a tiny transformers ResNet (basic blocks, 16..128 channels, strides 4..32). Random init."""
+    backbone_config = ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="basic",
+        out_features=_FOUR_STAGES,
+    )
+    return _upernet(id2label, backbone_config, overrides)
+
+
+def tiny_upernet_convnext(id2label: Mapping[int, str], **overrides) -> UperNetForSemanticSegmentation:
+    """UperNet on a tiny ConvNeXt (one block per stage, 8..32 channels, strides 4..32). Random init."""
+    backbone_config = ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], out_features=_FOUR_STAGES)
+    return _upernet(id2label, backbone_config, overrides)
+
+
+def tiny_upernet_swin(id2label: Mapping[int, str], **overrides) -> UperNetForSemanticSegmentation:
+    """UperNet on a tiny Swin (one block per stage, 8..64 channels, 4x4 windows, strides 4..32). Random init."""
+    backbone_config = SwinConfig(
+        patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 4], window_size=4, out_features=_FOUR_STAGES
+    )
+    return _upernet(id2label, backbone_config, overrides)
+
+
+def tiny_upernet_dinov3(id2label: Mapping[int, str], **overrides) -> UperNetForSemanticSegmentation:
+    """UperNet on a tiny DINOv3 ViT (4 layers of width 32, patch 16, 4 register tokens): its four stages are the
+    layers' patch tokens as maps, all at stride 16 (a plain ViT has no pyramid). Random init."""
+    backbone_config = DINOv3ViTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=16,
+        out_features=_FOUR_STAGES,
+    )
+    return _upernet(id2label, backbone_config, overrides)
+
+
+def tiny_upernet_dinov3_convnext(id2label: Mapping[int, str], **overrides) -> UperNetForSemanticSegmentation:
+    """UperNet on a tiny DINOv3 ConvNeXt (one block per stage, 8..32 channels, strides 4..32). Random init."""
+    backbone_config = DINOv3ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], out_features=_FOUR_STAGES)
+    return _upernet(id2label, backbone_config, overrides)
+
+
+# A ViT of 4 layers, width 32, 16x16 patches, shared by the DPT and BEiT presets.
+_TINY_VIT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=16)
+
+
+def tiny_dpt(id2label: Mapping[int, str], **overrides) -> DPTForSemanticSegmentation:
+    """DPT on a tiny ViT (every layer reassembled to 8/16/32/64 channels at strides 4..32, 16-wide fusion), logits at
+    full resolution. Random init. Inputs must be square: transformers' DPT reads its token grid as a square."""
+    defaults = dict(
+        _TINY_VIT, image_size=64, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 64],
+        fusion_hidden_size=16,
+    )
+    return DPTForSemanticSegmentation(DPTConfig(**{**defaults, **overrides}, **label_maps(id2label)))
+
+
+def tiny_dpt_hybrid(id2label: Mapping[int, str], *, image_size: int = 64, **overrides) -> DPTForSemanticSegmentation:
+    """DPT-Hybrid: a tiny BiT (bottleneck blocks, 16/32/64 channels at strides 4/8/16) under a tiny ViT on its
+    stride-16 map; the neck reads BiT's stage1 and stage2 maps and the last two ViT layers. Random init. Inputs
+    must be ``image_size`` x ``image_size`` exactly (transformers' DPT-Hybrid checks it)."""
+    backbone_config = BitConfig(
+        layer_type="bottleneck", global_padding="same", embedding_dynamic_padding=True, embedding_size=16,
+        hidden_sizes=[16, 32, 64], depths=[1, 1, 1], num_groups=8, out_features=["stage1", "stage2", "stage3"],
+    )
+    defaults = dict(
+        _TINY_VIT, is_hybrid=True, backbone_config=backbone_config, image_size=image_size,
+        backbone_featmap_shape=[1, backbone_config.hidden_sizes[-1], image_size // 16, image_size // 16],
+        backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[*backbone_config.hidden_sizes[:2], 32, 64],
+        fusion_hidden_size=16,
+    )
+    return DPTForSemanticSegmentation(DPTConfig(**{**defaults, **overrides}, **label_maps(id2label)))
+
+
+def tiny_beit(id2label: Mapping[int, str], **overrides) -> BeitForSemanticSegmentation:
+    """BEiT on a tiny ViT (relative position bias), its FPN neck at strides 4..32 (32 channels) and UperNet head
+    (logits at stride 4), auxiliary FCN head. Random init. As in every BEiT segmenter, the last layer's output is not
+    read (config.out_indices [1, 2, 3, 4] pick the patch embeddings and layers 1..3)."""
+    defaults = dict(
+        _TINY_VIT, image_size=64, out_indices=[1, 2, 3, 4], use_relative_position_bias=True, use_auxiliary_head=True,
+        auxiliary_channels=16,
+    )
+    return BeitForSemanticSegmentation(BeitConfig(**{**defaults, **overrides}, **label_maps(id2label)))
+
+
+def tiny_mobilevit(id2label: Mapping[int, str], **overrides) -> MobileViTForSemanticSegmentation:
+    """MobileViT (stages of 16/16/24/32 channels, transformer widths 16/24/32) with its DeepLabV3 head (16-wide
+    ASPP), output stride 8. Random init."""
+    defaults = dict(
+        hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_attention_heads=2,
+        expand_ratio=2.0, output_stride=8, aspp_out_channels=16, atrous_rates=[2, 4, 6],
+    )
+    return MobileViTForSemanticSegmentation(MobileViTConfig(**{**defaults, **overrides}, **label_maps(id2label)))
+
+
+def tiny_mobilevitv2(id2label: Mapping[int, str], **overrides) -> MobileViTV2ForSemanticSegmentation:
+    """MobileViTV2 x0.25 (stages of 32/64/96/128 channels, one attention block each) with its DeepLabV3 head
+    (16-wide ASPP), output stride 8. Random init."""
+    defaults = dict(
+        width_multiplier=0.25, n_attn_blocks=[1, 1, 1], output_stride=8, aspp_out_channels=16, atrous_rates=[2, 4, 6]
+    )
+    return MobileViTV2ForSemanticSegmentation(MobileViTV2Config(**{**defaults, **overrides}, **label_maps(id2label)))
 
 
 SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = {
@@ -192,6 +305,15 @@ SEGMENTATION_PRESETS: dict[str, Callable[..., PreTrainedModel]] = {
     "small-segformer": small_segformer,
     "tiny-mobilenetv2-hf-deeplabv3": tiny_mobilenetv2_hf_deeplabv3,
     "tiny-upernet": tiny_upernet,
+    "tiny-upernet-convnext": tiny_upernet_convnext,
+    "tiny-upernet-swin": tiny_upernet_swin,
+    "tiny-upernet-dinov3": tiny_upernet_dinov3,
+    "tiny-upernet-dinov3-convnext": tiny_upernet_dinov3_convnext,
+    "tiny-dpt": tiny_dpt,
+    "tiny-dpt-hybrid": tiny_dpt_hybrid,
+    "tiny-beit": tiny_beit,
+    "tiny-mobilevit": tiny_mobilevit,
+    "tiny-mobilevitv2": tiny_mobilevitv2,
 }
 
 def load_segmentation_model(
@@ -228,7 +350,7 @@ def load_segmentation_model(
         auto_class=AutoModelForSemanticSegmentation,
         what="preset",
         task="semantic-segmentation",
-        families="SegFormer, MobileNetV2, UperNet and DeepLabV3 (timm_deeplabv3)",
+        families=segmentation_support(),
         role=role,
         trust_remote_code=trust_remote_code,
         revision=revision,

@@ -118,6 +118,9 @@ def train_variant(options, data, train, out: Path, no_sync: bool, batch_statisti
     trainer = trainer_class(
         model=student, teacher_model=teacher, args=args, train_dataset=train, data_collator=collator
     )
+    # Under DDP the trainer collates the first example once for its dry step (placement.find_unused_parameters_if_needed):
+    # not a training batch.
+    collator.batches.clear()
     rank, world_size = trainer.args.process_index, trainer.args.world_size
     if no_sync and world_size < 2:
         raise SystemExit("--variants no_sync needs 2 processes or more")
