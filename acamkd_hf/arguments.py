@@ -192,16 +192,16 @@ def build_parser() -> HfArgumentParser:
         allow_abbrev=False,  # a flag is spelled in full: a misspelled one is an error with the closest flag named
     )
     parser.add_argument("--config", metavar="FILE", help="A YAML/JSON recipe; flags given with it override its values.")
-    _group_help(parser)
+    group_help(parser)
     return parser
 
-def _group_help(parser: argparse.ArgumentParser) -> None:
-    """Moves every dataclass flag from the one "options" group into :data:`HELP_GROUPS` (presentation only: parsing
-    does not depend on groups), so ``--help`` shows the models, data and distillation flags before the ~700 lines of
-    ``TrainingArguments``."""
+def group_help(parser: argparse.ArgumentParser, groups=HELP_GROUPS) -> None:
+    """Moves every dataclass flag from the one "options" group into ``groups`` (default :data:`HELP_GROUPS`;
+    presentation only: parsing does not depend on groups), so ``--help`` shows the models, data and distillation
+    flags before the ~700 lines of ``TrainingArguments``."""
     optionals = parser._optionals  # noqa: SLF001 (argparse has no public way to regroup actions)
     placed: set[int] = set()
-    for _, title, names in HELP_GROUPS:
+    for _, title, names in groups:
         group = parser.add_argument_group(title)
         wanted = set(names())
         for action in list(optionals._group_actions):  # noqa: SLF001
@@ -320,4 +320,5 @@ def refuse_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> No
     parser.error(f"unrecognized argument{'s' if len(flags) > 1 else ''}: {', '.join(hints)}")
 
 
-__all__ = ["DataArguments", "ModelArguments", "build_parser", "default_recipe_path", "parse_arguments", "read_recipe"]
+__all__ = ["DataArguments", "HELP_GROUPS", "ModelArguments", "build_parser", "default_recipe_path", "group_help",
+           "parse_arguments", "read_recipe", "refuse_unknown_flags"]

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerState
 from transformers.trainer_utils import get_last_checkpoint
@@ -35,9 +36,7 @@ def checkpoint_to_resume(args: DistillationArguments) -> str | None:
         return None
     saved_path = Path(last, "training_args.json")
     saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
-    current = json.loads(args.to_json_string())
-    different = {key: (saved.get(key, "<missing>"), current.get(key)) for key in (*RESUME_KEYS, "teacher")
-                 if saved.get(key, "<missing>") != current.get(key)}
+    different = changed_training_settings(saved, args)
     # The distillation settings compare by what they train (defaults filled in); a setting missing from an older
     # checkpoint means what the code did before the setting existed.
     different.update(DistillationSettings.from_record(saved).differences(args.distillation_settings()))
@@ -50,6 +49,15 @@ def checkpoint_to_resume(args: DistillationArguments) -> str | None:
     logger.info(f"resuming the interrupted run from {last}")
     return last
 
+def changed_training_settings(saved: dict[str, Any], args: DistillationArguments) -> dict[str, tuple[Any, Any]]:
+    """``{setting: (saved, current)}`` for the :data:`RESUME_KEYS` and the teacher on which a run saved as ``saved``
+    (its arguments as JSON: a checkpoint's ``training_args.json``, a finished run's ``run_config.json`` "training")
+    differs from ``args``. A run is continued (or a finished one reused) only when there are none, and no
+    distillation setting differs either."""
+    current = json.loads(args.to_json_string())
+    return {key: (saved.get(key, "<missing>"), current.get(key)) for key in (*RESUME_KEYS, "teacher")
+            if saved.get(key, "<missing>") != current.get(key)}
+
 def last_step_state(checkpoint: str) -> TrainerState | None:
     """The checkpoint's trainer state when it is the last step of its training (``global_step >= max_steps``)."""
     path = Path(checkpoint, "trainer_state.json")
@@ -59,4 +67,4 @@ def last_step_state(checkpoint: str) -> TrainerState | None:
     return state if state.max_steps and state.global_step >= state.max_steps else None
 
 
-__all__ = ["RESUME_KEYS", "checkpoint_to_resume", "last_step_state"]
+__all__ = ["RESUME_KEYS", "changed_training_settings", "checkpoint_to_resume", "last_step_state"]

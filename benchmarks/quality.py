@@ -5,6 +5,10 @@
     python benchmarks/quality.py --table detection         # RT-DETR necks, against the inherited control
     python benchmarks/quality.py --table logits --rows student acamkd --seeds 0 --epochs 2 --work_dir /tmp/q  # smoke
 
+The benchmark's data are here (the rows, the tables, their budgets and the mask study's columns); the runs, their
+reuse, the pairing by seed, the t-intervals and the table cells are ``acamkd-compare``'s
+(:mod:`acamkd_hf.comparison_runs`, :mod:`acamkd_hf.paired_statistics`, :mod:`acamkd_hf.comparison_report`).
+
 Every run is the package's CLI (``python -m acamkd_hf.cli``, i.e. ``acamkd-distill``: exactly what a user runs) in a
 subprocess with one OpenMP thread; ``--jobs`` runs go side by side (default 2: this machine's cores). The
 segmentation recipe is the embedded synthetic one (240 synthetic 64x128 Cityscapes-layout images, 60 validation
@@ -16,9 +20,10 @@ run; the synthetic set is written once and shared, so seeds change the initialis
 never the data. The same seed gives the same initial student in every row (the CLI builds the student after
 ``set_seed``): rows are paired by seed.
 
-* Each run has its own folder ``<work_dir>/<table>/<row>/seed<k>``; a run whose ``metrics.json`` exists is reused
-  (the benchmark can be interrupted and continued; a reused run must have the same flags); a folder without one is
-  cleared and run again.
+* Each run has its own folder ``<work_dir>/<table>/<row>/seed<k>``; a finished run (``metrics.json`` and
+  ``quality_wall_time.json``) is reused when it was made by the same flags and today's code makes the same settings
+  of them (``acamkd-compare``'s reuse rule), else refused; the benchmark can be interrupted and continued; a folder
+  without a finished run is cleared and run again.
 * Per row: mean +- std over seeds; the difference to the student alone paired by seed, with its 95 % t-interval
   over seeds (t quantile for n - 1 degrees of freedom) and the number of seeds on which the row beats the student
   alone; the imitation/task loss ratio at the first logged step and at the end; wall time.
@@ -30,21 +35,38 @@ Writes the table and every run's record to ``<results_dir>/quality_<task>_<table
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from acamkd_hf.comparison_report import (
+    format_number,
+    loss_ratios,
+    mean_std_cell,
+    paired_cell,
+    per_seed_cell,
+    ratio_cell,
+    seed_values,
+    write_markdown_and_json,
+)
+from acamkd_hf.comparison_runs import (
+    Launcher,
+    Run,
+    RunFailedError,
+    StaleRunError,
+    check_reuse,
+    execute,
+    imitation_ratio,
+    log_snapshots,
+    visible_gpus,
+)
+from acamkd_hf.paired_statistics import mean_std, paired_difference
+
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "acamkd_hf.cli"]
+#: the benchmark's record of a finished run in its folder (acamkd-compare's RUN_RECORD under the name its runs have)
+RUN_RECORD = "quality_wall_time.json"
 
 #: the mask study (issue: masks that matter), rows of every table. The default (`acamkd`: adversarial masks,
 #: per-image statistics) is paired against `acamkd_uniform`, the same imitation with every mask a constant. The
@@ -192,131 +214,7 @@ def common_flags(options, output_dir: Path, seed: int) -> list[str]:
     ]
 
 
-def run_once(argv: list[str], output_dir: Path) -> float:
-    """Runs the CLI with ``argv`` in a subprocess with one OpenMP thread; returns the wall time in seconds. Its log
-    goes to ``<output_dir>.log``."""
-    if output_dir.exists():
-        shutil.rmtree(output_dir)  # an unfinished run: start it afresh
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    with open(f"{output_dir}.log", "w") as log:
-        done = subprocess.run([*CLI, *argv], cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"run {output_dir} failed (exit {done.returncode}); its log: {output_dir}.log")
-    return time.perf_counter() - start
-
-
-def read_run(output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:
-    """The numbers of a finished run from its folder."""
-    metrics = json.loads((output_dir / "metrics.json").read_text())
-    run_config = json.loads((output_dir / "run_config.json").read_text())
-    student = metrics["student"]
-    state_path = output_dir / "trainer_state.json"
-    history = json.loads(state_path.read_text())["log_history"] if state_path.is_file() else []
-    train_logs = [entry for entry in history if "loss" in entry and "eval_loss" not in entry]
-
-    def terms(entry: dict[str, Any] | None) -> dict[str, float]:
-        if not entry:
-            return {}
-        kept = {key: value for key, value in entry.items()
-                if key in ("step", "loss", "task_loss", "distillation_loss") or key.startswith("distill/")}
-        if student.get("method") == "none" and "task_loss" not in kept and "loss" in kept:
-            kept["task_loss"] = kept["loss"]  # no distillation: the logged loss is the task loss
-        return kept
-
-    training = run_config["training"]
-    record = {
-        "method": student.get("method"),
-        "distillation": run_config.get("distillation"),
-        "budget": {
-            "epochs": training.get("num_train_epochs"),
-            "train_images": run_config["data"].get("max_train_samples"),
-            "batch_size": training.get("per_device_train_batch_size"),
-            "learning_rate": training.get("learning_rate"),
-            "global_step": student.get("global_step"),
-        },
-        "train_runtime_s": student.get("train_runtime"),
-        "first_log": terms(train_logs[0] if train_logs else None),
-        "last_log": terms(train_logs[-1] if train_logs else None),
-        "log_history": [terms(entry) for entry in train_logs],
-    }
-    for key, _ in table["metrics"]:
-        record[key] = student.get(key)
-    if "teacher" in metrics:
-        record["teacher_" + table["metrics"][0][0]] = metrics["teacher"].get(table["metrics"][0][0])
-    if "student_untrained" in metrics:
-        record["untrained_" + table["metrics"][0][0]] = metrics["student_untrained"].get(
-            table["metrics"][0][0])
-    return record
-
-
-PARSER_LOCK = threading.Lock()
-#: distillation settings that the CLI resolves from the models when no flag sets them (not defaults of the code)
-MODEL_RESOLVED_SETTINGS = ("distillation_points", "num_masks")
-
-
-def changed_defaults(argv: list[str], output_dir: Path) -> dict[str, tuple[Any, Any]]:
-    """The distillation settings on which the finished run in ``output_dir`` trained differently from what today's
-    code makes of the same flags (a default changed since it ran), by the rule automatic resume uses."""
-    from acamkd_hf.arguments import parse_arguments
-    from acamkd_hf.settings import DistillationSettings
-
-    recorded = json.loads((output_dir / "run_config.json").read_text())["distillation"]
-    with PARSER_LOCK:  # HfArgumentParser resolves the dataclasses' field types in place: not thread-safe
-        today = parse_arguments(argv)[2].distillation_settings()
-    differences = DistillationSettings.from_record(recorded).differences(today)
-    # points and M are resolved from the models when the flags leave them unset: not a change of default
-    from_models = {key for key in MODEL_RESOLVED_SETTINGS if getattr(today, key) is None}
-    return {key: values for key, values in differences.items() if key not in from_models}
-
-
-def run_or_reuse(name: str, argv: list[str], output_dir: Path, table: dict[str, Any]) -> dict[str, Any]:
-    """The record of the run ``argv`` in ``output_dir``: read back when that folder holds a finished run made with
-    the same flags, else run now."""
-    timing_path = output_dir / "quality_wall_time.json"
-    if (output_dir / "metrics.json").is_file() and timing_path.is_file():
-        timing = json.loads(timing_path.read_text())
-        if timing.get("argv") != argv:
-            raise SystemExit(f"{output_dir} holds a run made with other flags ({' '.join(timing['argv'])}): use "
-                             f"another --work_dir (or delete that folder)")
-        changed = changed_defaults(argv, output_dir)
-        if changed:
-            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
-            raise SystemExit(f"{output_dir} holds a run made with the same flags but other defaults ({listed}): the "
-                             f"code's defaults changed since; delete that folder to rerun it (or use another --work_dir)")
-        wall = timing.get("wall_s")
-    else:
-        print(f"[quality] running {name}: acamkd-distill {' '.join(argv)}", flush=True)
-        wall = run_once(argv, output_dir)
-        timing_path.write_text(json.dumps({"wall_s": wall, "argv": argv}))
-    record = read_run(output_dir, table)
-    headline = table["metrics"][0][0]
-    print(f"[quality] {name} ({output_dir.name}): {headline} {record[headline]:.4f}, wall {wall:.0f} s", flush=True)
-    record.update(row=name, output_dir=str(output_dir), wall_s=wall, argv=argv)
-    return record
-
-
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean and its ``confidence`` t-interval over the values (Student's t, n - 1 degrees
-    of freedom); the interval is ``nan`` for fewer than two values."""
-    from scipy.stats import t
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
 # ----------------------------------------------------------------------------------------------------- table
-def mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 #: per-point diagnostics that are averaged over the points (the loss terms are summed)
 AVERAGED_TERMS = ("_mask_mean", "_mask_support", "_error_rank_corr", "_diversity")
 #: the mask study's control: every row is also paired against it (a row of the distribution form against that
@@ -330,6 +228,12 @@ def mask_control_of(name: str) -> str:
         if name.endswith(suffix):
             return MASK_CONTROL + suffix
     return MASK_CONTROL
+
+
+def fmt(value: float | None, digits: int = 4, mask: bool = False) -> str:
+    if mask and value == 0:
+        return "<5e-07"  # the trainer logs terms rounded to 6 decimals: a collapsed mask reads 0
+    return format_number(value, digits)
 
 
 def last_term(record: dict[str, Any], suffix: str) -> float | None:
@@ -347,49 +251,12 @@ def last_term(record: dict[str, Any], suffix: str) -> float | None:
     return sum(values) / len(values) if suffix.endswith(AVERAGED_TERMS) else sum(values)
 
 
-def paired_difference(records: list[dict[str, Any]], baseline: dict[int, float | None], headline: str) -> dict[str, Any]:
-    """The row minus the baseline row, paired by seed: ``{"deltas", "mean", "ci95", "seeds_better"}``."""
-    deltas = [r.get(headline) - baseline[r["seed"]] for r in records
-              if baseline.get(r["seed"]) is not None and r.get(headline) is not None]
-    mean, low, high = t_interval(deltas) if deltas else (float("nan"),) * 3
-    return {"deltas": deltas, "mean": mean, "ci95": [low, high], "seeds_better": sum(d > 0 for d in deltas)}
-
-
-def paired_cell(paired: dict[str, Any]) -> tuple[str, str]:
-    """The table's two cells of a paired difference: ``mean [low, high]`` and ``better/n``."""
-    if not paired["deltas"]:
-        return "-", "-"
-    low, high = paired["ci95"]
-    return f"{paired['mean']:+.4f} [{low:+.4f}, {high:+.4f}]", f"{paired['seeds_better']}/{len(paired['deltas'])}"
-
-
-def fmt(value: float | None, digits: int = 4, mask: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if mask and value == 0:
-        return "<5e-07"  # the trainer logs terms rounded to 6 decimals: a collapsed mask reads 0
-    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
-        return f"{value:.2e}"
-    return f"{value:.{digits}f}"
-
-
-def imitation_ratio(record: dict[str, Any], entry: dict[str, Any]) -> float | None:
-    """Weighted imitation loss / task loss in one logged entry (ACAM-KD: alpha (L_c + L_s), the Dice term left
-    out; the baselines: their distillation loss)."""
-    task, distill = entry.get("task_loss"), entry.get("distillation_loss")
-    imitation = [v for k, v in entry.items() if k.endswith(("/channel", "/spatial"))]
-    if imitation:
-        alpha = (record.get("distillation") or {}).get("alpha")
-        distill = (1.0 if alpha is None else alpha) * sum(imitation)
-    return distill / task if task and distill is not None else None
-
-
 def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], table: dict[str, Any]) -> tuple[str, dict]:
     (headline, title), (second, second_title) = table["metrics"][:2]
     control = table["control"]
     summary: dict[str, Any] = {}
-    baseline = {r["seed"]: r.get(headline) for r in rows.get(control, [])}
-    mask_baselines = {name: {r["seed"]: r.get(headline) for r in rows.get(mask_control_of(name), [])} for name in rows}
+    baseline = seed_values(rows.get(control, []), headline)
+    mask_baselines = {name: seed_values(rows.get(mask_control_of(name), []), headline) for name in rows}
     header = (
         f"| row | {title} mean +- std | per seed | minus {control}, paired by seed: mean [95% t-interval] | "
         f"seeds better | minus its uniform-mask control ({MASK_CONTROL}[_distribution]), paired | seeds better | "
@@ -409,43 +276,41 @@ def summarise(rows: dict[str, list[dict[str, Any]]], teacher: dict[str, Any], ta
         return statistics.fmean(values) if values else None
 
     for name, records in rows.items():
-        m, s = mean_std([r.get(headline) for r in records])
-        m2, s2 = mean_std([r.get(second) for r in records])
+        values, second_values = [r.get(headline) for r in records], [r.get(second) for r in records]
+        m, s = mean_std(values)
+        m2, s2 = mean_std(second_values)
         wall, _ = mean_std([r.get("wall_s") for r in records])
-        ratios = [(imitation_ratio(r, r["first_log"]), imitation_ratio(r, r["last_log"])) for r in records]
-        first = mean_std([a for a, _ in ratios if a is not None])[0] if any(a is not None for a, _ in ratios) else None
-        last = mean_std([b for _, b in ratios if b is not None])[0] if any(b is not None for _, b in ratios) else None
+        first, last = loss_ratios(records)
         masks = [final(records, key) for key in ("spatial_mask_mean", "channel_mask_mean")]
         diagnostics = [final(records, key) for key in ("spatial_mask_support", "channel_mask_support", "spatial_error_rank_corr",
                                                        "spatial_diversity", "channel_diversity")]
-        versus_control = paired_difference(records, baseline, headline)
-        versus_uniform = paired_difference(records, mask_baselines[name], headline)
+        versus_control = paired_difference(seed_values(records, headline), baseline)
+        versus_uniform = paired_difference(seed_values(records, headline), mask_baselines[name])
         summary[name] = {
-            "mean": m, "std": s, "per_seed": [r.get(headline) for r in records], "seeds": [r["seed"] for r in records],
+            "mean": m, "std": s, "per_seed": values, "seeds": [r["seed"] for r in records],
             f"{second}_mean": m2, f"{second}_std": s2, "wall_s_mean": wall,
-            "paired_delta_mean": versus_control["mean"], "paired_delta_ci95": versus_control["ci95"],
-            "paired_deltas": versus_control["deltas"], "seeds_better": versus_control["seeds_better"],
+            "paired_delta_mean": versus_control.mean, "paired_delta_ci95": versus_control.ci95,
+            "paired_deltas": versus_control.deltas, "seeds_better": versus_control.seeds_better,
             "imitation_over_task_first": first,
             "imitation_over_task_last": last, "final_spatial_mask_mean": masks[0], "final_channel_mask_mean": masks[1],
             "final_spatial_mask_support": diagnostics[0], "final_channel_mask_support": diagnostics[1],
             "final_spatial_error_rank_corr": diagnostics[2], "final_spatial_dice": diagnostics[3],
             "final_channel_dice": diagnostics[4],
         }
-        if versus_uniform["deltas"] and name != mask_control_of(name):
+        if versus_uniform.deltas and name != mask_control_of(name):
             summary[name].update({
-                "mask_control": mask_control_of(name), "minus_mask_control_mean": versus_uniform["mean"],
-                "minus_mask_control_ci95": versus_uniform["ci95"], "minus_mask_control_deltas": versus_uniform["deltas"],
-                "minus_mask_control_seeds_better": versus_uniform["seeds_better"],
+                "mask_control": mask_control_of(name), "minus_mask_control_mean": versus_uniform.mean,
+                "minus_mask_control_ci95": versus_uniform.ci95, "minus_mask_control_deltas": versus_uniform.deltas,
+                "minus_mask_control_seeds_better": versus_uniform.seeds_better,
             })
-        per_seed = ", ".join(fmt(r.get(headline)) for r in records)
         paired, better = ("-", "-") if name == control else paired_cell(versus_control)
         paired_uniform, better_uniform = ("-", "-") if name == mask_control_of(name) else paired_cell(versus_uniform)
-        ratio = "-" if first is None else f"{fmt(first, 3)} -> {fmt(last, 3)}"
         mask_cell = "-" if masks == [None, None] else f"{fmt(masks[0], 3, mask=True)} / {fmt(masks[1], 3, mask=True)}"
         diagnostics_cell = "-" if diagnostics[:3] == [None] * 3 else " / ".join(fmt(v, 3) for v in diagnostics)
         lines.append(
-            f"| {name} | {fmt(m)} +- {fmt(s)} | {per_seed} | {paired} | {better} | {paired_uniform} | {better_uniform} | "
-            f"{fmt(m2)} +- {fmt(s2)} | {ratio} | {mask_cell} | {diagnostics_cell} | {fmt(wall, 0)} |"
+            f"| {name} | {mean_std_cell(values)} | {per_seed_cell(values)} | {paired} | {better} | {paired_uniform} | "
+            f"{better_uniform} | {mean_std_cell(second_values)} | {ratio_cell(first, last)} | {mask_cell} | "
+            f"{diagnostics_cell} | {fmt(wall, 0)} |"
         )
     return "\n".join(lines), summary
 
@@ -518,16 +383,10 @@ def parse(argv: list[str] | None = None):
     return options
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cli = list(sys.argv[1:] if argv is None else argv)
-    options = parse(cli)
-    table = TABLES[options.table]
-    work = Path(options.work_dir) / options.task
-    options.work_dir = str(work)
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-
-    # 1. the teacher, once per task (seed 0); its run also writes the shared synthetic set (seed 0)
+def plan_runs(options, table: dict[str, Any]) -> tuple[Run, list[Run]]:
+    """The teacher, once per task (seed 0; its run also writes the shared synthetic set, seed 0), and every row x
+    seed with the same recipe and budget, seed by seed (an interrupted benchmark has every row for the first seeds)."""
+    work = Path(options.work_dir)
     teacher_dir = work / "teacher"
     teacher_argv = [*common_flags(options, teacher_dir, 0), "--method", "none", "--student", table["teacher"],
                     "--num_train_epochs", f"{options.teacher_epochs:g}"]
@@ -535,11 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         teacher_argv += ["--inherit_from_teacher", "false"]  # plain training: nothing to inherit from
     if options.train_images is not None:
         teacher_argv += ["--max_train_samples", str(options.train_images)]
-    teacher = run_or_reuse("teacher", teacher_argv, teacher_dir, table)
-
-    # 2. every row x seed, same recipe and budget, --jobs at a time (seed-major: an interrupted benchmark has every
-    # row for the first seeds)
-    jobs = []
+    runs = []
     for seed in options.seeds:
         for name in options.rows:
             flags, _ = table["rows"][name]
@@ -552,16 +407,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_argv = [*common_flags(options, output_dir, seed), *point, *flags, *budget_flags(options)]
             if "none" not in flags:
                 run_argv += ["--teacher", str(teacher_dir)]
-            jobs.append((name, seed, [*run_argv, *options.extra], output_dir))
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        futures = [(name, seed, pool.submit(run_or_reuse, name, run_argv, output_dir, table))
-                   for name, seed, run_argv, output_dir in jobs]
-        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in options.rows}
-        for name, seed, future in futures:
-            record = future.result()
-            record["seed"] = seed
-            rows[name].append(record)
+            runs.append(Run(name, seed, [*run_argv, *options.extra], output_dir))
+    return Run("teacher", None, teacher_argv, teacher_dir), runs
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cli = list(sys.argv[1:] if argv is None else argv)
+    options = parse(cli)
+    table = TABLES[options.table]
+    work = Path(options.work_dir) / options.task
+    options.work_dir = str(work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    teacher_run, runs = plan_runs(options, table)
+    launcher = Launcher(jobs=options.jobs, gpus=visible_gpus(), threads=1,
+                        say=lambda line: print(f"[quality] {line}", flush=True))
+    metric_keys = [key for key, _ in table["metrics"]]
+    try:
+        check_reuse([teacher_run, *runs], replace_stale=False, record_name=RUN_RECORD,
+                    remedy="use another --work_dir, or delete those folders to run them again")
+        teacher = execute([teacher_run], launcher, metric_keys, RUN_RECORD)[0]
+        records = execute(runs, launcher, metric_keys, RUN_RECORD)
+    except (StaleRunError, RunFailedError) as error:
+        raise SystemExit(f"quality: {error}") from None
+    rows: dict[str, list[dict[str, Any]]] = {name: [r for r in records if r["row"] == name] for name in options.rows}
+    return write_results(options, cli, table, teacher, rows, started)
+
+
+def write_results(options, cli: list[str], table: dict[str, Any], teacher: dict[str, Any],
+                  rows: dict[str, list[dict[str, Any]]], started: float) -> dict[str, Any]:
+    """``<results_dir>/quality_<task>_<table>.{md,json}``, the tables printed; returns the JSON's data."""
     summary_table, summary = summarise(rows, teacher, table)
     dynamics = dynamics_table(rows)
     total_run_wall = sum(r.get("wall_s") or 0 for records in rows.values() for r in records) + (teacher.get("wall_s") or 0)
@@ -592,17 +467,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{options.jobs} side by side; this invocation {time.perf_counter() - started:.0f} s, reused runs count 0)."
         f"\n\n{result}\n"
     )
-    results_dir = Path(options.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"quality_{options.task}_" if options.task == "segmentation" else "quality_"
-    name = f"{prefix}{options.table}{options.tag}"
-    (results_dir / f"{name}.md").write_text(markdown)
-    for record in [teacher, *(r for records in rows.values() for r in records)]:  # keep the JSON small:
-        history = record.pop("log_history")  # the logs at 0, 10, 25, 50, 100 % of training (the dynamics table's)
-        record["log_snapshots"] = [history[round(f * (len(history) - 1))] for f in (0.0, 0.1, 0.25, 0.5, 1.0)] if history else []
+    for record in [teacher, *(r for records in rows.values() for r in records)]:  # keep the JSON small: the logs at
+        record["log_snapshots"] = log_snapshots(record.pop("log_history"))  # 0, 10, 25, 50, 100 % (the dynamics')
     raw = {"command": command.strip(), "settings": settings_line, "teacher": teacher, "summary": summary,
            "runs": rows, "result": result}
-    (results_dir / f"{name}.json").write_text(json.dumps(raw, indent=1, default=str))
+    write_markdown_and_json(Path(options.results_dir) / f"{prefix}{options.table}{options.tag}", markdown, raw)
     print(f"\n{settings_line}\n\n{summary_table}\n\n{dynamics}\n\n{result}")
     return raw
 

@@ -177,34 +177,28 @@ def test_inference_cost_quick(tmp_path, capsys):
     assert "FAIL" not in output
 
 
-@pytest.mark.parametrize(
-    "recorded,expected",
-    [
-        ({}, {}),  # the run made with today's defaults: reused
-        ({"imitation_standardize": False}, {"imitation_standardize": (False, True)}),  # a variant default changed
-        ({"mask_normalizer": "sum_sq"}, {"mask_normalizer": ("sum_sq", "sum")}),
-        ({"fusion_kv_reduction": "1"}, {"fusion_kv_reduction": ("1", "auto")}),  # no budget noise next to it
-        ({"fusion_max_kv_tokens": 128}, {"fusion_max_kv_tokens": (128, "today")}),
-        ({"mask_objective": "imitation", "standardize_over": "batch"},  # the default before the mask study
-         {"mask_objective": ("imitation", "adversarial"), "standardize_over": ("batch", "image")}),
-        ({"num_masks": 8, "distillation_points": ["logits"]}, {}),  # resolved from the models: not a default
-    ],
-)
-def test_quality_benchmark_refuses_a_finished_run_whose_defaults_changed(tmp_path, recorded, expected):
-    """A finished run is reused only if today's code makes the same settings of its flags; a setting that a
-    variant fills in is a default too (the record here: what --method acamkd resolved to when it ran)."""
+def test_quality_benchmark_plans_its_runs_for_acamkd_compare(tmp_path):
+    """benchmarks/quality.py is a caller of acamkd-compare's runs (the reuse rule, pairing and cells are the
+    package's, tested in tests/test_compare.py): its plan keeps the folder layout and flags its finished runs were
+    made with (the student alone shared by the tables of a task, every other row under its table), and a stale run
+    ends the benchmark with the package's refusal."""
     import json
 
-    from acamkd_hf.fusion import DEFAULT_MAX_KV_TOKENS
-
     quality = _load("quality")
-    expected = {key: (old, DEFAULT_MAX_KV_TOKENS if new == "today" else new) for key, (old, new) in expected.items()}
-    today = {"method": "acamkd", "distillation_points": ["logits"], "alpha": 1.0, "acamkd_variant": "recommended",
-             "lambda_div": 1.0, "num_masks": 8, "mask_kinds": "both", "fusion_mode": "teacher_query",
-             "fusion_kv_reduction": "auto", "fusion_max_kv_tokens": DEFAULT_MAX_KV_TOKENS, "detach_student_in_fusion": True,
-             "alignment": "conv1x1", "detach_masks_in_imitation": False, "mask_normalizer": "sum",
-             "mask_activation": "sigmoid", "imitation_standardize": True, "mask_objective": "adversarial",
-             "standardize_over": "image"}  # fmt: skip
-    (tmp_path / "run_config.json").write_text(json.dumps({"distillation": {**today, **recorded}}))
-    argv = ["--task", "segmentation", "--output_dir", str(tmp_path), "--method", "acamkd"]
-    assert quality.changed_defaults(argv, tmp_path) == expected
+    flags = ["--table", "feature", "--rows", "student", "pkd", "--seeds", "3", "--work_dir", str(tmp_path)]
+    options = quality.parse(flags)
+    options.work_dir = str(tmp_path / options.task)
+    teacher, runs = quality.plan_runs(options, quality.TABLES["feature"])
+    work = tmp_path / "segmentation"
+    assert teacher.output_dir == work / "teacher" and teacher.seed is None
+    assert [(run.row, run.seed, run.output_dir) for run in runs] == [
+        ("student", 3, work / "student" / "seed3"), ("pkd", 3, work / "feature" / "pkd" / "seed3")]
+    assert runs[1].argv[-6:] == ["--method", "pkd", "--num_train_epochs", "40", "--teacher", str(work / "teacher")]
+    assert runs[1].argv[runs[1].argv.index("--distillation_points") + 1] == "stage2"
+    folder = runs[1].output_dir
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    (folder / quality.RUN_RECORD).write_text(json.dumps({"wall_s": 1.0, "argv": [*runs[1].argv, "--alpha", "2"]}))
+    with pytest.raises(SystemExit, match=r"quality: 1 finished run\(s\) were made with other settings.*--alpha 2.*use "
+                                         r"another --work_dir, or delete those folders"):
+        quality.main(flags)
