@@ -23,6 +23,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from .config import DistillationArguments
+from .models.detection import detection_size_conventions
 from .settings import DistillationSettings
 from .tasks import TASKS
 
@@ -121,11 +122,10 @@ class DataArguments:
     )
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Detection input size, by the family's convention: RT-DETR, every image resized to N x N "
-                          "(a multiple of 32); DETR / Deformable DETR, the shortest edge N (the longest at most "
-                          "N * 1333 / 800; aspect ratio kept, batches padded). Default: the student's own processor; "
-                          "a preset: the family's (RT-DETR 640, DETR 800), the synthetic set's side for it. "
-                          "Metrics are always scored on the original image sizes."},
+        metadata={"help": f"Detection input size, by the family's convention: {detection_size_conventions()}. "
+                          "Default: the student's own processor; a preset: its family's, the synthetic set's side for "
+                          "it. A size the model cannot take is refused with the nearest ones. Metrics are always "
+                          "scored on the original image sizes."},
     )
     ignore_unknown_label_values: bool = field(
         default=False,

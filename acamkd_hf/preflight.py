@@ -11,7 +11,7 @@ from pathlib import Path
 from .arguments import DataArguments, ModelArguments
 from .config import DistillationArguments
 from .families.segmentation import input_size_problem
-from .models.detection import DETECTORS, detection_input_problem
+from .models.detection import DETECTORS, detection_input_problem, detection_input_size_error
 from .models.labels import check_teacher_labels, describe_label_mismatch
 from .taps import is_module_point, probe_feature_shapes
 
@@ -80,7 +80,12 @@ def check_teacher(teacher, data, points: list[str], args: DistillationArguments,
 def _input_problem(model, size: tuple[int, int]) -> str | None:
     """Why ``model`` cannot take inputs of ``size`` = (H, W): its family's rule (a segmenter's, e.g. DPT's square
     grid; a detector's: stride multiples, enough positions for its queries), else None."""
-    return detection_input_problem(model, size) if _is_detector(model) else input_size_problem(model, size)
+    if not _is_detector(model):
+        return input_size_problem(model, size)
+    if size[0] == size[1]:  # the sides it can take instead are named
+        problem = detection_input_size_error(model, int(size[0]))
+        return problem.split(": ", 1)[1] if problem else None
+    return detection_input_problem(model, size)
 
 
 def _is_detector(model) -> bool:
@@ -104,7 +109,8 @@ def check_models_take_the_inputs(
             problem = _input_problem(model, (height, width))
             if problem:
                 how = ("--image_size sets the input side" if _is_detector(model) else
-                       "--crop_size H W sets the training crops; validation images are used whole")
+                       "--crop_size H W sets the training crops; validation images are used whole; the synthetic "
+                       "set's size: --synthetic_image_size H W")
                 raise ValueError(
                     f"the {role} {name!r} cannot take the {what} ({height}x{width}): {problem}. Train and evaluate on "
                     f"inputs it takes ({how})."
@@ -130,6 +136,17 @@ def recipe_warnings(task, data, data_args: DataArguments, args: DistillationArgu
         )
     return warnings
 
+
+def untrained_teacher_warnings(task, args: DistillationArguments) -> list[str]:
+    """A ``--teacher`` that names a preset: a randomly initialised model (nothing is downloaded), so the student would
+    imitate noise."""
+    if not args.distilling or args.teacher not in task.presets:
+        return []
+    return [f"--teacher {args.teacher} is a preset: randomly initialised, it knows nothing, and the student would "
+            "imitate noise. Pass a trained teacher (a folder or Hub id), or leave --teacher out and name its "
+            f"architecture with --teacher_architecture {args.teacher} to train it here first."]
+
+
 def launch_warnings(args: DistillationArguments) -> list[str]:
     """A launch that does not do what its config says: FSDP (``accelerate launch --config_file fsdp.yaml``) on CPU
     processes, which accelerate runs as plain data-parallel CPU training."""
@@ -140,4 +157,5 @@ def launch_warnings(args: DistillationArguments) -> list[str]:
 
 
 __all__ = ["check_models_take_the_inputs", "check_task_flags", "check_teacher", "check_writable_directory",
-           "launch_warnings", "output_directories", "recipe_warnings", "sibling_folder"]
+           "launch_warnings", "output_directories", "recipe_warnings", "sibling_folder",
+           "untrained_teacher_warnings"]

@@ -142,8 +142,10 @@ class DistillationSettings:
     )
     distillation_points: list[str] | None = field(
         default=None,
-        metadata={"help": "Where to distil. Default: the paper's points: logits for segmentation, every neck level "
-                          "(neck1, neck2, ...) for detection. A wrong name lists the available ones."},
+        metadata={"help": "Where to distil: a family point (logits, stem, stage1.., neck1..; the README's table lists "
+                          "each family's) or any submodule by its path, module:PATH (module:PATH[i]: item i of its "
+                          "output). Default: the paper's points: logits for segmentation, every neck level (neck1, "
+                          "neck2, ...) for detection. A wrong name lists the available ones."},
     )
     alpha: float | None = field(
         default=None,

@@ -52,8 +52,12 @@ class ModuleOutput:
         if self.index is None:
             if isinstance(output, torch.Tensor):
                 return output
-            raise RuntimeError(f"{self.point}: the module returns {_describe(output)}, not a tensor; name one item "
-                               f"of it, e.g. {self.point}[0].")
+            items = output.to_tuple() if hasattr(output, "to_tuple") else output
+            maps = [i for i, item in enumerate(items) if isinstance(item, torch.Tensor) and item.dim() == 4] \
+                if isinstance(items, (tuple, list)) else []
+            advice = (f"name one of its (B, C, H, W) items: {', '.join(f'{self.point}[{i}]' for i in maps)}" if maps
+                      else "none of its items is a (B, C, H, W) map: name another module")
+            raise RuntimeError(f"{self.point}: the module returns {_describe(output)}, not a tensor; {advice}.")
         items = output.to_tuple() if hasattr(output, "to_tuple") else output
         if not isinstance(items, (tuple, list)) or self.index >= len(items):
             raise RuntimeError(f"{self.point}: the module returns {_describe(output)}, which has no item {self.index}.")
@@ -153,7 +157,8 @@ def _check_points(model: nn.Module, points: Sequence[str]) -> dict[str, TapSpec]
         if name not in specs:
             raise ValueError(
                 f"Unknown distillation point {name!r} for {type(model).__name__}; available: {listed}"
-                + ("" if specs else f". Supported families: {', '.join(FAMILIES)}")
+                + (f"; or any submodule, {MODULE_POINT_PREFIX}PATH" if specs else
+                   f". Supported families: {', '.join(FAMILIES)}")
             )
     duplicates = sorted({name for name in points if list(points).count(name) > 1})
     if duplicates:

@@ -44,7 +44,7 @@ from .models.labels import check_label_sets
 from .placement import convert_to_sync_batchnorm, find_unused_parameters_if_needed, place_teacher
 from .seeding import PerExampleSeededDataset, SetDatasetEpoch
 from .settings import DistillationSettings, default_num_masks
-from .taps import FeatureTaps, freeze_teacher, probe_feature_shapes, resolve_distillation_points
+from .taps import LOGITS, FeatureTaps, freeze_teacher, probe_feature_shapes, resolve_distillation_points
 
 logger = logging.get_logger(__name__)
 
@@ -348,6 +348,15 @@ def _build_distillation(args: DistillationArguments, student, teacher, image_siz
     student_shapes = probe_feature_shapes(student, points, image_size)
     teacher_shapes = probe_feature_shapes(teacher, points, image_size)
     logger.info(f"distillation points (C, H, W) student {student_shapes} <- teacher {teacher_shapes}")
+    for point in points:
+        student_size, teacher_size = tuple(student_shapes[point][1:]), tuple(teacher_shapes[point][1:])
+        if point != LOGITS and student_size != teacher_size:  # logits at another stride: the usual resize
+            logger.warning(
+                f"distillation point {point}: the student's map is {student_size[0]}x{student_size[1]} and the "
+                f"teacher's {teacher_size[0]}x{teacher_size[1]} for the same input: maps of different strides "
+                "(pyramid levels) are paired, the student's resized to the teacher's. Name points at the same stride "
+                "(the README's table of families lists them) if that is not intended."
+            )
     settings = settings.resolved(points, default_num_masks(student))
     return settings, build_distillation_loss(settings, student_shapes, teacher_shapes)
 

@@ -32,6 +32,7 @@ from .preflight import (
     output_directories,
     recipe_warnings,
     sibling_folder,
+    untrained_teacher_warnings,
 )
 from .resume import checkpoint_to_resume, last_step_state
 from .taps import resolve_distillation_points
@@ -190,7 +191,8 @@ def prepare_run(task, model_args: ModelArguments, data_args: DataArguments, args
             data, data_args = task.prepare_data(data_args, data_args.synthetic_seed)
         origin = dataset_origin(data_args.dataset)
         if args.should_log:
-            for warning in [*recipe_warnings(task, data, data_args, args), *launch_warnings(args)]:
+            for warning in [*recipe_warnings(task, data, data_args, args), *launch_warnings(args),
+                            *untrained_teacher_warnings(task, args)]:
                 logger.warning(warning)
 
         student = load_model(task, model_args.student, data, model_args, "student", args.seed)

@@ -150,3 +150,19 @@ def test_ctrl_c_last_line_survives_objects_that_fail_when_the_interrupted_frames
     assert stderr.strip().splitlines()[-1] == "interrupted before training started: run the same command again."
     assert reported == [] and "Traceback" not in stderr
     assert sys.unraisablehook is recorder  # the hook before the interruption is back
+
+
+def test_a_preset_teacher_is_said_to_know_nothing(tmp_path):
+    from acamkd_hf.config import DistillationArguments
+    from acamkd_hf.preflight import untrained_teacher_warnings
+    from acamkd_hf.tasks import TASKS
+
+    def warnings(**values):
+        args = DistillationArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **values)
+        return untrained_teacher_warnings(TASKS["detection"], args)
+
+    [line] = warnings(teacher="tiny-rtdetr-resnet")
+    assert line.startswith("--teacher tiny-rtdetr-resnet is a preset: randomly initialised, it knows nothing")
+    assert "--teacher_architecture tiny-rtdetr-resnet" in line
+    assert warnings(teacher=str(tmp_path)) == []  # a folder: a trained teacher
+    assert warnings(teacher="tiny-rtdetr-resnet", method="none") == []  # no distillation: no teacher is read

@@ -128,6 +128,14 @@ def test_wrong_sizing_flags_are_one_line_errors(mixed_root, tmp_path, capsys):
         cli.main([*common, "--crop_size", "64", "64"])
     assert exit_info.value.code == 2
     assert "--crop_size is a segmentation flag" in capsys.readouterr().err
+    # A rule that depends on the model (a windowed ViT's multiple), checked before training, with the nearest sides.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*common, "--teacher", "tiny-rtdetr-resnet", "--student", "tiny-lwdetr-student", "--image_size", "72"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "acamkd-distill: error: the student 'tiny-lwdetr-student' cannot take the training inputs (72x72): LW-DETR "
+        "needs a multiple of 32 (its ViT's patch size times its windows per side); use 64 or 96. Train and evaluate on "
+        "inputs it takes (--image_size sets the input side).")
 
 
 def _exif_coco(root: Path, annotated_size: tuple[int, int]) -> Path:
@@ -184,6 +192,6 @@ def test_loading_a_coco_split_says_what_it_holds(tmp_path, caplog):
     with caplog.at_level("INFO", logger="acamkd_hf.data.coco"):
         load_coco(root)
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("instances_val2017.json:")]
-    assert line.startswith(f"instances_val2017.json: {len(SIZES)} images (1 without annotations: trained on as "
-                           f"background), {2 * len(SIZES) - 2} boxes (1 crowd: left out of the training targets")
+    assert line.startswith(f"instances_val2017.json: {len(SIZES)} images (1 without annotations: background "
+                           f"images), {2 * len(SIZES) - 2} boxes (1 crowd: left out of the training targets")
     assert "; 1 L, 1 RGBA images not stored as RGB, converted as they are read" in line

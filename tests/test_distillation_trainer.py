@@ -334,3 +334,16 @@ def test_mask_normalizer_reaches_every_point_and_small_terms_are_logged_with_sig
     assert logs["distill/logits/spatial_mask_mean"] == pytest.approx(3.2e-9, rel=1e-5)  # not rounded to 0
     with pytest.raises(ValueError, match="--mask_normalizer 'mean' is not one of: sum, sum_sq"):
         _args(tmp_path, mask_normalizer="mean")
+
+
+def test_points_at_different_strides_are_paired_with_one_warning(data, tmp_path, caplog):
+    # At this input: DeepLabV3's stage3 is dilated (stride 8), SegFormer's is at stride 16; both stage2s at stride 8.
+    student = SEGMENTATION_PRESETS["tiny-segformer"](data.id2label)
+    with caplog.at_level("WARNING", logger="acamkd_hf.trainer"):
+        _make(data, tmp_path, student=student, distillation_points=["stage2", "stage3"], method="mse")
+    lines = [r.getMessage() for r in caplog.records if r.name == "acamkd_hf.trainer" and "different strides" in r.getMessage()]
+    height, width = IMAGE_SIZE
+    assert lines == [f"distillation point stage3: the student's map is {height // 16}x{width // 16} and the teacher's "
+                     f"{height // 8}x{width // 8} for the same input: maps of different strides (pyramid levels) are "
+                     "paired, the student's resized to the teacher's. Name points at the same stride (the README's "
+                     "table of families lists them) if that is not intended."]

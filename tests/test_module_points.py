@@ -67,7 +67,8 @@ def test_a_wrong_path_lists_the_closest_real_ones():
 def test_outputs_that_are_not_maps_are_refused_with_what_they_hold():
     model = Net()
     for point, message in (
-        ("module:body", r"returns a tuple of 2 items \(\[0\] \(2, 6, 8, 8\), \[1\] \(2, 64, 6\)\).*module:body\[0\]"),
+        ("module:body", r"returns a tuple of 2 items \(\[0\] \(2, 6, 8, 8\), \[1\] \(2, 64, 6\)\), not a tensor; name one "
+                        r"of its \(B, C, H, W\) items: module:body\[0\]\.$"),
         ("module:body[2]", "has no item 2"),
         ("module:body[1]", r"shape \(2, 64, 6\); expected \(B, C, H, W\)"),
     ):
@@ -108,3 +109,17 @@ def test_a_module_point_trains_through_the_losses_and_keeps_its_name():
     assert set(terms) >= {"loss", "module:body[0]/loss"}
     terms["loss"].backward()
     assert student.body.conv.weight.grad.abs().sum() > 0
+
+
+def test_an_output_with_no_map_says_so_instead_of_suggesting_an_item():
+    class Tokens(nn.Module):
+        def forward(self, pixel_values):
+            tokens = pixel_values.flatten(2).transpose(1, 2)
+            return tokens, tokens.mean(1)
+
+    model = nn.Sequential()
+    model.add_module("encoder", Tokens())
+    taps = FeatureTaps(model, ["module:encoder"])
+    with pytest.raises(RuntimeError, match=r"none of its items is a \(B, C, H, W\) map: name another module"):
+        model(_x())
+        taps.collect()

@@ -149,7 +149,7 @@ def test_unknown_point_error_lists_available_names(name):
         FeatureTaps(model, ["logits", "stage9"])
     assert str(info.value) == (
         f"Unknown distillation point 'stage9' for {type(model).__name__}; "
-        "available: logits, stage1, stage2, stage3, stage4"
+        "available: logits, stage1, stage2, stage3, stage4; or any submodule, module:PATH"
     )
 
 

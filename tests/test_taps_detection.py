@@ -218,7 +218,8 @@ def test_unknown_point_error_lists_available_names(name):
     with pytest.raises(ValueError) as info:
         FeatureTaps(model, ["neck1", "neck9"])
     assert str(info.value) == (
-        f"Unknown distillation point 'neck9' for {type(model).__name__}; available: {', '.join(EXPECTED[name])}"
+        f"Unknown distillation point 'neck9' for {type(model).__name__}; available: {', '.join(EXPECTED[name])}; "
+        "or any submodule, module:PATH"
     )
 
 

@@ -250,12 +250,13 @@ def _load_coco_split(root: Path, split: str) -> tuple[dict[str, list], list[dict
     boxes = sum(len(anns) for anns in objects.values())
     crowd = sum(a["iscrowd"] for anns in objects.values() for a in anns)
     empty = sum(not anns for anns in objects.values())
+    other_modes = ", ".join(f"{count} {mode}" for mode, count in sorted(modes.items()) if mode != "RGB")
     logger.info(
-        f"{json_path.name}: {len(by_id)} images ({empty} without annotations: trained on as background), {boxes} "
+        f"{json_path.name}: {len(by_id)} images ({empty} without annotations: background images), {boxes} "
         f"boxes ({crowd} crowd: left out of the training targets, ignored by COCOeval), {len(counts.clipped)} "
         f"clipped to their image, {len(counts.dropped)} dropped; "
-        + (", ".join(f"{count} {mode}" for mode, count in sorted(modes.items()) if mode != "RGB") or "no")
-        + " images not stored as RGB, converted as they are read (grayscale: the channel repeated; RGBA: alpha dropped)"
+        + (f"{other_modes} images not stored as RGB, converted as they are read (grayscale: the channel repeated; "
+           "RGBA: alpha dropped)" if other_modes else "every image stored as RGB")
     )
 
     return _coco_rows(by_id, objects, image_folder), categories, json_path

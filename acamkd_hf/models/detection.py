@@ -130,6 +130,26 @@ def detection_family_names() -> str:
     return ", ".join(titles[:-1]) + " and " + titles[-1]
 
 
+def detection_size_conventions() -> str:
+    """Each family's input-size convention in words (from :data:`DETECTORS`), for ``--image_size``'s help."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for detector in DETECTORS.values():
+        if detector.square:
+            multiple = ("patch size x windows" if detector.windows_field else
+                        f"{detector.size_multiple}" if detector.size_multiple > 1 else "")
+            rule = f"every image resized to N x N{f' (a multiple of {multiple})' if multiple else ''}"
+        else:
+            rule = "the shortest edge N (the longest at most N * 1333 / 800; aspect ratio kept, batches padded)"
+        groups.setdefault(rule, []).append((detector.title, detector.input_size))
+    parts = []
+    for rule, members in groups.items():
+        sizes = {size for _, size in members}
+        names = (f"{', '.join(title for title, _ in members)} (default {sizes.pop()})" if len(sizes) == 1 else
+                 ", ".join(f"{title} (default {size})" for title, size in members))
+        parts.append(f"{names}: {rule}")
+    return "; ".join(parts)
+
+
 def load_detection_model(
     name_or_path: str,
     id2label: dict[int, str] | None = None,
@@ -300,6 +320,7 @@ def default_detection_image_processor(family: Any, input_size: int | None = None
 
 
 __all__ = [
+    "detection_size_conventions",
     "DETECTION_INPUT_SIZES",
     "DETECTION_PRESETS",
     "DETECTION_PRESET_FAMILIES",
