@@ -44,6 +44,7 @@ from .config import DistillationArguments
 from .errors import input_checks, input_error_message, is_input_error
 from .hub import custom_code_files, model_card, push_student
 from .interrupts import Interrupts
+from .model_sources import is_local_path
 from .models import BackboneDownloadError
 from .run_record import arguments_record, finished_run, local_model_path, run_record, write_run_record
 from .tasks import TASKS
@@ -80,7 +81,7 @@ def run(argv: list[str]) -> dict[str, Any]:
             f"nothing changed. To train again, pass another --output_dir or delete that folder."
         )
         if args.should_log:
-            print_table(task, finished, args.method)
+            print_table(task, finished, args.method, args.teacher)
         return finished
     logger.info(f"acamkd_hf {acamkd_hf.__version__}, {task.name}, method {args.method}, output {args.output_dir}")
     prepared = prepare_run(task, model_args, data_args, args)
@@ -103,14 +104,28 @@ def save_and_publish(prepared: PreparedRun, trainer, results: dict[str, Any], mo
     model_card(run_config, metrics, repo_id=repo_id, model_type=prepared.student.config.model_type,
                model_path=local_model_path(args.output_dir), custom_code=custom_code_files(args.output_dir)).save(card)
     write_run_record(args.output_dir, run_config, results)
-    print_table(prepared.task, results, args.method)
+    print_table(prepared.task, results, args.method, args.teacher)
     logger.info(f"student, run record and model card ({card.name}) in {args.output_dir}")
     if args.push_to_hub:
         url = push_student(args.output_dir, repo_id, private=args.hub_private_repo, token=args.hub_token,
                            revision=args.hub_revision)
         logger.info(f"pushed to {url}")
 
-def print_table(task, results: dict[str, Any], method: str) -> None:
+def teacher_shown(teacher: str | None, recorded: str) -> str:
+    """How the table names the teacher: a local folder by its path and, when ``acamkd-distill`` trained it, the model
+    it trained (``outputs/compare/teacher (small-segformer)``); otherwise as ``metrics.json`` records it."""
+    if not teacher or not is_local_path(teacher):
+        return recorded
+    try:
+        trained = json.loads(Path(os.path.expanduser(teacher), "run_config.json").read_text())["model"]["student"]
+    except (OSError, ValueError, KeyError, TypeError):  # not a folder acamkd-distill wrote
+        trained = None
+    return f"{teacher} ({trained})" if trained else teacher
+
+
+def print_table(task, results: dict[str, Any], method: str, teacher: str | None = None) -> None:
+    """The run's table: teacher, untrained student, student alone, distilled student (``teacher``: the flag, by which
+    a local teacher is named, :func:`teacher_shown`)."""
     rows = [
         ("teacher", "teacher"),
         ("student, untrained", "student_untrained"),
@@ -125,7 +140,8 @@ def print_table(task, results: dict[str, Any], method: str) -> None:
         if key in results:
             row = results[key]
             values = " | ".join(f"{row.get(f'eval_{name}', float('nan')):.4f}" for name, _ in task.metrics[:2])
-            print(f"| {label} | {row['model']} | {row['params']:,} | {values} |")
+            model = teacher_shown(teacher, row["model"]) if key == "teacher" else row["model"]
+            print(f"| {label} | {model} | {row['params']:,} | {values} |")
     print()
 
 def main(argv: list[str] | None = None) -> None:

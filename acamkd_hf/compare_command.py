@@ -9,8 +9,9 @@ Takes ``acamkd-distill``'s model, data and recipe flags, plus the rows (``--meth
 the same split, and is paired by seed: the same seed starts each row from the same student with the same data
 order and augmentations. A teacher that must be trained is trained once (full recipe) into ``<output_dir>/teacher``.
 Each run is ``acamkd-distill`` itself, into ``<output_dir>/<row>/seed<k>``; finished runs are reused, runs made with
-other settings are refused (:mod:`acamkd_hf.comparison_runs`), several go out at a time (``--jobs``). The report
-(:mod:`acamkd_hf.comparison_report`, :mod:`acamkd_hf.comparison_advice`): ``comparison.{md,json,png}``.
+other settings are refused (:mod:`acamkd_hf.comparison_runs`), several go out at a time (``--jobs``); Ctrl-C and
+SIGTERM stop them at a checkpoint, and a failed run marks its row. The report (:mod:`acamkd_hf.comparison_report`,
+:mod:`acamkd_hf.comparison_advice`): ``comparison.{md,json,png}``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ from .comparison_runs import (
     available_cores,
     check_reuse,
     execute,
+    failure_summary,
+    failures,
     finished,
     visible_gpus,
 )
 from .config import DistillationArguments
 from .errors import InputError, input_checks, input_error_message, is_input_error
+from .interrupts import EXIT_STATUS, Interrupts
 from .tasks import TASKS
 
 #: acamkd-distill flags that a comparison sets per row: refused on its command line (the rows and seeds say them)
@@ -58,9 +62,11 @@ Every acamkd-distill flag (model, data, recipe, TrainingArguments) applies to ev
 """
 
 EPILOG = """\
-Runs: <output_dir>/<row>/seed<k> (each one acamkd-distill; its output in seed<k>.log). Interrupted? Run the same
-command again: finished runs are reused, the rest trained. A finished run made with other settings is refused
-(--replace_stale_runs trains it again). Report: <output_dir>/comparison.md, .json, .png (the figure needs matplotlib).
+Runs: <output_dir>/<row>/seed<k> (each one acamkd-distill; its output in seed<k>.log). Interrupted (Ctrl-C, SIGTERM:
+the runs going stop at a checkpoint)? Run the same command again: finished runs are reused, interrupted ones resume,
+the rest are trained. A finished run made with other settings is refused (--replace_stale_runs trains it again). A
+failed run marks its row in the report, and the command ends with exit status 1 naming its log. Report:
+<output_dir>/comparison.md, .json, .png (the figure needs matplotlib).
 """
 
 
@@ -93,8 +99,9 @@ def parse(argv: list[str]) -> tuple[ComparisonArguments, list[str]]:
     if comparison.budget <= 0:
         raise InputError(f"--budget must be above 0 (a fraction of the recipe's training, e.g. 0.25), got "
                          f"{comparison.budget}")
-    if not comparison.seeds or len(set(comparison.seeds)) != len(comparison.seeds):
-        raise InputError(f"--seeds must be distinct seeds, e.g. --seeds 0 1 2; got {comparison.seeds}")
+    if len(comparison.seeds) < 2 or len(set(comparison.seeds)) != len(comparison.seeds):
+        raise InputError(f"--seeds must be at least 2 distinct seeds (one seed gives no interval), e.g. --seeds 0 1 "
+                         f"2; got {' '.join(map(str, comparison.seeds))}")
     if comparison.jobs is not None and comparison.jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {comparison.jobs}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -131,26 +138,38 @@ def compare(argv: list[str]) -> dict:
     plan = make_plan(comparison, distill_argv, argv)
     gpus = visible_gpus()
     launcher = Launcher(jobs=comparison.jobs or (len(gpus) if gpus else available_cores()), gpus=gpus,
-                        say=lambda line: print(f"[compare] {line}", flush=True))
+                        say=lambda line: print(f"[compare] {line}\n", end="", flush=True))  # one write per line
     every_run = [*([plan.teacher] if plan.teacher else []), *plan.runs]
     check_reuse(every_run, comparison.replace_stale_runs)
     if not all(finished(run) for run in every_run):
         preflight(plan)
     metric_keys = [key for key, _ in plan.metrics]
     teacher = execute([plan.teacher], launcher, metric_keys)[0] if plan.teacher else None
+    if teacher is not None and failures([teacher]):
+        raise RunFailedError(f"{teacher['failed']}; every distilling row needs it")
     reused = sum(finished(run) for run in plan.runs)
     records = execute(plan.runs, launcher, metric_keys)
+    if len(failures(records)) == len(records):
+        raise RunFailedError(failure_summary(records, len(records)))
     return write_report(plan, records, teacher, reused, launcher.jobs)
 
 
+#: the last line of an interrupted comparison
+INTERRUPTED = ("interrupted: run the same command again to continue the comparison (finished runs are reused, "
+               "interrupted ones resume from their checkpoints).")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``acamkd-compare``: :func:`compare` on the command line's flags. An input error, a refused stale run or a
-    failed run end with one line (exit status 2, 2, 1); Ctrl-C with how to continue (130)."""
+    """``acamkd-compare``: :func:`compare` on the command line's flags. An input error or a refused stale run ends
+    with one line (exit status 2); failed runs, after the report of the others, with one line naming their logs (1);
+    Ctrl-C or SIGTERM, once the runs going have stopped at a checkpoint, with how to continue (130, 143)."""
+    interrupts = Interrupts()  # SIGTERM as Ctrl-C; while runs go, both are forwarded to them (execute)
     try:
-        compare(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to continue (finished runs are reused).", file=sys.stderr)
-        raise SystemExit(130) from None
+        with interrupts:
+            report = compare(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt as interruption:
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        raise SystemExit(EXIT_STATUS.get(getattr(interruption, "number", interrupts.received), 130)) from None
     except RunFailedError as error:
         print(f"acamkd-compare: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -159,9 +178,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"acamkd-compare: error: {input_error_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    if report["failed"]:
+        total = len(report["failed"]) + sum(len(runs) for runs in report["runs"].values())
+        listed = ", ".join(f"{record['label']} (log: {record['log']})" for record in report["failed"])
+        print(f"acamkd-compare: error: {len(report['failed'])} of {total} run(s) failed: {listed}. The report (its "
+              "failed runs with their reasons) covers the runs that finished; the same command trains the failed ones "
+              "again.", file=sys.stderr)
+        raise SystemExit(1)
 
 
-__all__ = ["build_parser", "compare", "main", "parse", "preflight"]
+__all__ = ["INTERRUPTED", "build_parser", "compare", "main", "parse", "preflight"]
 
 
 if __name__ == "__main__":

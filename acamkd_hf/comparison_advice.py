@@ -4,7 +4,8 @@ The rows are ranked by their mean; the best row is compared with every other, pa
 every interval lies above 0, the best row is ahead of every other row and the sentence says by how much (over the
 next best, and over the student alone). Otherwise it says which rows beat the student alone beyond the noise (their
 interval above 0), and that no row is ahead of the rest; or, when none beats it, that no method is ahead of the
-student alone beyond the noise. With one seed there is no interval, and the sentence says so.
+student alone beyond the noise (every method's mean below it: the closest). With one seed there is no interval, and
+the sentence says so.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def advice(rows: Mapping[str, SeedValues], labels: Mapping[str, str], control: s
 
     names = ranked(rows)
     if len(names) < 2:
-        return "One row: nothing to compare; give --methods at least two rows (e.g. none acamkd)."
+        return "Fewer than two rows have results (the others' runs failed): nothing to compare."
     best, others = names[0], names[1:]
     versus = {other: paired_difference(rows[best], rows[other]) for other in others}
     if max(len(difference.deltas) for difference in versus.values()) < 2:
@@ -54,8 +55,10 @@ def advice(rows: Mapping[str, SeedValues], labels: Mapping[str, str], control: s
     behind = [name for name in methods if against[name].below_zero]
     if not helping:
         top = methods[0]
-        text = (f"No method is ahead of {label(control)} beyond the noise: the best method, {label(top)}, is "
-                f"{interval(against[top])} {metric} ({against[top].seeds_better}/{len(against[top].deltas)} seeds)")
+        lead = (f"No method is ahead of {label(control)}: the closest, {label(top)}," if against[top].mean <= 0 else
+                f"No method is ahead of {label(control)} beyond the noise: the best method, {label(top)},")
+        text = (f"{lead} is {interval(against[top])} {metric} ({against[top].seeds_better}/{len(against[top].deltas)} "
+                "seeds)")
         if behind:
             text += f", and {listed([label(name) for name in behind])} {'is' if len(behind) == 1 else 'are'} behind it"
         return f"{text}; {MORE_EVIDENCE}."

@@ -1,18 +1,22 @@
 """A comparison's plan: its settings (:class:`ComparisonArguments`), its rows (method x distillation point), and the
 runs that make them: the teacher, trained once when none is given, and every row at every seed, each an
-``acamkd-distill`` command (:class:`~acamkd_hf.comparison_runs.Run`) at the comparison's budget.
+``acamkd-distill`` command (:class:`~acamkd_hf.comparison_runs.Run`) at the comparison's budget. A run's command line
+holds only what it trains with (:func:`run_argv`): a flag its method does not read, or one the run sets itself, is
+left out, so that the reuse rule sees a change only where one matters (the teacher is trained once).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .arguments import DataArguments, ModelArguments, base_recipe, parse_arguments
+from .arguments import DataArguments, ModelArguments, base_recipe, build_parser, parse_arguments
 from .comparison_runs import Run
 from .config import DistillationArguments
+from .distiller import recorded_settings
 from .errors import InputError, input_checks
-from .settings import METHODS
+from .settings import METHODS, DistillationSettings
 from .tasks import TASKS
 
 
@@ -34,8 +38,8 @@ class ComparisonArguments:
     )
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2],
-        metadata={"help": "The seeds, each a paired replicate of every row (default 0 1 2: three; one seed gives "
-                          "no interval)."},
+        metadata={"help": "The seeds, each a paired replicate of every row: at least 2 (an interval needs two), "
+                          "default 0 1 2."},
     )
     budget: float = field(
         default=1.0,
@@ -46,7 +50,8 @@ class ComparisonArguments:
     jobs: int | None = field(
         default=None,
         metadata={"help": "Runs at a time, each its own process. Default: one per GPU (each run sees one); without "
-                          "GPUs one per CPU core (the cores are split between the runs: one thread each)."},
+                          "GPUs one per CPU core. Each run gets OMP_NUM_THREADS threads when you set it, else the "
+                          "cores split between the runs (one thread each by default)."},
     )
     output_dir: str = field(
         default="outputs/acamkd-compare",
@@ -68,6 +73,10 @@ class Row:
     label: str
     flags: list[str]
     needs_teacher: bool
+
+    @property
+    def method(self) -> str:
+        return self.flags[self.flags.index("--method") + 1]
 
 
 def plan_rows(comparison: ComparisonArguments, inherit_from_teacher: bool) -> list[Row]:
@@ -95,41 +104,71 @@ def plan_rows(comparison: ComparisonArguments, inherit_from_teacher: bool) -> li
     return rows
 
 
+def counted(number: float, unit: str) -> str:
+    """``1 epoch``, ``0.5 epochs``, ``12 steps``."""
+    return f"{number:g} {unit}" + ("" if number == 1 else "s")
+
+
 def budget_flags(args: DistillationArguments, budget: float) -> tuple[list[str], str]:
     """The flags that give a run ``budget`` of the recipe's training, and the report's words for it."""
     if args.max_steps and args.max_steps > 0:
         steps = max(1, round(args.max_steps * budget))
-        words = f"budget {budget:g} of the recipe's {args.max_steps} steps: {steps} steps per run"
+        words = f"budget {budget:g} of the recipe's {counted(args.max_steps, 'step')}: {counted(steps, 'step')} per run"
         return ["--max_steps", str(steps)], words
     epochs = args.num_train_epochs * budget
-    return (["--num_train_epochs", f"{epochs:g}"],
-            f"budget {budget:g} of the recipe's {args.num_train_epochs:g} epochs: {epochs:g} epochs per run")
+    return (["--num_train_epochs", f"{epochs:g}"], f"budget {budget:g} of the recipe's "
+            f"{counted(args.num_train_epochs, 'epoch')}: {counted(epochs, 'epoch')} per run")
+
+
+@functools.cache
+def flag_destinations() -> dict[str, str]:
+    """``{option string: setting}`` of every ``acamkd-distill`` flag (``--alpha``, ``--no_alignment``...)."""
+    return {option: action.dest for action in build_parser()._actions for option in action.option_strings}  # noqa: SLF001
+
+
+def run_argv(distill_argv: list[str], method: str, own_flags: list[str]) -> list[str]:
+    """One run's command line: ``distill_argv`` without the distillation settings ``method`` does not read
+    (:func:`~acamkd_hf.distiller.recorded_settings`; the teacher and the student alone read none but
+    ``COMMON_RECORDED_SETTINGS``) and without the flags of ``own_flags`` (the run's own, which follow and override
+    them), then ``own_flags``."""
+    destinations = flag_destinations()
+    unread = {item.name for item in fields(DistillationSettings)} - set(recorded_settings(DistillationSettings(method)))
+    left_out = unread | {destinations[token] for token in own_flags if token in destinations}
+    kept, dropping = [], False
+    for token in distill_argv:
+        if token.startswith("--"):
+            dropping = destinations.get(token.split("=", 1)[0]) in left_out
+        if not dropping:
+            kept.append(token)
+    return [*kept, *own_flags]
 
 
 def teacher_run(distill_argv: list[str], model_args: ModelArguments, args: DistillationArguments, folder: Path) -> Run:
     """The teacher trained here (no ``--teacher`` given): ``acamkd-distill --method none`` on the teacher's
     architecture at its full recipe (``--teacher_num_train_epochs``, else ``--num_train_epochs``), once."""
     epochs = model_args.teacher_num_train_epochs or args.num_train_epochs
-    argv = [*distill_argv, "--output_dir", str(folder), "--method", "none", "--student",
-            model_args.teacher_architecture, "--num_train_epochs", f"{epochs:g}", "--compare_student_alone", "false",
-            "--inherit_from_teacher", "false", "--disable_tqdm", "true"]
+    own = ["--output_dir", str(folder), "--method", "none", "--student", model_args.teacher_architecture,
+           "--num_train_epochs", f"{epochs:g}", "--compare_student_alone", "false", "--inherit_from_teacher", "false",
+           "--disable_tqdm", "true"]
     if model_args.teacher_backbone_weights:
-        argv += ["--backbone_weights", model_args.teacher_backbone_weights]
-    return Run("teacher", None, argv, folder)
+        own += ["--backbone_weights", model_args.teacher_backbone_weights]
+    return Run("teacher", None, run_argv(distill_argv, "none", own), folder)
 
 
-def row_runs(rows: list[Row], seeds: list[int], distill_argv: list[str], budget: list[str], teacher: str | None,
-             output_dir: Path) -> list[Run]:
-    """Every row at every seed, seed by seed (an interrupted comparison has every row of its first seeds)."""
+def row_runs(rows: list[Row], seeds: list[int], distill_argv: list[str], budget: tuple[float, list[str]],
+             teacher: str | None, output_dir: Path) -> list[Run]:
+    """Every row at every seed, seed by seed (an interrupted comparison has every row of its first seeds);
+    ``budget``: the fraction of the recipe and the flags that give it."""
+    fraction, budget_argv = budget
     runs = []
     for seed in seeds:
         for row in rows:
             folder = output_dir / row.name / f"seed{seed}"
-            argv = [*distill_argv, "--output_dir", str(folder), "--seed", str(seed), *row.flags, *budget,
-                    "--compare_student_alone", "false", "--disable_tqdm", "true"]
+            own = ["--output_dir", str(folder), "--seed", str(seed), *row.flags, *budget_argv,
+                   "--compare_student_alone", "false", "--disable_tqdm", "true"]
             if row.needs_teacher and teacher is not None:
-                argv += ["--teacher", teacher]
-            runs.append(Run(row.name, seed, argv, folder))
+                own += ["--teacher", teacher]
+            runs.append(Run(row.name, seed, run_argv(distill_argv, row.method, own), folder, fraction))
     return runs
 
 
@@ -183,10 +222,10 @@ def make_plan(comparison: ComparisonArguments, distill_argv: list[str], command:
     if needs_teacher and not args.teacher:
         teacher = teacher_run(distill_argv, model_args, args, output_dir / "teacher")
     teacher_name = str(teacher.output_dir) if teacher else args.teacher
-    runs = row_runs(rows, comparison.seeds, distill_argv, budget, teacher_name, output_dir)
+    runs = row_runs(rows, comparison.seeds, distill_argv, (comparison.budget, budget), teacher_name, output_dir)
     return ComparisonPlan(comparison, command, distill_argv, model_args, data_args, args, base_recipe(distill_argv)[1],
                           rows, budget_words, teacher, teacher_name, runs)
 
 
-__all__ = ["ComparisonArguments", "ComparisonPlan", "Row", "budget_flags", "make_plan", "plan_rows", "row_runs",
-           "teacher_run"]
+__all__ = ["ComparisonArguments", "ComparisonPlan", "Row", "budget_flags", "counted", "make_plan", "plan_rows",
+           "row_runs", "run_argv", "teacher_run"]

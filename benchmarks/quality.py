@@ -58,6 +58,8 @@ from acamkd_hf.comparison_runs import (
     StaleRunError,
     check_reuse,
     execute,
+    failure_summary,
+    failures,
     imitation_ratio,
     log_snapshots,
     visible_gpus,
@@ -427,7 +429,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_reuse([teacher_run, *runs], replace_stale=False, record_name=RUN_RECORD,
                     remedy="use another --work_dir, or delete those folders to run them again")
         teacher = execute([teacher_run], launcher, metric_keys, RUN_RECORD)[0]
-        records = execute(runs, launcher, metric_keys, RUN_RECORD)
+        records = execute(runs, launcher, metric_keys, RUN_RECORD) if not failures([teacher]) else [teacher]
+        if failures(records):
+            raise RunFailedError(failure_summary(records, len(records)))
     except (StaleRunError, RunFailedError) as error:
         raise SystemExit(f"quality: {error}") from None
     rows: dict[str, list[dict[str, Any]]] = {name: [r for r in records if r["row"] == name] for name in options.rows}
