@@ -1,6 +1,6 @@
 """``acamkd-compare`` (and ``scripts/compare.py``): which distillation method for my models and data?
 
-    acamkd-compare --budget 0.25                                   # the embedded synthetic default, 4 rows x 3 seeds
+    acamkd-compare                                                 # the embedded synthetic default, 4 rows x 3 seeds
     acamkd-compare --teacher path/or/hub-id --student deeplabv3-mobilenetv2 --dataset /data/cityscapes \\
         --config my_recipe.yaml --methods none acamkd pkd cwd --distillation_points logits stage2 --budget 0.25
 
@@ -53,7 +53,7 @@ Which distillation method for my models and data? Trains every row (method x dis
 seeds with the same recipe, and reports each row's paired difference to the student alone with its 95% interval,
 and one sentence of advice that says only what the intervals support.
 
-  acamkd-compare --budget 0.25                    # the synthetic default: none acamkd pkd cwd, 3 seeds
+  acamkd-compare                                  # the synthetic default: none acamkd pkd cwd, 3 seeds
   acamkd-compare --teacher path/or/hub-id --dataset /data/cityscapes --config recipe.yaml \\
       --methods none acamkd pkd --distillation_points logits stage2 --budget 0.25
 
