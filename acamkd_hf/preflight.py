@@ -11,7 +11,7 @@ from pathlib import Path
 from .arguments import DataArguments, ModelArguments
 from .config import DistillationArguments
 from .families.segmentation import input_size_problem
-from .models.detection import DETECTORS, detection_input_problem, detection_input_size_error
+from .models.detection import DETECTORS, detection_input_problem, nearest_input_sides
 from .models.labels import check_teacher_labels, describe_label_mismatch
 from .taps import is_module_point, probe_feature_shapes
 
@@ -82,10 +82,10 @@ def _input_problem(model, size: tuple[int, int]) -> str | None:
     grid; a detector's: stride multiples, enough positions for its queries), else None."""
     if not _is_detector(model):
         return input_size_problem(model, size)
-    if size[0] == size[1]:  # the sides it can take instead are named
-        problem = detection_input_size_error(model, int(size[0]))
-        return problem.split(": ", 1)[1] if problem else None
-    return detection_input_problem(model, size)
+    problem = detection_input_problem(model, size)
+    if problem is not None and size[0] == size[1]:  # square inputs: the sides it can take instead are named
+        problem += f"; use {nearest_input_sides(model, int(size[0]))}"
+    return problem
 
 
 def _is_detector(model) -> bool:

@@ -269,13 +269,17 @@ def detection_input_size_error(family: Any, input_size: int) -> str | None:
     if input_size < 1:
         return f"--image_size must be a positive number of pixels, got {input_size}"
     problem = detection_input_problem(family, (input_size, input_size))
-    if problem is None:
-        return None
+    return None if problem is None else f"--image_size {input_size}: {problem}; use {nearest_input_sides(family, input_size)}"
+
+
+def nearest_input_sides(family: Any, input_size: int) -> str:
+    """The square sides nearest to ``input_size`` that ``family`` takes, in words: "96 or 128" (or one side when
+    none is smaller)."""
     step = _size_multiple(DETECTORS[detection_family(family)], _config_of(family)) or 1
     lower = [side for side in range(step, input_size, step) if detection_input_problem(family, (side, side)) is None]
     upper = next(side for side in itertools.count(input_size // step * step + step, step)
                  if detection_input_problem(family, (side, side)) is None)
-    return f"--image_size {input_size}: {problem}; use " + (f"{lower[-1]} or {upper}" if lower else f"{upper}")
+    return f"{lower[-1]} or {upper}" if lower else f"{upper}"
 
 
 def _default_input_size(detector: Detector, config: Any) -> int:
@@ -320,6 +324,7 @@ def default_detection_image_processor(family: Any, input_size: int | None = None
 
 
 __all__ = [
+    "nearest_input_sides",
     "detection_size_conventions",
     "DETECTION_INPUT_SIZES",
     "DETECTION_PRESETS",
