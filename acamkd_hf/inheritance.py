@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .families import BACKBONE_PREFIXES  # model class name -> dotted path of its backbone
+from .families.spec import family_of
 
 
 @dataclass
@@ -74,9 +75,9 @@ class InheritanceReport:
 
 def find_backbone_prefix(model: nn.Module) -> str:
     """The dotted path of the model's backbone module (the part inheritance leaves alone)."""
-    for cls in type(model).__mro__:
-        if cls.__name__ in BACKBONE_PREFIXES:
-            return BACKBONE_PREFIXES[cls.__name__]
+    family = family_of(model, BACKBONE_PREFIXES)
+    if family is not None:
+        return BACKBONE_PREFIXES[family]
     for candidate in ("model.backbone", "backbone"):
         try:
             model.get_submodule(candidate)

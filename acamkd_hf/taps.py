@@ -34,7 +34,7 @@ from torch import nn
 
 from .families import FAMILIES
 from .families.segmentation import mask_classification_problem
-from .families.spec import LOGITS, TapSpec, read_logits
+from .families.spec import LOGITS, TapSpec, family_of, read_logits
 
 #: the prefix of a point given by module path.
 MODULE_POINT_PREFIX = "module:"
@@ -119,9 +119,9 @@ def _is_dense_segmenter(model: nn.Module) -> bool:
 def family_point_specs(model: nn.Module) -> dict[str, TapSpec]:
     """{point name: TapSpec} of the model's family: the family's table entry, else ``logits`` alone for a semantic
     segmenter (the generic fallback), else nothing (only ``module:`` points)."""
-    for cls in type(model).__mro__:
-        if cls.__name__ in FAMILIES:
-            return FAMILIES[cls.__name__](model)
+    family = family_of(model, FAMILIES)
+    if family is not None:
+        return FAMILIES[family](model)
     if _is_dense_segmenter(model):
         return {LOGITS: TapSpec("", read_logits)}
     return {}

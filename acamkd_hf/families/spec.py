@@ -5,11 +5,18 @@ description prints readably (``repr``) in errors and docs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+def family_of(model: Any, table: Mapping[str, Any]) -> str | None:
+    """The key of ``table`` (model class names) that names ``model``'s class or one of its bases, else None. By name,
+    along the MRO: a model loaded through ``trust_remote_code`` (another class object, the same name) matches too."""
+    return next((cls.__name__ for cls in type(model).__mro__ if cls.__name__ in table), None)
+
 
 #: the segmenters' output point: the model's dense logits.
 LOGITS = "logits"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 
+from .spec import family_of
+
 #: input side of the dry run (a multiple of 32: the real-time DETRs merge strides 8..32)
 PROBE_SIDE = 128
 _ID2LABEL = {0: "a", 1: "b"}
@@ -24,11 +26,6 @@ def _tasks() -> dict[str, tuple[dict, dict]]:
 
     return {"segmentation": (SEGMENTATION_FAMILIES, SEGMENTATION_PRESETS),
             "detection": (DETECTION_FAMILIES, DETECTION_PRESETS)}
-
-
-def family_of(model, families) -> str | None:
-    """The key of ``families`` that ``model``'s class (or a base class) is named by, else None."""
-    return next((cls.__name__ for cls in type(model).__mro__ if cls.__name__ in families), None)
 
 
 @functools.cache
